@@ -1,0 +1,48 @@
+//! `--device cpu | cuda[:N] | metal`, and the precision each runs in.
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device};
+
+/// Opens the named device. f32 on the CPU (its half-precision matmuls are
+/// slow or missing); f16 on GPUs.
+pub fn open_device(name: &str) -> Result<(Device, DType)> {
+    let name = name.trim().to_ascii_lowercase();
+    if name == "cpu" {
+        return Ok((Device::Cpu, DType::F32));
+    }
+    if let Some(rest) = name.strip_prefix("cuda") {
+        let ordinal = match rest.strip_prefix(':') {
+            None if rest.is_empty() => 0,
+            Some(n) => n
+                .parse()
+                .map_err(|_| anyhow::anyhow!("bad CUDA device {name:?}: use cuda or cuda:N"))?,
+            None => bail!("bad device {name:?}: use cpu, cuda, cuda:N or metal"),
+        };
+        if !candle_core::utils::cuda_is_available() {
+            bail!("this atelier was built without CUDA; rebuild with `cargo build --release --features cuda`");
+        }
+        let device = Device::new_cuda(ordinal)
+            .map_err(|e| anyhow::anyhow!("cannot open CUDA device {ordinal}: {e}"))?;
+        return Ok((device, DType::F16));
+    }
+    if name == "metal" {
+        if !candle_core::utils::metal_is_available() {
+            bail!("this atelier was built without Metal; rebuild with `cargo build --release --features metal`");
+        }
+        let device = Device::new_metal(0)
+            .map_err(|e| anyhow::anyhow!("cannot open the Metal device: {e}"))?;
+        return Ok((device, DType::F16));
+    }
+    bail!("unknown device {name:?}: use cpu, cuda, cuda:N or metal")
+}
+
+/// The best device this build and machine have.
+pub fn default_device_name() -> &'static str {
+    if candle_core::utils::cuda_is_available() {
+        "cuda"
+    } else if candle_core::utils::metal_is_available() {
+        "metal"
+    } else {
+        "cpu"
+    }
+}

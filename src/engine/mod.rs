@@ -1,0 +1,21 @@
+//! Stable Diffusion img2img on candle, computed as diffusers'
+//! `StableDiffusionImg2ImgPipeline` does.
+
+pub mod clip;
+pub mod config;
+pub mod device;
+pub mod model;
+pub mod noise;
+pub mod pipeline;
+pub mod preview;
+pub mod scheduler;
+pub mod source;
+pub mod tokenizer;
+pub mod unet;
+pub mod vae;
+pub mod weights;
+
+pub use model::Model;
+pub use pipeline::{Cancelled, Engine, Event, Generation, Request, SourceInput, Timings};
+pub use scheduler::SchedulerKind;
+pub use source::{CropRect, Fit};

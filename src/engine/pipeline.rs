@@ -1,0 +1,389 @@
+//! The img2img loop, with the model kept loaded and the text embeddings and
+//! source latents cached between runs, so changing only the prompt or only
+//! the strength re-encodes only what changed.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor};
+use image::{DynamicImage, GenericImageView, RgbImage};
+
+use super::model::Model;
+use super::noise::{load_init_noise, NoiseSource};
+use super::preview::latent_preview;
+use super::scheduler::{self, img2img_start, SchedulerKind};
+use super::source::{self, CropRect, Fit};
+
+/// A decoded source image and a key naming its content (e.g. its hash), so
+/// its latents can be cached.
+#[derive(Clone)]
+pub struct SourceInput {
+    pub image: Arc<DynamicImage>,
+    pub key: String,
+}
+
+impl SourceInput {
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("cannot read the source image {}: {e}", path.display()))?;
+        let image = source::load_source(path)?;
+        Ok(Self {
+            image: Arc::new(image),
+            key: crate::hash::hex_digest(&bytes),
+        })
+    }
+}
+
+/// One img2img run.
+#[derive(Clone)]
+pub struct Request {
+    pub source: SourceInput,
+    pub prompt: String,
+    pub negative: String,
+    pub strength: f64,
+    pub steps: usize,
+    pub guidance: f64,
+    pub seed: u64,
+    /// None: the model's own scheduler.
+    pub scheduler: Option<SchedulerKind>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub crop: Option<CropRect>,
+    pub fit: Fit,
+    /// Initial noise from a file instead of the seed.
+    pub noise_file: Option<PathBuf>,
+}
+
+/// What the engine reports while it works.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Before the first step: the steps that will run.
+    Planned {
+        steps_run: usize,
+        timesteps: Vec<f64>,
+        width: u32,
+        height: u32,
+        scheduler: SchedulerKind,
+    },
+    Step {
+        /// 1-based.
+        index: usize,
+        of: usize,
+        seconds: f64,
+        preview: RgbImage,
+    },
+    Decoding,
+}
+
+/// Raised when the cancel flag stops a run between steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cancelled;
+
+impl std::fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("cancelled")
+    }
+}
+
+impl std::error::Error for Cancelled {}
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Timings {
+    pub load_s: f64,
+    pub encode_text_s: f64,
+    pub encode_source_s: f64,
+    pub steps_s: Vec<f64>,
+    pub decode_s: f64,
+}
+
+pub struct Generation {
+    pub image: RgbImage,
+    /// The decoded image before 8-bit rounding: f32 [3, h, w] in [0, 1].
+    pub pixels: Tensor,
+    pub seed: u64,
+    pub steps_run: usize,
+    pub timesteps_run: Vec<f64>,
+    pub scheduler: SchedulerKind,
+    pub width: u32,
+    pub height: u32,
+    pub timings: Timings,
+}
+
+/// A small least-recently-used cache.
+struct Lru<K, V> {
+    entries: VecDeque<(K, V)>,
+    capacity: usize,
+}
+
+impl<K: PartialEq, V: Clone> Lru<K, V> {
+    fn new(capacity: usize) -> Self {
+        Self {
+            entries: VecDeque::new(),
+            capacity,
+        }
+    }
+
+    fn get(&mut self, key: &K) -> Option<V> {
+        let pos = self.entries.iter().position(|(k, _)| k == key)?;
+        let entry = self.entries.remove(pos)?;
+        let value = entry.1.clone();
+        self.entries.push_front(entry);
+        Some(value)
+    }
+
+    fn put(&mut self, key: K, value: V) {
+        self.entries.retain(|(k, _)| k != &key);
+        self.entries.push_front((key, value));
+        self.entries.truncate(self.capacity);
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+    }
+}
+
+#[derive(PartialEq, Clone)]
+struct LatentKey {
+    source: String,
+    crop: Option<CropRect>,
+    size: (u32, u32),
+    fit: Fit,
+}
+
+/// Owns the loaded model and the caches. One per process (or worker thread).
+pub struct Engine {
+    device: Device,
+    dtype: DType,
+    model: Option<Model>,
+    text_cache: Lru<String, Tensor>,
+    latent_cache: Lru<LatentKey, Tensor>,
+    /// How often each cache missed (tests and the UI read these).
+    pub text_encodes: usize,
+    pub source_encodes: usize,
+}
+
+impl Engine {
+    pub fn new(device: Device, dtype: DType) -> Self {
+        Self {
+            device,
+            dtype,
+            model: None,
+            text_cache: Lru::new(64),
+            latent_cache: Lru::new(8),
+            text_encodes: 0,
+            source_encodes: 0,
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Loads the model at `dir` unless it is the one already loaded.
+    pub fn load(&mut self, dir: &Path) -> Result<&Model> {
+        let same = self.model.as_ref().is_some_and(|m| m.dir == dir);
+        if !same {
+            self.model = None;
+            self.text_cache.clear();
+            self.latent_cache.clear();
+            self.model = Some(Model::load(dir, &self.device, self.dtype)?);
+        }
+        Ok(self.model.as_ref().expect("just loaded"))
+    }
+
+    pub fn model(&self) -> Option<&Model> {
+        self.model.as_ref()
+    }
+
+    fn text_embedding(&mut self, prompt: &str) -> Result<Tensor> {
+        if let Some(t) = self.text_cache.get(&prompt.to_string()) {
+            return Ok(t);
+        }
+        let model = self.model.as_ref().expect("model loaded");
+        let t = model.encode_prompt(prompt)?;
+        self.text_encodes += 1;
+        self.text_cache.put(prompt.to_string(), t.clone());
+        Ok(t)
+    }
+
+    fn source_latent(&mut self, req: &Request, size: (u32, u32)) -> Result<Tensor> {
+        let key = LatentKey {
+            source: req.source.key.clone(),
+            crop: req.crop,
+            size,
+            fit: req.fit,
+        };
+        if let Some(t) = self.latent_cache.get(&key) {
+            return Ok(t);
+        }
+        let model = self.model.as_ref().expect("model loaded");
+        let pixels = source::prepare(&req.source.image, req.crop, size, req.fit)?;
+        let latent = model.encode_source(&source::to_tensor(&pixels, &self.device)?)?;
+        self.source_encodes += 1;
+        self.latent_cache.put(key, latent.clone());
+        Ok(latent)
+    }
+
+    /// Runs img2img with the loaded model. `on_event` hears the plan, each
+    /// step and the decode; `cancel` is checked before every step.
+    pub fn generate(
+        &mut self,
+        req: &Request,
+        on_event: &mut dyn FnMut(Event),
+        cancel: &AtomicBool,
+    ) -> Result<Generation> {
+        let Some(model) = self.model.as_ref() else {
+            bail!("no model is loaded")
+        };
+        validate(req)?;
+        let kind = match req.scheduler {
+            Some(k) => k,
+            None => model.scheduler.native_kind()?,
+        };
+        let mut sched = scheduler::build(&model.scheduler, kind, req.steps)?;
+        let positions = sched.timesteps().len();
+        let Some(start) = img2img_start(positions, req.steps, req.strength) else {
+            bail!(
+                "strength {} with {} steps runs no denoising step (int(steps x strength) = 0); \
+                 raise --strength or --steps",
+                req.strength,
+                req.steps
+            );
+        };
+        let timesteps_run = sched.timesteps()[start..].to_vec();
+
+        let (src_w, src_h) = match req.crop {
+            Some(c) => (c.w, c.h),
+            None => req.source.image.dimensions(),
+        };
+        let (width, height) = source::output_size((src_w, src_h), req.width, req.height)?;
+        on_event(Event::Planned {
+            steps_run: timesteps_run.len(),
+            timesteps: timesteps_run.clone(),
+            width,
+            height,
+            scheduler: kind,
+        });
+        let mut timings = Timings {
+            load_s: model.load_seconds,
+            ..Default::default()
+        };
+
+        let started = Instant::now();
+        let guided = req.guidance > 1.0;
+        let cond = self.text_embedding(&req.prompt)?;
+        let context = if guided {
+            let uncond = self.text_embedding(&req.negative)?;
+            Tensor::cat(&[uncond, cond], 0)?
+        } else {
+            cond
+        };
+        timings.encode_text_s = started.elapsed().as_secs_f64();
+
+        let started = Instant::now();
+        let x0 = self.source_latent(req, (width, height))?;
+        timings.encode_source_s = started.elapsed().as_secs_f64();
+
+        let model = self.model.as_ref().expect("model loaded");
+        let latent_shape = [
+            1,
+            model.vae_spec.latent_channels,
+            height as usize / 8,
+            width as usize / 8,
+        ];
+        let mut noise_source = NoiseSource::new(req.seed);
+        let init_noise = match &req.noise_file {
+            Some(path) => load_init_noise(path, &latent_shape, &self.device)?,
+            None => noise_source.sample(&latent_shape, &self.device)?,
+        };
+        let mut latents = sched.add_noise(&x0, &init_noise, start)?;
+        let mut fresh_noise = |shape: &[usize]| noise_source.sample(shape, &Device::Cpu);
+
+        let of = timesteps_run.len();
+        for (n, index) in (start..positions).enumerate() {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Cancelled.into());
+            }
+            let step_started = Instant::now();
+            let t = sched.timesteps()[index];
+            let input = sched.scale_model_input(&latents, index)?;
+            let input = if guided {
+                Tensor::cat(&[&input, &input], 0)?
+            } else {
+                input
+            };
+            let out = model
+                .unet
+                .forward(&input.to_dtype(model.dtype)?, t, &context)?
+                .to_dtype(DType::F32)?;
+            let out = if guided {
+                let uncond = out.get(0)?.unsqueeze(0)?;
+                let cond = out.get(1)?.unsqueeze(0)?;
+                (&uncond + ((cond - &uncond)? * req.guidance)?)?
+            } else {
+                out
+            };
+            let mut noise_on_device = |shape: &[usize]| -> Result<Tensor> {
+                Ok(fresh_noise(shape)?.to_device(latents.device())?)
+            };
+            latents = sched.step(&out, index, &latents, &mut noise_on_device)?;
+            let seconds = step_started.elapsed().as_secs_f64();
+            timings.steps_s.push(seconds);
+            on_event(Event::Step {
+                index: n + 1,
+                of,
+                seconds,
+                preview: latent_preview(&latents)?,
+            });
+        }
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Cancelled.into());
+        }
+
+        on_event(Event::Decoding);
+        let started = Instant::now();
+        let pixels = model.decode(&latents)?;
+        let image = source::from_tensor(&pixels)?;
+        timings.decode_s = started.elapsed().as_secs_f64();
+        Ok(Generation {
+            image,
+            pixels,
+            seed: req.seed,
+            steps_run: of,
+            timesteps_run,
+            scheduler: kind,
+            width,
+            height,
+            timings,
+        })
+    }
+}
+
+fn validate(req: &Request) -> Result<()> {
+    if !(0.0..=1.0).contains(&req.strength) {
+        bail!(
+            "strength {} is outside [0, 1]: 0 keeps the source, 1 ignores it",
+            req.strength
+        );
+    }
+    if req.steps == 0 {
+        bail!("steps must be at least 1");
+    }
+    if req.steps > 1000 {
+        bail!(
+            "steps {} is more than the 1000 training timesteps",
+            req.steps
+        );
+    }
+    if !req.guidance.is_finite() || req.guidance < 0.0 {
+        bail!(
+            "guidance {} must be a number >= 0 (1 or less turns guidance off)",
+            req.guidance
+        );
+    }
+    Ok(())
+}

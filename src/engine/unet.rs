@@ -1,0 +1,529 @@
+//! The conditional UNet (diffusers' `UNet2DConditionModel`) for SD 1.x/2.x,
+//! written on candle-nn so that every config field is honoured and the
+//! arithmetic follows diffusers exactly (exact-erf GEGLU, attention upcast,
+//! per-block heads and transformer depths, odd latent sizes).
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::{
+    conv2d, group_norm, layer_norm, linear, linear_no_bias, Conv2d, Conv2dConfig, GroupNorm,
+    LayerNorm, Linear, VarBuilder,
+};
+
+use super::config::UnetSpec;
+
+fn conv(
+    vb: VarBuilder,
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+) -> Result<Conv2d> {
+    let cfg = Conv2dConfig {
+        padding,
+        stride,
+        ..Default::default()
+    };
+    conv2d(cin, cout, k, cfg, vb)
+}
+
+/// Sinusoidal timestep features (diffusers' `get_timestep_embedding`).
+fn timestep_features(
+    t: f64,
+    dim: usize,
+    flip_sin_to_cos: bool,
+    shift: f64,
+    batch: usize,
+    dev: &candle_core::Device,
+) -> Result<Tensor> {
+    let half = dim / 2;
+    let freqs: Vec<f32> = (0..half)
+        .map(|i| (-(10000f32.ln()) * i as f32 / (half as f32 - shift as f32)).exp())
+        .collect();
+    let args: Vec<f32> = freqs.iter().map(|f| t as f32 * f).collect();
+    let (sin, cos): (Vec<f32>, Vec<f32>) = args.iter().map(|a| (a.sin(), a.cos())).unzip();
+    let emb = if flip_sin_to_cos {
+        [cos, sin].concat()
+    } else {
+        [sin, cos].concat()
+    };
+    Tensor::from_vec(emb, (1, dim), dev)?.repeat((batch, 1))
+}
+
+struct ResnetBlock {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    time_emb_proj: Linear,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    shortcut: Option<Conv2d>,
+    output_scale: f64,
+}
+
+impl ResnetBlock {
+    fn new(
+        vb: VarBuilder,
+        cin: usize,
+        cout: usize,
+        temb: usize,
+        spec: &Spec,
+        output_scale: f64,
+    ) -> Result<Self> {
+        Ok(Self {
+            norm1: group_norm(spec.groups, cin, spec.eps, vb.pp("norm1"))?,
+            conv1: conv(vb.pp("conv1"), cin, cout, 3, 1, 1)?,
+            time_emb_proj: linear(temb, cout, vb.pp("time_emb_proj"))?,
+            norm2: group_norm(spec.groups, cout, spec.eps, vb.pp("norm2"))?,
+            conv2: conv(vb.pp("conv2"), cout, cout, 3, 1, 1)?,
+            shortcut: (cin != cout)
+                .then(|| conv(vb.pp("conv_shortcut"), cin, cout, 1, 1, 0))
+                .transpose()?,
+            output_scale,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, temb: &Tensor) -> Result<Tensor> {
+        let h = self.conv1.forward(&self.norm1.forward(xs)?.silu()?)?;
+        let t = self
+            .time_emb_proj
+            .forward(&temb.silu()?)?
+            .unsqueeze(2)?
+            .unsqueeze(3)?;
+        let h = h.broadcast_add(&t)?;
+        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let skip = match &self.shortcut {
+            Some(c) => c.forward(xs)?,
+            None => xs.clone(),
+        };
+        let out = (skip + h)?;
+        if self.output_scale == 1.0 {
+            Ok(out)
+        } else {
+            out / self.output_scale
+        }
+    }
+}
+
+struct Attention {
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+    heads: usize,
+    upcast: bool,
+}
+
+impl Attention {
+    fn new(
+        vb: VarBuilder,
+        dim: usize,
+        context_dim: usize,
+        heads: usize,
+        upcast: bool,
+    ) -> Result<Self> {
+        Ok(Self {
+            to_q: linear_no_bias(dim, dim, vb.pp("to_q"))?,
+            to_k: linear_no_bias(context_dim, dim, vb.pp("to_k"))?,
+            to_v: linear_no_bias(context_dim, dim, vb.pp("to_v"))?,
+            to_out: linear(dim, dim, vb.pp("to_out.0"))?,
+            heads,
+            upcast,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
+        let context = context.unwrap_or(xs);
+        let (b, n, dim) = xs.dims3()?;
+        let head_dim = dim / self.heads;
+        let split = |x: Tensor| -> Result<Tensor> {
+            let m = x.dim(1)?;
+            x.reshape((b, m, self.heads, head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = split(self.to_q.forward(xs)?)?;
+        let k = split(self.to_k.forward(context)?)?;
+        let v = split(self.to_v.forward(context)?)?;
+        let dtype = q.dtype();
+        // Scores and softmax in f32 when asked (SD 2.1) or in half precision:
+        // f16 scores overflow on large images.
+        let (q, k) = if self.upcast || dtype != DType::F32 {
+            (q.to_dtype(DType::F32)?, k.to_dtype(DType::F32)?)
+        } else {
+            (q, k)
+        };
+        let scale = (head_dim as f64).powf(-0.5);
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
+        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, dim))?;
+        self.to_out.forward(&out)
+    }
+}
+
+struct TransformerBlock {
+    norm1: LayerNorm,
+    attn1: Attention,
+    norm2: LayerNorm,
+    attn2: Attention,
+    norm3: LayerNorm,
+    ff_proj: Linear,
+    ff_out: Linear,
+}
+
+impl TransformerBlock {
+    fn new(
+        vb: VarBuilder,
+        dim: usize,
+        context_dim: usize,
+        heads: usize,
+        upcast: bool,
+    ) -> Result<Self> {
+        let inner = dim * 4;
+        Ok(Self {
+            norm1: layer_norm(dim, 1e-5, vb.pp("norm1"))?,
+            attn1: Attention::new(vb.pp("attn1"), dim, dim, heads, upcast)?,
+            norm2: layer_norm(dim, 1e-5, vb.pp("norm2"))?,
+            attn2: Attention::new(vb.pp("attn2"), dim, context_dim, heads, upcast)?,
+            norm3: layer_norm(dim, 1e-5, vb.pp("norm3"))?,
+            ff_proj: linear(dim, inner * 2, vb.pp("ff.net.0.proj"))?,
+            ff_out: linear(inner, dim, vb.pp("ff.net.2"))?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let xs = (self.attn1.forward(&self.norm1.forward(xs)?, None)? + xs)?;
+        let xs = (self
+            .attn2
+            .forward(&self.norm2.forward(&xs)?, Some(context))?
+            + xs)?;
+        let h = self.ff_proj.forward(&self.norm3.forward(&xs)?)?;
+        let parts = h.chunk(2, D::Minus1)?;
+        // GEGLU with the exact (erf) GELU, as PyTorch's F.gelu.
+        let h = (&parts[0] * parts[1].gelu_erf()?)?;
+        self.ff_out.forward(&h)? + xs
+    }
+}
+
+enum Projection {
+    Conv(Conv2d),
+    Linear(Linear),
+}
+
+/// diffusers' `Transformer2DModel`: norm, project in, transformer blocks,
+/// project out, residual.
+struct SpatialTransformer {
+    norm: GroupNorm,
+    proj_in: Projection,
+    blocks: Vec<TransformerBlock>,
+    proj_out: Projection,
+}
+
+impl SpatialTransformer {
+    fn new(
+        vb: VarBuilder,
+        channels: usize,
+        heads: usize,
+        depth: usize,
+        spec: &Spec,
+    ) -> Result<Self> {
+        let proj = |name: &str| -> Result<Projection> {
+            Ok(if spec.linear_projection {
+                Projection::Linear(linear(channels, channels, vb.pp(name))?)
+            } else {
+                Projection::Conv(conv(vb.pp(name), channels, channels, 1, 1, 0)?)
+            })
+        };
+        Ok(Self {
+            norm: group_norm(spec.groups, channels, 1e-6, vb.pp("norm"))?,
+            proj_in: proj("proj_in")?,
+            blocks: (0..depth)
+                .map(|i| {
+                    TransformerBlock::new(
+                        vb.pp(format!("transformer_blocks.{i}")),
+                        channels,
+                        spec.context_dim,
+                        heads,
+                        spec.upcast,
+                    )
+                })
+                .collect::<Result<_>>()?,
+            proj_out: proj("proj_out")?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = xs.dims4()?;
+        let to_tokens = |x: Tensor| x.permute((0, 2, 3, 1))?.reshape((b, h * w, c));
+        let mut x = self.norm.forward(xs)?;
+        x = match &self.proj_in {
+            Projection::Conv(p) => to_tokens(p.forward(&x)?)?,
+            Projection::Linear(p) => p.forward(&to_tokens(x)?)?,
+        };
+        for block in &self.blocks {
+            x = block.forward(&x, context)?;
+        }
+        let to_map = |x: Tensor| x.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?.contiguous();
+        let x = match &self.proj_out {
+            Projection::Conv(p) => p.forward(&to_map(x)?)?,
+            Projection::Linear(p) => to_map(p.forward(&x)?)?,
+        };
+        x + xs
+    }
+}
+
+/// Settings every block shares.
+struct Spec {
+    groups: usize,
+    eps: f64,
+    context_dim: usize,
+    linear_projection: bool,
+    upcast: bool,
+}
+
+struct Block {
+    resnets: Vec<ResnetBlock>,
+    attentions: Vec<SpatialTransformer>,
+    /// Downsampling (stride-2 conv) or upsampling (nearest x2, then conv).
+    resample: Option<Conv2d>,
+}
+
+pub struct UNet {
+    conv_in: Conv2d,
+    time_linear_1: Linear,
+    time_linear_2: Linear,
+    down: Vec<Block>,
+    mid_resnets: [ResnetBlock; 2],
+    mid_attention: SpatialTransformer,
+    up: Vec<Block>,
+    norm_out: GroupNorm,
+    conv_out: Conv2d,
+    base_channels: usize,
+    flip_sin_to_cos: bool,
+    freq_shift: f64,
+    center_input: bool,
+}
+
+impl UNet {
+    pub fn new(vb: VarBuilder, unet: &UnetSpec) -> Result<Self> {
+        let cfg = &unet.config;
+        let spec = Spec {
+            groups: cfg.norm_num_groups,
+            eps: cfg.norm_eps,
+            context_dim: cfg.cross_attention_dim,
+            linear_projection: cfg.use_linear_projection,
+            upcast: unet.upcast_attention,
+        };
+        let ch: Vec<usize> = cfg.blocks.iter().map(|b| b.out_channels).collect();
+        let n = ch.len();
+        let temb = ch[0] * 4;
+        let layers = cfg.layers_per_block;
+
+        let down = (0..n)
+            .map(|i| {
+                let vb = vb.pp(format!("down_blocks.{i}"));
+                let block = &cfg.blocks[i];
+                let cin = if i == 0 { ch[0] } else { ch[i - 1] };
+                let resnets = (0..layers)
+                    .map(|j| {
+                        ResnetBlock::new(
+                            vb.pp(format!("resnets.{j}")),
+                            if j == 0 { cin } else { ch[i] },
+                            ch[i],
+                            temb,
+                            &spec,
+                            1.0,
+                        )
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let attentions = match block.use_cross_attn {
+                    Some(depth) => (0..layers)
+                        .map(|j| {
+                            SpatialTransformer::new(
+                                vb.pp(format!("attentions.{j}")),
+                                ch[i],
+                                block.attention_head_dim,
+                                depth,
+                                &spec,
+                            )
+                        })
+                        .collect::<Result<Vec<_>>>()?,
+                    None => vec![],
+                };
+                let resample = (i + 1 < n)
+                    .then(|| {
+                        conv(
+                            vb.pp("downsamplers.0.conv"),
+                            ch[i],
+                            ch[i],
+                            3,
+                            2,
+                            cfg.downsample_padding,
+                        )
+                    })
+                    .transpose()?;
+                Ok(Block {
+                    resnets,
+                    attentions,
+                    resample,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+
+        let last = &cfg.blocks[n - 1];
+        let mid_vb = vb.pp("mid_block");
+        let mid_scale = cfg.mid_block_scale_factor;
+        let mid_resnets = [
+            ResnetBlock::new(
+                mid_vb.pp("resnets.0"),
+                ch[n - 1],
+                ch[n - 1],
+                temb,
+                &spec,
+                mid_scale,
+            )?,
+            ResnetBlock::new(
+                mid_vb.pp("resnets.1"),
+                ch[n - 1],
+                ch[n - 1],
+                temb,
+                &spec,
+                mid_scale,
+            )?,
+        ];
+        let mid_attention = SpatialTransformer::new(
+            mid_vb.pp("attentions.0"),
+            ch[n - 1],
+            last.attention_head_dim,
+            last.use_cross_attn.unwrap_or(1),
+            &spec,
+        )?;
+
+        let rev: Vec<usize> = ch.iter().rev().copied().collect();
+        let up = (0..n)
+            .map(|i| {
+                let vb = vb.pp(format!("up_blocks.{i}"));
+                let block = &cfg.blocks[n - 1 - i];
+                let prev_out = if i == 0 { rev[0] } else { rev[i - 1] };
+                let out = rev[i];
+                let input = rev[(i + 1).min(n - 1)];
+                let resnets = (0..=layers)
+                    .map(|j| {
+                        let skip = if j == layers { input } else { out };
+                        let cin = if j == 0 { prev_out } else { out };
+                        ResnetBlock::new(
+                            vb.pp(format!("resnets.{j}")),
+                            cin + skip,
+                            out,
+                            temb,
+                            &spec,
+                            1.0,
+                        )
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let attentions = match block.use_cross_attn {
+                    Some(depth) => (0..=layers)
+                        .map(|j| {
+                            SpatialTransformer::new(
+                                vb.pp(format!("attentions.{j}")),
+                                out,
+                                block.attention_head_dim,
+                                depth,
+                                &spec,
+                            )
+                        })
+                        .collect::<Result<Vec<_>>>()?,
+                    None => vec![],
+                };
+                let resample = (i + 1 < n)
+                    .then(|| conv(vb.pp("upsamplers.0.conv"), out, out, 3, 1, 1))
+                    .transpose()?;
+                Ok(Block {
+                    resnets,
+                    attentions,
+                    resample,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+
+        Ok(Self {
+            conv_in: conv(vb.pp("conv_in"), unet.in_channels, ch[0], 3, 1, 1)?,
+            time_linear_1: linear(ch[0], temb, vb.pp("time_embedding.linear_1"))?,
+            time_linear_2: linear(temb, temb, vb.pp("time_embedding.linear_2"))?,
+            down,
+            mid_resnets,
+            mid_attention,
+            up,
+            norm_out: group_norm(spec.groups, ch[0], cfg.norm_eps, vb.pp("conv_norm_out"))?,
+            conv_out: conv(vb.pp("conv_out"), ch[0], unet.out_channels, 3, 1, 1)?,
+            base_channels: ch[0],
+            flip_sin_to_cos: cfg.flip_sin_to_cos,
+            freq_shift: cfg.freq_shift,
+            center_input: cfg.center_input_sample,
+        })
+    }
+
+    /// Predicts noise (or v, or the sample) for `xs` [b, c, h, w] at timestep
+    /// `t`, conditioned on `context` [b, tokens, dim].
+    pub fn forward(&self, xs: &Tensor, t: f64, context: &Tensor) -> Result<Tensor> {
+        let (b, _, _, _) = xs.dims4()?;
+        let dtype = xs.dtype();
+        let xs = if self.center_input {
+            ((xs * 2.0)? - 1.0)?
+        } else {
+            xs.clone()
+        };
+        let temb = timestep_features(
+            t,
+            self.base_channels,
+            self.flip_sin_to_cos,
+            self.freq_shift,
+            b,
+            xs.device(),
+        )?
+        .to_dtype(dtype)?;
+        let temb = self
+            .time_linear_2
+            .forward(&self.time_linear_1.forward(&temb)?.silu()?)?;
+
+        let mut x = self.conv_in.forward(&xs)?;
+        let mut skips = vec![x.clone()];
+        for block in &self.down {
+            for (j, resnet) in block.resnets.iter().enumerate() {
+                x = resnet.forward(&x, &temb)?;
+                if let Some(attn) = block.attentions.get(j) {
+                    x = attn.forward(&x, context)?;
+                }
+                skips.push(x.clone());
+            }
+            if let Some(down) = &block.resample {
+                x = down.forward(&x)?;
+                skips.push(x.clone());
+            }
+        }
+
+        x = self.mid_resnets[0].forward(&x, &temb)?;
+        x = self.mid_attention.forward(&x, context)?;
+        x = self.mid_resnets[1].forward(&x, &temb)?;
+
+        for block in &self.up {
+            for (j, resnet) in block.resnets.iter().enumerate() {
+                let skip = skips.pop().expect("one skip per up resnet");
+                x = resnet.forward(&Tensor::cat(&[&x, &skip], 1)?, &temb)?;
+                if let Some(attn) = block.attentions.get(j) {
+                    x = attn.forward(&x, context)?;
+                }
+            }
+            if let Some(up) = &block.resample {
+                // Upsample to the size of the skip this level will meet, so
+                // latents not divisible by 2^levels round-trip.
+                let (h, w) = match skips.last() {
+                    Some(s) => (s.dim(2)?, s.dim(3)?),
+                    None => (x.dim(2)? * 2, x.dim(3)? * 2),
+                };
+                x = up.forward(&x.upsample_nearest2d(h, w)?)?;
+            }
+        }
+        let x = self.norm_out.forward(&x)?.silu()?;
+        self.conv_out.forward(&x)
+    }
+}

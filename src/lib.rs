@@ -1,0 +1,4 @@
+//! atelier: a terminal workstation for image-to-image generation.
+
+pub mod engine;
+pub mod hash;

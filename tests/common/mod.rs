@@ -1,0 +1,47 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// The shared folder beside the repository (parity cases, fixtures);
+/// `ATELIER_SHARED` overrides it.
+pub fn shared_dir() -> PathBuf {
+    std::env::var_os("ATELIER_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"))
+}
+
+/// Every parity case folder: the shared ones and the ones in tests/parity.
+pub fn parity_cases() -> Vec<PathBuf> {
+    let mut cases = Vec::new();
+    for root in [
+        shared_dir().join("parity/cases"),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/parity"),
+    ] {
+        if let Ok(entries) = std::fs::read_dir(&root) {
+            for e in entries.flatten() {
+                if e.path().join("case.json").is_file() {
+                    cases.push(e.path());
+                }
+            }
+        }
+    }
+    cases.sort();
+    cases
+}
+
+#[derive(serde::Deserialize, Debug)]
+pub struct Case {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub strength: f64,
+    pub steps: usize,
+    pub guidance: f64,
+    pub width: u32,
+    pub height: u32,
+    pub denoising_steps_run: usize,
+}
+
+pub fn read_case(dir: &std::path::Path) -> Case {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap()
+}
