@@ -1,4 +1,9 @@
 //! atelier: a terminal workstation for image-to-image generation.
 
+pub mod atomic;
+pub mod cli;
 pub mod engine;
 pub mod hash;
+pub mod models;
+pub mod png_meta;
+pub mod recipe;

@@ -19,7 +19,36 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
             path.display()
         )
     })?;
-    serde_json::from_str(&text).with_context(|| format!("{} is not a valid config", path.display()))
+    serde_json::from_str(&python_json_to_strict(&text))
+        .with_context(|| format!("{} is not a valid config", path.display()))
+}
+
+/// Python's json module writes `Infinity`, `-Infinity` and `NaN` (diffusers'
+/// DPM configs carry `"lambda_min_clipped": -Infinity`); strict JSON has no
+/// such tokens. Outside strings they become `null`, read as the default.
+fn python_json_to_strict(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if in_string {
+            in_string = !(c == '"' && !escaped);
+            escaped = c == '\\' && !escaped;
+        } else if c == '"' {
+            in_string = true;
+        } else if let Some(token) = ["-Infinity", "Infinity", "NaN"]
+            .iter()
+            .find(|t| rest.starts_with(**t))
+        {
+            out.push_str("null");
+            rest = &rest[token.len()..];
+            continue;
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
 }
 
 /// Fields that change the network and that this engine only supports with

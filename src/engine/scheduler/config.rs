@@ -155,12 +155,17 @@ pub struct Params {
 impl SchedulerConfig {
     pub fn load(path: &Path) -> Result<Self> {
         let raw: Value = crate::engine::config::read_json(path)?;
+        Ok(Self::from_json(raw, &path.display().to_string()))
+    }
+
+    /// A config already parsed; `label` names it in errors.
+    pub fn from_json(raw: Value, label: &str) -> Self {
         let class_name = raw
             .get("_class_name")
             .and_then(|c| c.as_str())
             .unwrap_or("")
             .to_string();
-        Ok(Self {
+        Self {
             native: SchedulerKind::from_class(&class_name).map(|k| {
                 // "DPM++ 2M Karras" is the same class with Karras sigmas.
                 if k == SchedulerKind::DpmPp2m
@@ -173,8 +178,8 @@ impl SchedulerConfig {
             }),
             class_name,
             raw,
-            path: path.display().to_string(),
-        })
+            path: label.to_string(),
+        }
     }
 
     /// The model's own scheduler, or a clear error when atelier lacks it.
@@ -275,6 +280,11 @@ impl SchedulerConfig {
             }
             _ => true,
         };
+        if let Some(clip) = self.get::<Option<f64>>("lambda_min_clipped", None)? {
+            if clip.is_finite() && matches!(kind, DpmPp2m | DpmPp2mKarras) {
+                return Err(self.unsupported("lambda_min_clipped", clip));
+            }
+        }
         let solver_type: String = self.get("solver_type", "midpoint".to_string())?;
         if solver_type != "midpoint" && matches!(kind, DpmPp2m | DpmPp2mKarras) {
             return Err(self.unsupported("solver_type", solver_type));

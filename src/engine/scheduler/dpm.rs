@@ -95,6 +95,10 @@ impl Scheduler for DpmMultistep {
         &self.timesteps
     }
 
+    fn sigmas(&self) -> Option<&[f64]> {
+        Some(&self.sigmas)
+    }
+
     fn add_noise(&self, x0: &Tensor, noise: &Tensor, index: usize) -> Result<Tensor> {
         let (alpha, sigma) = alpha_sigma(self.sigmas[index]);
         Ok(((x0 * alpha)? + (noise * sigma)?)?)

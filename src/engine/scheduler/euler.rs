@@ -42,15 +42,15 @@ impl Euler {
             ancestral,
         })
     }
-
-    pub fn sigmas(&self) -> &[f64] {
-        &self.sigmas
-    }
 }
 
 impl Scheduler for Euler {
     fn timesteps(&self) -> &[f64] {
         &self.timesteps
+    }
+
+    fn sigmas(&self) -> Option<&[f64]> {
+        Some(&self.sigmas)
     }
 
     fn add_noise(&self, x0: &Tensor, noise: &Tensor, index: usize) -> Result<Tensor> {

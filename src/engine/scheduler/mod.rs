@@ -25,6 +25,11 @@ pub type NoiseFn<'a> = dyn FnMut(&[usize]) -> Result<Tensor> + 'a;
 pub trait Scheduler: Send {
     /// The whole schedule, first (noisiest) to last.
     fn timesteps(&self) -> &[f64];
+    /// The noise levels of sigma-based schedulers (one more than the
+    /// timesteps); None for the alpha-based ones.
+    fn sigmas(&self) -> Option<&[f64]> {
+        None
+    }
     /// Noise `x0` to the level of schedule position `index`.
     fn add_noise(&self, x0: &Tensor, noise: &Tensor, index: usize) -> Result<Tensor>;
     /// What the UNet sees at position `index`.

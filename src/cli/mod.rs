@@ -1,0 +1,3 @@
+//! The headless commands.
+
+pub mod gen;
