@@ -45,3 +45,31 @@ pub struct Case {
 pub fn read_case(dir: &std::path::Path) -> Case {
     serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap()
 }
+
+/// A copy of a model folder whose weight files are symlinks, so a test can
+/// edit configs (or replace one weight file) without copying megabytes.
+pub fn linked_model_copy(model: &std::path::Path) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for part in std::fs::read_dir(model).unwrap().flatten() {
+        let dest = dir.path().join(part.file_name());
+        if part.path().is_dir() {
+            std::fs::create_dir(&dest).unwrap();
+            for f in std::fs::read_dir(part.path()).unwrap().flatten() {
+                let target = dest.join(f.file_name());
+                if f.path().extension().is_some_and(|e| e == "safetensors") {
+                    std::os::unix::fs::symlink(f.path().canonicalize().unwrap(), target).unwrap();
+                } else {
+                    std::fs::copy(f.path(), target).unwrap();
+                }
+            }
+        } else {
+            std::fs::copy(part.path(), dest).unwrap();
+        }
+    }
+    dir
+}
+
+/// The first shared parity case (SD 1.x, DDIM).
+pub fn sd15_case() -> PathBuf {
+    shared_dir().join("parity/cases/sd15-ddim")
+}

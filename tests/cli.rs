@@ -1,0 +1,223 @@
+//! `atelier gen` as a user runs it: parity through the binary, variations,
+//! the parameters text in the PNG, and errors on bad input.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn atelier(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_atelier"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn gen_case(case: &Path, out: &Path, extra: &[&str]) -> Output {
+    let c = common::read_case(case);
+    let (model, source, noise) = (
+        case.join("model"),
+        case.join("source.png"),
+        case.join("noise.safetensors"),
+    );
+    let (strength, steps, guidance) = (
+        c.strength.to_string(),
+        c.steps.to_string(),
+        c.guidance.to_string(),
+    );
+    let mut args = vec![
+        "gen",
+        "--model",
+        model.to_str().unwrap(),
+        "--source",
+        source.to_str().unwrap(),
+        "--prompt",
+        &c.prompt,
+        "--negative",
+        &c.negative_prompt,
+        "--strength",
+        &strength,
+        "--steps",
+        &steps,
+        "--guidance",
+        &guidance,
+        "--noise",
+        noise.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    atelier(&args)
+}
+
+#[test]
+fn gen_matches_diffusers_on_every_parity_case() {
+    let tmp = tempfile::tempdir().unwrap();
+    for case in common::parity_cases() {
+        let out = tmp.path().join("out.safetensors");
+        let run = gen_case(&case, &out, &[]);
+        assert!(
+            run.status.success(),
+            "{}: {}",
+            case.display(),
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let got = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
+        let want = candle_core::safetensors::load(
+            case.join("expected.safetensors"),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let diff: f32 = (&got["image"] - &want["image"])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(diff <= 1e-3, "{}: max abs diff {diff}", case.display());
+
+        // The PNG is the same image, rounded as diffusers rounds.
+        let png = tmp.path().join("out.png");
+        assert!(gen_case(&case, &png, &[]).status.success());
+        let got = image::open(&png).unwrap().to_rgb8();
+        let want = image::open(case.join("expected.png")).unwrap().to_rgb8();
+        let worst = got
+            .as_raw()
+            .iter()
+            .zip(want.as_raw())
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
+        assert!(
+            worst <= 1,
+            "{}: PNG differs by {worst} levels",
+            case.display()
+        );
+    }
+}
+
+#[test]
+fn count_makes_numbered_variations_each_reproducible_alone() {
+    let case = common::sd15_case();
+    let tmp = tempfile::tempdir().unwrap();
+    let c = common::read_case(&case);
+    let base = |seed: &str, count: &str, out: &Path| {
+        atelier(&[
+            "gen",
+            "--model",
+            case.join("model").to_str().unwrap(),
+            "--source",
+            case.join("source.png").to_str().unwrap(),
+            "--prompt",
+            &c.prompt,
+            "--steps",
+            "4",
+            "--strength",
+            "0.5",
+            "--seed",
+            seed,
+            "--count",
+            count,
+            "--device",
+            "cpu",
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+        ])
+    };
+    let run = base("5", "2", &tmp.path().join("v.png"));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(tmp.path().join("v-1.png").is_file() && tmp.path().join("v-2.png").is_file());
+    assert!(base("6", "1", &tmp.path().join("alone.png"))
+        .status
+        .success());
+    let pixels = |name: &str| {
+        image::open(tmp.path().join(name))
+            .unwrap()
+            .to_rgb8()
+            .into_raw()
+    };
+    assert_eq!(
+        pixels("v-2.png"),
+        pixels("alone.png"),
+        "image 2 of seed 5 is seed 6"
+    );
+    assert_ne!(pixels("v-1.png"), pixels("v-2.png"));
+
+    // The PNG carries A1111's parameters and atelier's record.
+    let texts = atelier::png_meta::read_png_texts(&tmp.path().join("v-2.png")).unwrap();
+    let params = &texts.iter().find(|(k, _)| k == "parameters").unwrap().1;
+    assert!(params.starts_with(&c.prompt), "{params}");
+    assert!(
+        params.contains("Steps: 4, Sampler: DDIM, CFG scale: 7.5, Seed: 6, Size: 128x128"),
+        "{params}"
+    );
+    assert!(params.contains("Denoising strength: 0.5"), "{params}");
+    let record: serde_json::Value =
+        serde_json::from_str(&texts.iter().find(|(k, _)| k == "atelier").unwrap().1).unwrap();
+    assert_eq!(record["recipe"]["seed"], 6);
+    assert_eq!(record["steps_run"], 2);
+}
+
+#[test]
+fn bad_input_fails_with_a_message_and_writes_nothing() {
+    let case = common::sd15_case();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.png");
+    let model = case.join("model");
+    let source = case.join("source.png");
+    let cases: &[(&[&str], &str)] = &[
+        (&["--strength", "1.5"], "strength 1.5 is outside [0, 1]"),
+        (&["--steps", "0"], "steps must be at least 1"),
+        (&["--scheduler", "lms"], "unknown scheduler"),
+        (&["--fit", "zoom"], "unknown fit"),
+        (&["--crop", "1,2"], "X,Y,W,H"),
+        (&["--width", "4096", "--height", "4096"], "over the limit"),
+        (&["--device", "tpu"], "unknown device"),
+    ];
+    for (extra, message) in cases {
+        let mut args = vec![
+            "gen",
+            "--model",
+            model.to_str().unwrap(),
+            "--source",
+            source.to_str().unwrap(),
+            "--prompt",
+            "x",
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        let run = atelier(&args);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(!run.status.success(), "{extra:?} should fail");
+        assert!(stderr.contains(message), "{extra:?}: {stderr}");
+        assert!(!out.exists(), "{extra:?} wrote an output");
+    }
+    let not_image = tmp.path().join("notes.txt");
+    std::fs::write(&not_image, "hello").unwrap();
+    let run = atelier(&[
+        "gen",
+        "--model",
+        model.to_str().unwrap(),
+        "--source",
+        not_image.to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&run.stderr).contains("not an image"));
+}
