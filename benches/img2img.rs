@@ -17,7 +17,10 @@ use candle_core::{DType, Tensor};
 use image::{DynamicImage, Rgb, RgbImage};
 
 fn env<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// The median of `repeats` timings returned by `f`.
@@ -41,11 +44,22 @@ fn main() -> anyhow::Result<()> {
 
     let mut engine = Engine::new(device.clone(), dtype);
     let m = engine.load(std::path::Path::new(&model))?;
-    let lat = Tensor::randn(0f32, 1., (2, 4, size as usize / 8, size as usize / 8), &device)?.to_dtype(dtype)?;
-    let ctx = Tensor::randn(0f32, 1., (2, 77, m.unet_spec.cross_attention_dim), &device)?.to_dtype(dtype)?;
+    let lat = Tensor::randn(
+        0f32,
+        1.,
+        (2, 4, size as usize / 8, size as usize / 8),
+        &device,
+    )?
+    .to_dtype(dtype)?;
+    let ctx = Tensor::randn(0f32, 1., (2, 77, m.unet_spec.cross_attention_dim), &device)?
+        .to_dtype(dtype)?;
     let sync = |t: Tensor| {
         // Reading one value waits for asynchronous devices.
-        let _ = t.flatten_all().and_then(|t| t.get(0)).and_then(|t| t.to_dtype(DType::F32)).and_then(|t| t.to_scalar::<f32>());
+        let _ = t
+            .flatten_all()
+            .and_then(|t| t.get(0))
+            .and_then(|t| t.to_dtype(DType::F32))
+            .and_then(|t| t.to_scalar::<f32>());
     };
     sync(m.unet.forward(&lat, 500.0, &ctx)?); // warm-up
     let unet_s = median(repeats, || {
@@ -54,9 +68,14 @@ fn main() -> anyhow::Result<()> {
         t.elapsed().as_secs_f64()
     });
 
-    let src = RgbImage::from_fn(size, size, |x, y| Rgb([(x * 255 / size) as u8, (y * 255 / size) as u8, 128]));
+    let src = RgbImage::from_fn(size, size, |x, y| {
+        Rgb([(x * 255 / size) as u8, (y * 255 / size) as u8, 128])
+    });
     let req = Request {
-        source: SourceInput { image: Arc::new(DynamicImage::ImageRgb8(src)), key: "bench".into() },
+        source: SourceInput {
+            image: Arc::new(DynamicImage::ImageRgb8(src)),
+            key: "bench".into(),
+        },
         prompt: "a red fox in the snow".into(),
         negative: "blurry".into(),
         strength,

@@ -1,29 +1,81 @@
 use clap::{Parser, Subcommand};
 
-use atelier::cli;
+use atelier::cli::{self, Global};
 
 /// atelier: image-to-image generation in the terminal.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
+    #[command(flatten)]
+    global: Global,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Transform a source image by a prompt (img2img), headless.
+    /// Make a project (a folder that keeps every run).
+    Init(cli::manage::InitArgs),
+    /// Transform a source image by a prompt (img2img).
     Gen(cli::gen::GenArgs),
+    /// List the project's runs.
+    History(cli::history::HistoryArgs),
+    /// One run: its record, and its image in the terminal.
+    Show(cli::show::ShowArgs),
+    /// Run a recipe again with changes (--set key=value), as a child run.
+    Rerun(cli::rerun::RerunArgs),
+    /// A grid of runs over one or two settings, with a contact sheet.
+    Sweep(cli::sweep::SweepArgs),
+    /// A side-by-side sheet of runs, differences labelled.
+    Compare(cli::compare::CompareArgs),
+    /// Copy runs' PNGs (settings embedded) to a folder.
+    Export(cli::transfer::ExportArgs),
+    /// Bring PNGs from atelier, A1111, Fooocus or sd.cpp into the project.
+    Import(cli::transfer::ImportArgs),
+    /// Star runs.
+    Star(cli::manage::MarkArgs),
+    /// Unstar runs.
+    Unstar(cli::manage::MarkArgs),
+    /// Add (+tag) or remove (-tag) tags.
+    Tag(cli::manage::TagArgs),
+    /// Set a run's note.
+    Note(cli::manage::NoteArgs),
+    /// Move runs to the trash.
+    Rm(cli::manage::MarkArgs),
+    /// The trash: list, restore, empty.
+    #[command(subcommand)]
+    Trash(cli::manage::TrashCommand),
 }
 
 fn main() {
+    // Behave like other Unix tools in a pipe (`atelier history | head`):
+    // end quietly when the reader goes away.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("ATELIER_LOG"))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let g = &cli.global;
     let result = match cli.command {
-        Command::Gen(args) => cli::gen::run(args),
+        Command::Init(a) => cli::manage::init(a),
+        Command::Gen(a) => cli::gen::run(a, g),
+        Command::History(a) => cli::history::run(a, g),
+        Command::Show(a) => cli::show::run(a, g),
+        Command::Rerun(a) => cli::rerun::run(a, g),
+        Command::Sweep(a) => cli::sweep::run(a, g),
+        Command::Compare(a) => cli::compare::run(a, g),
+        Command::Export(a) => cli::transfer::export(a, g),
+        Command::Import(a) => cli::transfer::import(a, g),
+        Command::Star(a) => cli::manage::star(a, g, true),
+        Command::Unstar(a) => cli::manage::star(a, g, false),
+        Command::Tag(a) => cli::manage::tag(a, g),
+        Command::Note(a) => cli::manage::note(a, g),
+        Command::Rm(a) => cli::manage::rm(a, g),
+        Command::Trash(c) => cli::manage::trash(c, g),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

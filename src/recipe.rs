@@ -54,6 +54,57 @@ impl Recipe {
     }
 }
 
+impl Recipe {
+    /// A recipe from another tool's parameters. Settings it lacks come from
+    /// `defaults` (a txt2img image has no denoising strength, for example).
+    pub fn from_infotext(info: &crate::infotext::Infotext, defaults: &Recipe) -> Recipe {
+        let num = |key: &str| info.get(key).and_then(|v| v.trim().parse::<f64>().ok());
+        let size = info.get("Size").and_then(|s| {
+            let (w, h) = s.split_once('x')?;
+            Some((w.trim().parse().ok()?, h.trim().parse().ok()?))
+        });
+        let scheduler = info
+            .get("Sampler")
+            .and_then(|s| {
+                // A1111 writes "Karras" in `Schedule type` since v1.9.
+                let karras = info
+                    .get("Schedule type")
+                    .is_some_and(|t| t.eq_ignore_ascii_case("karras"));
+                let name = if karras && !s.contains("Karras") {
+                    format!("{s} Karras")
+                } else {
+                    s.to_string()
+                };
+                name.parse::<crate::engine::SchedulerKind>().ok()
+            })
+            .map(|k| k.name().to_string())
+            .unwrap_or_else(|| defaults.scheduler.clone());
+        Recipe {
+            prompt: info.prompt.clone(),
+            negative: info.negative.clone(),
+            strength: num("Denoising strength").unwrap_or(defaults.strength),
+            steps: num("Steps").map(|s| s as usize).unwrap_or(defaults.steps),
+            guidance: num("CFG scale").unwrap_or(defaults.guidance),
+            seed: info
+                .get("Seed")
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(defaults.seed),
+            scheduler,
+            width: size.map(|s: (u32, u32)| s.0).unwrap_or(defaults.width),
+            height: size.map(|s: (u32, u32)| s.1).unwrap_or(defaults.height),
+            crop: info.get("Crop").and_then(|c| c.parse().ok()),
+            fit: info
+                .get("Fit")
+                .and_then(|f| f.parse().ok())
+                .unwrap_or(defaults.fit),
+            model: info
+                .get("Model")
+                .map(String::from)
+                .unwrap_or_else(|| defaults.model.clone()),
+        }
+    }
+}
+
 /// A1111 quotes values holding commas, colons or quotes (JSON-style).
 pub fn quote_if_needed(value: &str) -> String {
     if value.contains([',', ':', '"', '\n']) {
@@ -66,6 +117,43 @@ pub fn quote_if_needed(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sample() -> Recipe {
+        Recipe {
+            prompt: "a fox, \"quoted\", in snow\nsecond line".into(),
+            negative: "blurry,\nlow quality".into(),
+            strength: 0.45,
+            steps: 25,
+            guidance: 6.5,
+            seed: 1234567,
+            scheduler: "dpmpp_2m_karras".into(),
+            width: 640,
+            height: 384,
+            crop: Some(CropRect {
+                x: 10,
+                y: 20,
+                w: 300,
+                h: 200,
+            }),
+            fit: Fit::Pad,
+            model: "models/my, model".into(),
+        }
+    }
+
+    #[test]
+    fn infotext_round_trips() {
+        let r = sample();
+        let text = r.to_infotext("DPM++ 2M Karras");
+        let info = crate::infotext::Infotext::parse(&text).unwrap();
+        let back = Recipe::from_infotext(
+            &info,
+            &Recipe {
+                prompt: String::new(),
+                ..r.clone()
+            },
+        );
+        assert_eq!(back, r);
+    }
 
     #[test]
     fn infotext_has_a1111_layout() {

@@ -1,45 +1,52 @@
-//! `atelier gen`: one img2img run (or `--count` variations) from the
-//! command line, with a progress bar, written as PNGs that carry their recipe.
+//! `atelier gen`: img2img from the command line. Inside a project the run is
+//! recorded (the output lives in its run folder; `--out` is optional and
+//! gets a copy); outside one, `--out` names the PNG.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::engine::device::{default_device_name, open_device};
-use crate::engine::{Cancelled, CropRect, Engine, Event, Fit, Request, SchedulerKind, SourceInput};
+use super::runner::{PlannedRun, Runner, SourceRef};
+use super::Global;
+use crate::engine::{CropRect, Fit, SchedulerKind};
+use crate::project::{parse_run_id, Access, Project};
 use crate::recipe::Recipe;
+
+pub const DEFAULT_STRENGTH: f64 = 0.6;
+pub const DEFAULT_STEPS: usize = 30;
+pub const DEFAULT_GUIDANCE: f64 = 7.5;
 
 #[derive(Args, Debug, Clone)]
 pub struct GenArgs {
-    /// Model: a diffusers folder, a Hugging Face repo (org/name) or an alias.
-    #[arg(long, default_value = crate::models::DEFAULT_MODEL)]
-    pub model: String,
-    /// The source image.
+    /// Model: a diffusers folder, a Hugging Face repo (org/name) or an alias
+    /// [default: the project's model, else sd-turbo].
     #[arg(long)]
-    pub source: PathBuf,
+    pub model: Option<String>,
+    /// The source image; inside a project also a run id (#12), whose output
+    /// becomes the source.
+    #[arg(long)]
+    pub source: String,
     #[arg(long)]
     pub prompt: String,
     #[arg(long, default_value = "")]
     pub negative: String,
-    /// How far the output may move from the source: 0 keeps it, 1 ignores it.
-    #[arg(long, default_value_t = 0.6)]
-    pub strength: f64,
-    #[arg(long, default_value_t = 30)]
-    pub steps: usize,
-    /// Classifier-free guidance scale; 1 or less turns it off (turbo models).
-    #[arg(long, default_value_t = 7.5)]
-    pub guidance: f64,
+    /// How far the output may move from the source: 0 keeps it, 1 ignores it [default: 0.6].
+    #[arg(long)]
+    pub strength: Option<f64>,
+    /// Length of the whole schedule [default: 30].
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Classifier-free guidance scale; 1 or less turns it off (turbo models) [default: 7.5].
+    #[arg(long)]
+    pub guidance: Option<f64>,
     /// Seed of the first image; random (and recorded) when absent.
     #[arg(long)]
     pub seed: Option<u64>,
     /// Variations: image i uses seed + i.
     #[arg(long, default_value_t = 1)]
     pub count: usize,
-    /// ddim, euler, euler_a, dpmpp_2m, dpmpp_2m_karras or pndm; the model's own by default.
+    /// ddim, euler, euler_a, dpmpp_2m, dpmpp_2m_karras or pndm [default: the model's own].
     #[arg(long)]
     pub scheduler: Option<SchedulerKind>,
     #[arg(long)]
@@ -55,14 +62,15 @@ pub struct GenArgs {
     /// Initial noise from a safetensors file (`init_noise`, f32 [1, 4, h/8, w/8]).
     #[arg(long)]
     pub noise: Option<PathBuf>,
-    /// cpu, cuda, cuda:N or metal; the best available by default.
+    /// cpu, cuda, cuda:N or metal [default: the project's, else the best available].
     #[arg(long)]
     pub device: Option<String>,
     /// The output PNG; with --count N, FILE-1.png ... FILE-N.png. A
     /// `.safetensors` name writes the f32 image (`image`, [3, h, w] in [0, 1]).
+    /// Required outside a project.
     #[arg(long)]
-    pub out: PathBuf,
-    /// Print no progress bar.
+    pub out: Option<PathBuf>,
+    /// Print no progress.
     #[arg(long)]
     pub quiet: bool,
 }
@@ -80,155 +88,135 @@ pub fn output_path(out: &Path, index: usize, count: usize) -> PathBuf {
     out.with_file_name(format!("{stem}-{}.{ext}", index + 1))
 }
 
-pub fn run(args: GenArgs) -> Result<()> {
+/// The project for a writing command: `--project`, or found from here; None
+/// outside any project when `optional`.
+pub fn open_project(global: &Global, optional: bool, access: Access) -> Result<Option<Project>> {
+    let root = match Project::locate(global.project.as_deref()) {
+        Ok(root) => root,
+        Err(_) if optional && global.project.is_none() => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok(Some(Project::open(&root, access)?))
+}
+
+/// A source given as a file (added to the project) or as a run id.
+pub fn resolve_source(project: Option<&Project>, source: &str) -> Result<SourceRef> {
+    let path = Path::new(source);
+    if !path.exists() {
+        if let (Some(project), Ok(id)) = (project, parse_run_id(source)) {
+            let record = project.record(id)?;
+            if !record.status.has_image() {
+                bail!(
+                    "run #{id} has no output to use as a source (it is {})",
+                    record.status.name()
+                );
+            }
+            let image = project.image_path(id);
+            let hash = project.add_source(&image)?;
+            let file = project.source_path(&hash).expect("just stored");
+            return Ok(SourceRef {
+                hash,
+                file,
+                run: Some(id),
+            });
+        }
+    }
+    match project {
+        Some(project) => {
+            let hash = project.add_source(path)?;
+            let file = project.source_path(&hash).expect("just stored");
+            Ok(SourceRef {
+                hash,
+                file,
+                run: None,
+            })
+        }
+        None => {
+            // Checked here so a bad source fails before the model loads.
+            crate::engine::source::load_source(path)?;
+            let bytes = std::fs::read(path)?;
+            Ok(SourceRef {
+                hash: crate::hash::hex_digest(&bytes),
+                file: path.to_path_buf(),
+                run: None,
+            })
+        }
+    }
+}
+
+pub fn run(args: GenArgs, global: &Global) -> Result<()> {
     if args.count == 0 {
-        anyhow::bail!("--count must be at least 1");
+        bail!("--count must be at least 1");
     }
-    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if !parent.is_dir() {
-            anyhow::bail!("the output folder {} does not exist", parent.display());
-        }
+    let project = open_project(global, true, Access::Write)?;
+    if project.is_none() && args.out.is_none() {
+        bail!("--out is required outside a project (or run `atelier init` to keep every run)");
     }
-    let model_dir = crate::models::resolve_model(&args.model)?;
-    let source = SourceInput::load(&args.source)?;
-    let device_name = args
-        .device
-        .clone()
-        .unwrap_or_else(|| default_device_name().to_string());
-    let (device, dtype) = open_device(&device_name)?;
-
-    let cancel = Arc::new(AtomicBool::new(false));
+    if let Some(parent) = args
+        .out
+        .as_deref()
+        .and_then(Path::parent)
+        .filter(|p| !p.as_os_str().is_empty())
     {
-        let cancel = cancel.clone();
-        // A second Ctrl-C while stopping exits at once.
-        let _ = ctrlc::set_handler(move || {
-            if cancel.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-            eprintln!("\ncancelling after the current step...");
-        });
+        if !parent.is_dir() {
+            bail!("the output folder {} does not exist", parent.display());
+        }
     }
-
-    let mut engine = Engine::new(device, dtype);
-    if !args.quiet {
-        eprintln!("loading {} on {device_name}...", model_dir.display());
-    }
-    engine.load(&model_dir)?;
-
-    let base_seed = args.seed.unwrap_or_else(|| rand::random::<u32>() as u64);
-    for i in 0..args.count {
-        let seed = base_seed.wrapping_add(i as u64);
-        let req = Request {
+    let settings = project
+        .as_ref()
+        .map(|p| p.settings.clone())
+        .unwrap_or_default();
+    let source = resolve_source(project.as_ref(), &args.source)?;
+    let recipe = Recipe {
+        prompt: args.prompt.clone(),
+        negative: args.negative.clone(),
+        strength: args
+            .strength
+            .or(settings.strength)
+            .unwrap_or(DEFAULT_STRENGTH),
+        steps: args.steps.or(settings.steps).unwrap_or(DEFAULT_STEPS),
+        guidance: args
+            .guidance
+            .or(settings.guidance)
+            .unwrap_or(DEFAULT_GUIDANCE),
+        seed: args.seed.unwrap_or_else(|| rand::random::<u32>() as u64),
+        scheduler: args
+            .scheduler
+            .map(|k| k.name().to_string())
+            .or(settings.scheduler.clone())
+            .unwrap_or_default(),
+        width: args.width.unwrap_or(0),
+        height: args.height.unwrap_or(0),
+        crop: args.crop,
+        fit: args.fit,
+        model: args
+            .model
+            .clone()
+            .or(settings.model.clone())
+            .unwrap_or_else(|| crate::models::DEFAULT_MODEL.to_string()),
+    };
+    crate::engine::pipeline::validate_settings(recipe.strength, recipe.steps, recipe.guidance)?;
+    let plans = (0..args.count)
+        .map(|i| PlannedRun {
+            recipe: Recipe {
+                seed: recipe.seed.wrapping_add(i as u64),
+                ..recipe.clone()
+            },
             source: source.clone(),
-            prompt: args.prompt.clone(),
-            negative: args.negative.clone(),
-            strength: args.strength,
-            steps: args.steps,
-            guidance: args.guidance,
-            seed,
-            scheduler: args.scheduler,
-            width: args.width,
-            height: args.height,
-            crop: args.crop,
-            fit: args.fit,
+            parent: source.run,
             noise_file: args.noise.clone(),
-        };
-        let bar = ProgressBar::hidden();
-        if !args.quiet {
-            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-        }
-        bar.set_style(
-            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps {msg}")
-                .expect("valid template")
-                .progress_chars("=> "),
-        );
-        bar.set_prefix(format!("image {}/{}", i + 1, args.count));
-        let mut on_event = |event: Event| match event {
-            Event::Planned {
-                steps_run,
-                width,
-                height,
-                scheduler,
-                ..
-            } => {
-                bar.set_length(steps_run as u64);
-                bar.suspend(|| {
-                    eprintln!(
-                        "seed {seed}: {steps_run} of {} steps will run ({scheduler}, {width}x{height})",
-                        args.steps
-                    )
-                });
-            }
-            Event::Step { index, seconds, .. } => {
-                bar.set_position(index as u64);
-                bar.set_message(format!("{seconds:.2} s/step"));
-            }
-            Event::Decoding => bar.set_message("decoding"),
-        };
-        let generation = match engine.generate(&req, &mut on_event, &cancel) {
-            Err(e) if e.is::<Cancelled>() => {
-                bar.abandon_with_message("cancelled");
-                eprintln!("cancelled: no image written for seed {seed}");
-                std::process::exit(130);
-            }
-            other => other?,
-        };
-        bar.finish_and_clear();
-
-        let scheduler = generation.scheduler;
-        let recipe = Recipe {
-            prompt: args.prompt.clone(),
-            negative: args.negative.clone(),
-            strength: args.strength,
-            steps: args.steps,
-            guidance: args.guidance,
-            seed,
-            scheduler: scheduler.name().to_string(),
-            width: generation.width,
-            height: generation.height,
-            crop: args.crop,
-            fit: args.fit,
-            model: args.model.clone(),
-        };
-        let record = serde_json::json!({
-            "recipe": recipe,
-            "steps_run": generation.steps_run,
-            "timesteps_run": generation.timesteps_run,
-            "device": device_name,
-            "noise_file": args.noise.as_ref().map(|p| p.display().to_string()),
-            "timings": generation.timings,
-        });
-        let path = output_path(&args.out, i, args.count);
-        if path.extension().is_some_and(|e| e == "safetensors") {
-            // The exact decoded image, for comparing with other implementations.
-            candle_core::safetensors::save(
-                &std::collections::HashMap::from([(
-                    "image".to_string(),
-                    generation.pixels.clone(),
-                )]),
-                &path,
-            )
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        } else {
-            crate::png_meta::write_png(
-                &path,
-                &generation.image,
-                &[
-                    ("parameters", &recipe.to_infotext(scheduler.a1111_name())),
-                    ("atelier", &serde_json::to_string(&record)?),
-                ],
-            )
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        }
-        let total: f64 = generation.timings.steps_s.iter().sum();
+            out: args.out.as_deref().map(|o| output_path(o, i, args.count)),
+        })
+        .collect();
+    let device = args.device.as_deref().or(settings.device.as_deref());
+    let mut runner = Runner::new(device, args.quiet)?;
+    for o in runner.run_all(project.as_ref(), plans)? {
+        let id = o.id.map(|id| format!("#{id}  ")).unwrap_or_default();
         println!(
-            "{}  seed {seed}  {} steps  {:.2} s",
-            path.display(),
-            generation.steps_run,
-            total
-                + generation.timings.encode_text_s
-                + generation.timings.encode_source_s
-                + generation.timings.decode_s
+            "{id}{}  seed {}  {} steps",
+            o.path.display(),
+            o.recipe.seed,
+            o.steps_run
         );
     }
     Ok(())

@@ -33,7 +33,7 @@ fn python_json_to_strict(text: &str) -> String {
     let mut rest = text;
     while let Some(c) = rest.chars().next() {
         if in_string {
-            in_string = !(c == '"' && !escaped);
+            in_string = c != '"' || escaped;
             escaped = c == '\\' && !escaped;
         } else if c == '"' {
             in_string = true;
@@ -417,7 +417,7 @@ pub fn clip_spec(dir: &Path) -> Result<ClipSpec> {
         layer_norm_eps: get_or(&raw, "layer_norm_eps", 1e-5, &path)?,
         activation,
     };
-    if spec.num_attention_heads == 0 || spec.hidden_size % spec.num_attention_heads != 0 {
+    if spec.num_attention_heads == 0 || !spec.hidden_size.is_multiple_of(spec.num_attention_heads) {
         bail!(
             "{}: `hidden_size` {} is not divisible into {} heads",
             path.display(),

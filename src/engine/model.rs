@@ -13,7 +13,7 @@ use super::scheduler::SchedulerConfig;
 use super::tokenizer::ClipTokenizer;
 use super::unet::UNet;
 use super::vae::Vae;
-use super::weights::{describe, var_builder, weight_files};
+use super::weights::{describe, fingerprint, var_builder, weight_files};
 
 pub struct Model {
     pub dir: PathBuf,
@@ -30,6 +30,8 @@ pub struct Model {
     /// Precision of the VAE (f32 when its config asks to upcast).
     pub vae_dtype: DType,
     pub load_seconds: f64,
+    /// Identity of the weight files (`weights::fingerprint`), for records.
+    pub fingerprint: String,
 }
 
 impl Model {
@@ -68,8 +70,10 @@ impl Model {
             );
         }
 
-        let part = |name: &str, stem: &str, dtype: DType| -> Result<_> {
+        let mut all_files = Vec::new();
+        let mut part = |name: &str, stem: &str, dtype: DType| -> Result<_> {
             let files = weight_files(&layout.part(name), stem, half)?;
+            all_files.extend(files.iter().cloned());
             Ok((var_builder(&files, dtype, device)?, describe(&files)))
         };
 
@@ -87,6 +91,7 @@ impl Model {
         };
         let (vb, files) = part("vae", "diffusion_pytorch_model", vae_dtype)?;
         let vae = Vae::new(vb, &vae_spec).with_context(|| weights_error(&files))?;
+        let fingerprint = fingerprint(&all_files)?;
 
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -101,6 +106,7 @@ impl Model {
             dtype,
             vae_dtype,
             load_seconds: started.elapsed().as_secs_f64(),
+            fingerprint,
         })
     }
 

@@ -364,26 +364,22 @@ impl Engine {
 }
 
 fn validate(req: &Request) -> Result<()> {
-    if !(0.0..=1.0).contains(&req.strength) {
-        bail!(
-            "strength {} is outside [0, 1]: 0 keeps the source, 1 ignores it",
-            req.strength
-        );
+    validate_settings(req.strength, req.steps, req.guidance)
+}
+
+/// Checks the numeric settings before anything is loaded.
+pub fn validate_settings(strength: f64, steps: usize, guidance: f64) -> Result<()> {
+    if !(0.0..=1.0).contains(&strength) {
+        bail!("strength {strength} is outside [0, 1]: 0 keeps the source, 1 ignores it");
     }
-    if req.steps == 0 {
+    if steps == 0 {
         bail!("steps must be at least 1");
     }
-    if req.steps > 1000 {
-        bail!(
-            "steps {} is more than the 1000 training timesteps",
-            req.steps
-        );
+    if steps > 1000 {
+        bail!("steps {steps} is more than the 1000 training timesteps");
     }
-    if !req.guidance.is_finite() || req.guidance < 0.0 {
-        bail!(
-            "guidance {} must be a number >= 0 (1 or less turns guidance off)",
-            req.guidance
-        );
+    if !guidance.is_finite() || guidance < 0.0 {
+        bail!("guidance {guidance} must be a number >= 0 (1 or less turns guidance off)");
     }
     Ok(())
 }

@@ -147,3 +147,41 @@ pub fn describe(files: &[PathBuf]) -> String {
         ),
     }
 }
+
+/// A cheap, stable identity for a set of weight files: SHA-256 over each
+/// file's name, size, first and last MiB. Hashing gigabytes per load would
+/// take longer than the generation; this still changes when a file does.
+pub fn fingerprint(files: &[PathBuf]) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::{Read, Seek, SeekFrom};
+    const WINDOW: u64 = 1 << 20;
+    let mut sorted: Vec<&PathBuf> = files.iter().collect();
+    sorted.sort();
+    let mut hasher = Sha256::new();
+    for path in sorted {
+        let mut f =
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let size = f.metadata()?.len();
+        hasher.update(
+            path.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .as_bytes(),
+        );
+        hasher.update(size.to_le_bytes());
+        let mut buf = vec![0u8; WINDOW.min(size) as usize];
+        f.read_exact(&mut buf)?;
+        hasher.update(&buf);
+        if size > WINDOW {
+            f.seek(SeekFrom::Start(size - WINDOW.min(size)))?;
+            f.read_exact(&mut buf)?;
+            hasher.update(&buf);
+        }
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}

@@ -1,0 +1,52 @@
+//! One writer per project: an OS file lock on `atelier.lock`, released by
+//! the OS when the process dies (even by `kill -9`), with the holder's pid
+//! and command written inside so a second process can say who holds it.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, Write};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+pub const LOCK_FILE: &str = "atelier.lock";
+
+#[derive(Debug)]
+pub struct ProjectLock {
+    _file: File,
+}
+
+impl ProjectLock {
+    pub fn acquire(root: &Path) -> Result<Self> {
+        let path = root.join(LOCK_FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open the project lock {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                bail!(
+                    "the project {} is being written by another process ({}); wait for it to \
+                     finish or stop it. Reading commands (history, show, compare, export) still work",
+                    root.display(),
+                    if holder.is_empty() { "unknown" } else { holder }
+                );
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("cannot lock {}", path.display()))
+            }
+        }
+        let command: Vec<String> = std::env::args().take(2).collect();
+        file.set_len(0)?;
+        file.rewind()?;
+        write!(file, "pid {} ({})", std::process::id(), command.join(" "))?;
+        file.flush()?;
+        Ok(Self { _file: file })
+    }
+}

@@ -1,0 +1,557 @@
+//! Projects and history through the binary: every command, the bad inputs,
+//! and the crash-safety claims (a writer killed mid-run or mid-write).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use atelier::project::{Access, Project, Status};
+
+fn atelier_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_atelier"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn err(out: Output) -> String {
+    assert!(
+        !out.status.success(),
+        "should have failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stderr).unwrap()
+}
+
+/// A project using the small SD 1.x parity model, and the source image path.
+fn project() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let case = common::sd15_case();
+    ok(atelier_in(
+        dir.path(),
+        &["init", ".", "--model", case.join("model").to_str().unwrap()],
+    ));
+    (dir, case.join("source.png"))
+}
+
+fn gen(dir: &Path, source: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "gen",
+        "--source",
+        source,
+        "--prompt",
+        "a red fox",
+        "--steps",
+        "4",
+        "--strength",
+        "0.5",
+        "--seed",
+        "1",
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    ok(atelier_in(dir, &args))
+}
+
+fn pixels(path: &Path) -> Vec<u8> {
+    image::open(path).unwrap().to_rgb8().into_raw()
+}
+
+#[test]
+fn gen_records_the_run_with_its_recipe_and_embeds_it_in_the_png() {
+    let (dir, source) = project();
+    let out = gen(dir.path(), source.to_str().unwrap(), &[]);
+    assert!(out.starts_with("#1 "), "{out}");
+    let project = Project::open(dir.path(), Access::Read).unwrap();
+    let run = project.record(1).unwrap();
+    assert_eq!(run.status, Status::Done);
+    assert_eq!(run.steps_run, Some(2));
+    assert_eq!(run.recipe.seed, 1);
+    assert_eq!(
+        run.recipe.scheduler, "ddim",
+        "the model's scheduler, recorded"
+    );
+    assert_eq!((run.recipe.width, run.recipe.height), (128, 128));
+    assert_eq!(run.model.fingerprint.len(), 16);
+    assert_eq!(run.timings.as_ref().unwrap().steps_s.len(), 2);
+    // The source is stored by content, once.
+    gen(dir.path(), source.to_str().unwrap(), &[]);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("sources"))
+            .unwrap()
+            .count(),
+        1
+    );
+    let stored = project.source_path(&run.source).unwrap();
+    assert_eq!(
+        std::fs::read(stored).unwrap(),
+        std::fs::read(&source).unwrap()
+    );
+    // The PNG carries the parameters and the record.
+    let texts = atelier::png_meta::read_png_texts(&project.image_path(1)).unwrap();
+    assert!(texts
+        .iter()
+        .any(|(k, v)| k == "parameters" && v.contains("Seed: 1, Size: 128x128")));
+    let record = &texts.iter().find(|(k, _)| k == "atelier").unwrap().1;
+    let embedded: atelier::project::RunRecord = serde_json::from_str(record).unwrap();
+    assert_eq!(embedded.recipe, run.recipe);
+}
+
+#[test]
+fn commands_find_the_project_from_a_subfolder_or_say_there_is_none() {
+    let (dir, source) = project();
+    gen(dir.path(), source.to_str().unwrap(), &[]);
+    let sub = dir.path().join("notes/deep");
+    std::fs::create_dir_all(&sub).unwrap();
+    assert!(ok(atelier_in(&sub, &["history"])).contains("#1"));
+    let elsewhere = tempfile::tempdir().unwrap();
+    let e = err(atelier_in(elsewhere.path(), &["history"]));
+    assert!(
+        e.contains("no atelier project") && e.contains("atelier init"),
+        "{e}"
+    );
+    let e = err(atelier_in(
+        elsewhere.path(),
+        &["history", "--project", elsewhere.path().to_str().unwrap()],
+    ));
+    assert!(e.contains("is not an atelier project"), "{e}");
+    // Outside a project gen needs --out.
+    let e = err(atelier_in(
+        elsewhere.path(),
+        &["gen", "--source", source.to_str().unwrap(), "--prompt", "x"],
+    ));
+    assert!(e.contains("--out is required"), "{e}");
+}
+
+#[test]
+fn rerun_without_changes_reproduces_the_bytes_and_with_changes_records_a_child() {
+    let (dir, source) = project();
+    gen(dir.path(), source.to_str().unwrap(), &[]);
+    ok(atelier_in(dir.path(), &["rerun", "1", "--quiet"]));
+    ok(atelier_in(
+        dir.path(),
+        &[
+            "rerun",
+            "#1",
+            "--set",
+            "strength=0.75",
+            "--set",
+            "prompt+=, at dusk",
+            "--set",
+            "seed=+1",
+            "--quiet",
+        ],
+    ));
+    let project = Project::open(dir.path(), Access::Read).unwrap();
+    assert_eq!(
+        pixels(&project.image_path(1)),
+        pixels(&project.image_path(2))
+    );
+    let child = project.record(3).unwrap();
+    assert_eq!(child.parent, Some(1));
+    assert_eq!(child.recipe.prompt, "a red fox, at dusk");
+    assert_eq!(
+        (child.recipe.strength, child.recipe.seed, child.steps_run),
+        (0.75, 2, Some(3))
+    );
+    assert_ne!(
+        pixels(&project.image_path(1)),
+        pixels(&project.image_path(3))
+    );
+}
+
+#[test]
+fn a_run_as_source_chains_img2img_with_the_lineage() {
+    let (dir, source) = project();
+    gen(dir.path(), source.to_str().unwrap(), &[]);
+    gen(dir.path(), "#1", &[]);
+    let project = Project::open(dir.path(), Access::Read).unwrap();
+    let second = project.record(2).unwrap();
+    assert_eq!((second.source_run, second.parent), (Some(1), Some(1)));
+    assert_eq!(
+        second.source,
+        atelier::hash::hex_digest(&std::fs::read(project.image_path(1)).unwrap())
+    );
+    let e = err(atelier_in(
+        dir.path(),
+        &["gen", "--source", "#9", "--prompt", "x", "--quiet"],
+    ));
+    assert!(e.contains("no run #9"), "{e}");
+}
+
+#[test]
+fn bad_ids_and_sets_are_explained() {
+    let (dir, source) = project();
+    gen(dir.path(), source.to_str().unwrap(), &[]);
+    assert!(err(atelier_in(dir.path(), &["show", "42"])).contains("there is no run #42"));
+    assert!(err(atelier_in(dir.path(), &["show", "fox"])).contains("is not a run id"));
+    assert!(
+        err(atelier_in(dir.path(), &["rerun", "1", "--set", "strength"])).contains("KEY=VALUE")
+    );
+    assert!(err(atelier_in(
+        dir.path(),
+        &["rerun", "1", "--set", "colour=red"]
+    ))
+    .contains("unknown key"));
+    assert!(err(atelier_in(
+        dir.path(),
+        &["rerun", "1", "--set", "strength=2"]
+    ))
+    .contains("outside [0, 1]"));
+    assert_eq!(
+        Project::open(dir.path(), Access::Read)
+            .unwrap()
+            .history()
+            .unwrap()
+            .runs
+            .len(),
+        1,
+        "nothing recorded"
+    );
+}
+
+#[test]
+fn history_filters_sorts_and_prints_json() {
+    let (dir, source) = project();
+    let s = source.to_str().unwrap();
+    gen(dir.path(), s, &[]);
+    ok(atelier_in(
+        dir.path(),
+        &[
+            "gen",
+            "--source",
+            s,
+            "--prompt",
+            "a castle at night",
+            "--steps",
+            "4",
+            "--strength",
+            "0.8",
+            "--seed",
+            "9",
+            "--quiet",
+        ],
+    ));
+    gen(dir.path(), "#1", &[]);
+    ok(atelier_in(dir.path(), &["star", "2"]));
+    ok(atelier_in(dir.path(), &["tag", "3", "+keeper"]));
+    let table = ok(atelier_in(dir.path(), &["history"]));
+    assert_eq!(table.lines().count(), 4, "{table}");
+    assert!(table.lines().next().unwrap().contains("SEED"));
+    let only = |args: &[&str]| -> Vec<u64> {
+        let mut a = vec!["history", "--json"];
+        a.extend_from_slice(args);
+        let json: serde_json::Value =
+            serde_json::from_str(&ok(atelier_in(dir.path(), &a))).unwrap();
+        json.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(only(&[]), vec![1, 2, 3]);
+    assert_eq!(only(&["--starred"]), vec![2]);
+    assert_eq!(only(&["--grep", "CASTLE"]), vec![2]);
+    assert_eq!(only(&["--grep", "keeper"]), vec![3]);
+    assert_eq!(only(&["--source", s]), vec![1, 2]);
+    assert_eq!(
+        only(&["--sort", "strength", "--reverse", "--limit", "1"]),
+        vec![2]
+    );
+    assert_eq!(only(&["--since", "1h"]), vec![1, 2, 3]);
+    assert_eq!(only(&["--since", "2999-01-01"]), Vec::<u64>::new());
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(atelier_in(dir.path(), &["history", "--json"]))).unwrap();
+    let run = &json[2];
+    for key in [
+        "id",
+        "created",
+        "status",
+        "parent",
+        "source",
+        "prompt",
+        "negative",
+        "strength",
+        "steps",
+        "guidance",
+        "seed",
+        "scheduler",
+        "width",
+        "height",
+        "model",
+    ] {
+        assert!(run.get(key).is_some(), "missing {key}");
+    }
+    assert_eq!(run["parent"], 1);
+}
+
+#[test]
+fn an_unreadable_record_is_reported_with_its_path_and_skipped() {
+    let (dir, source) = project();
+    gen(dir.path(), source.to_str().unwrap(), &[]);
+    gen(dir.path(), source.to_str().unwrap(), &[]);
+    std::fs::write(
+        dir.path().join("runs/000001/run.toml"),
+        "id = 1\nstatus = \"do",
+    )
+    .unwrap();
+    let out = atelier_in(dir.path(), &["history"]);
+    let (stdout, stderr) = (
+        ok(out.clone()),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    );
+    assert!(stdout.contains("#2") && !stdout.contains("#1 "), "{stdout}");
+    assert!(stderr.contains("runs/000001/run.toml"), "{stderr}");
+    // Writers open it too, and new ids never collide with the damaged one.
+    gen(dir.path(), source.to_str().unwrap(), &[]);
+    assert!(ok(atelier_in(dir.path(), &["history"])).contains("#3"));
+    assert!(err(atelier_in(dir.path(), &["show", "1"])).contains("damaged"));
+}
+
+#[test]
+fn a_second_writer_is_told_who_holds_the_project_and_readers_still_work() {
+    let (dir, source) = project();
+    gen(dir.path(), source.to_str().unwrap(), &[]);
+    let holder = Project::open(dir.path(), Access::Write).unwrap();
+    let e = err(atelier_in(dir.path(), &["star", "1"]));
+    assert!(
+        e.contains("being written by another process")
+            && e.contains(&format!("pid {}", std::process::id())),
+        "{e}"
+    );
+    assert!(ok(atelier_in(dir.path(), &["history"])).contains("#1"));
+    ok(atelier_in(dir.path(), &["show", "1", "--no-image"]));
+    drop(holder);
+    ok(atelier_in(dir.path(), &["star", "1"]));
+}
+
+#[test]
+fn a_writer_killed_mid_run_leaves_a_project_that_opens_with_that_run_failed() {
+    let (dir, source) = project();
+    // A long run: 1000 steps of the small model take a while.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_atelier"))
+        .current_dir(dir.path())
+        .args([
+            "gen",
+            "--source",
+            source.to_str().unwrap(),
+            "--prompt",
+            "x",
+            "--steps",
+            "1000",
+            "--strength",
+            "1",
+            "--quiet",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let record = dir.path().join("runs/000001/run.toml");
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&record)
+        .unwrap_or_default()
+        .contains("running")
+    {
+        assert!(started.elapsed().as_secs() < 60, "the run never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let project = Project::open(dir.path(), Access::Write).unwrap();
+    let run = project.record(1).unwrap();
+    assert_eq!(run.status, Status::Failed);
+    assert!(run.error.unwrap().contains("interrupted"));
+    drop(project);
+    gen(dir.path(), source.to_str().unwrap(), &[]);
+}
+
+#[test]
+fn writers_killed_at_random_moments_never_leave_a_half_written_record() {
+    let (dir, source) = project();
+    gen(dir.path(), source.to_str().unwrap(), &[]);
+    for i in 0..12u64 {
+        // A sweep writes many records and images; kill it somewhere inside.
+        let mut child = Command::new(env!("CARGO_BIN_EXE_atelier"))
+            .current_dir(dir.path())
+            .args(["sweep", "1", "--seed", "1..6", "--quiet"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(40 + i * 37 % 300));
+        let _ = child.kill();
+        child.wait().unwrap();
+        let project = Project::open(dir.path(), Access::Write).unwrap();
+        let history = project.history().unwrap();
+        assert!(
+            history.unreadable.is_empty(),
+            "round {i}: {:?}",
+            history.unreadable
+        );
+        for run in &history.runs {
+            assert_ne!(
+                run.status,
+                Status::Running,
+                "round {i}: #{} left running",
+                run.id
+            );
+            if run.status == Status::Done {
+                image::open(project.image_path(run.id)).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn sweep_queues_a_grid_and_draws_a_labelled_sheet() {
+    let (dir, source) = project();
+    gen(dir.path(), source.to_str().unwrap(), &[]);
+    let out = ok(atelier_in(
+        dir.path(),
+        &[
+            "sweep",
+            "1",
+            "--strength",
+            "0.3:0.7:0.2",
+            "--seed",
+            "1..2",
+            "--quiet",
+        ],
+    ));
+    assert!(out.contains("sheet: "), "{out}");
+    let project = Project::open(dir.path(), Access::Read).unwrap();
+    let runs = project.history().unwrap().runs;
+    assert_eq!(runs.len(), 7);
+    let grid: Vec<(f64, u64)> = runs[1..]
+        .iter()
+        .map(|r| (r.recipe.strength, r.recipe.seed))
+        .collect();
+    assert_eq!(
+        grid,
+        vec![(0.3, 1), (0.5, 1), (0.7, 1), (0.3, 2), (0.5, 2), (0.7, 2)]
+    );
+    assert!(runs[1..]
+        .iter()
+        .all(|r| r.parent == Some(1) && r.status == Status::Done));
+    let sheet = image::open(dir.path().join("sheets/sweep-2-7.png")).unwrap();
+    assert!(sheet.width() > 3 * 192 && sheet.height() > 2 * 192);
+    assert!(err(atelier_in(dir.path(), &["sweep", "1"])).contains("one or two settings"));
+}
+
+#[test]
+fn compare_labels_the_settings_that_differ() {
+    let (dir, source) = project();
+    gen(dir.path(), source.to_str().unwrap(), &[]);
+    ok(atelier_in(
+        dir.path(),
+        &["rerun", "1", "--set", "strength=0.75", "--quiet"],
+    ));
+    let out = ok(atelier_in(
+        dir.path(),
+        &["compare", "1", "2", "--out", "cmp.png"],
+    ));
+    assert!(
+        out.contains("#1: strength 0.5") && out.contains("#2: strength 0.75"),
+        "{out}"
+    );
+    let sheet = image::open(dir.path().join("cmp.png")).unwrap();
+    assert!(sheet.width() >= 3 * 256, "source and two runs");
+}
+
+#[test]
+fn export_then_import_keeps_the_recipe_and_a1111_pngs_import_too() {
+    let (dir, source) = project();
+    gen(
+        dir.path(),
+        source.to_str().unwrap(),
+        &["--negative", "blurry, dark"],
+    );
+    let out = tempfile::tempdir().unwrap();
+    ok(atelier_in(
+        dir.path(),
+        &["export", "1", "--to", out.path().to_str().unwrap()],
+    ));
+    let exported = out.path().join("atelier-1.png");
+    assert!(ok(atelier_in(
+        dir.path(),
+        &["import", exported.to_str().unwrap()]
+    ))
+    .contains("#2"));
+    let project = Project::open(dir.path(), Access::Read).unwrap();
+    let (a, b) = (project.record(1).unwrap(), project.record(2).unwrap());
+    assert_eq!(a.recipe, b.recipe);
+    assert_eq!(b.status, Status::Imported);
+
+    // A PNG as A1111 writes it.
+    let a1111 = out.path().join("a1111.png");
+    let img = image::RgbImage::from_pixel(64, 64, image::Rgb([200, 100, 50]));
+    let params = "a lighthouse, \"quoted\"\nNegative prompt: fog,\nrain\nSteps: 12, Sampler: Euler a, CFG scale: 5.5, Seed: 77, Size: 64x64, Model hash: abc, Model: dreamshaper, Denoising strength: 0.35, Version: v1.9.4";
+    atelier::png_meta::write_png(&a1111, &img, &[("parameters", params)]).unwrap();
+    ok(atelier_in(dir.path(), &["import", a1111.to_str().unwrap()]));
+    let r = Project::open(dir.path(), Access::Read)
+        .unwrap()
+        .record(3)
+        .unwrap();
+    assert_eq!(r.recipe.prompt, "a lighthouse, \"quoted\"");
+    assert_eq!(r.recipe.negative, "fog,\nrain");
+    assert_eq!(
+        (
+            r.recipe.steps,
+            r.recipe.guidance,
+            r.recipe.seed,
+            r.recipe.strength
+        ),
+        (12, 5.5, 77, 0.35)
+    );
+    assert_eq!(r.recipe.scheduler, "euler_a");
+    assert_eq!(r.recipe.model, "dreamshaper");
+
+    // A PNG without parameters.
+    let plain = out.path().join("plain.png");
+    img.save(&plain).unwrap();
+    let e = err(atelier_in(dir.path(), &["import", plain.to_str().unwrap()]));
+    assert!(e.contains("has no generation parameters"), "{e}");
+}
+
+#[test]
+fn stars_tags_notes_and_the_trash() {
+    let (dir, source) = project();
+    gen(dir.path(), source.to_str().unwrap(), &[]);
+    gen(dir.path(), source.to_str().unwrap(), &[]);
+    ok(atelier_in(dir.path(), &["star", "1"]));
+    ok(atelier_in(dir.path(), &["tag", "1", "+hero", "+maybe"]));
+    ok(atelier_in(dir.path(), &["tag", "1", "-maybe"]));
+    ok(atelier_in(dir.path(), &["note", "1", "the keeper"]));
+    let r = Project::open(dir.path(), Access::Read)
+        .unwrap()
+        .record(1)
+        .unwrap();
+    assert!(r.starred);
+    assert_eq!(r.tags, vec!["hero"]);
+    assert_eq!(r.note, "the keeper");
+    ok(atelier_in(dir.path(), &["rm", "2"]));
+    assert!(!ok(atelier_in(dir.path(), &["history"])).contains("#2"));
+    assert!(ok(atelier_in(dir.path(), &["trash", "list"])).contains("#2"));
+    // A deleted id is never reused.
+    gen(dir.path(), source.to_str().unwrap(), &[]);
+    assert!(ok(atelier_in(dir.path(), &["history"])).contains("#3"));
+    ok(atelier_in(dir.path(), &["trash", "restore", "2"]));
+    assert!(ok(atelier_in(dir.path(), &["history"])).contains("#2"));
+    ok(atelier_in(dir.path(), &["rm", "2"]));
+    assert!(ok(atelier_in(dir.path(), &["trash", "empty"])).contains("deleted 1"));
+    assert!(!dir.path().join("trash/000002").exists());
+}
