@@ -74,7 +74,10 @@ fn median(mut times: Vec<f64>) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
-    let n: u64 = std::env::var("ATELIER_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let n: u64 = std::env::var("ATELIER_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
     let dir = tempfile::tempdir()?;
     let project = Project::init(dir.path())?;
     for id in 1..=n {
@@ -93,7 +96,14 @@ fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         let project = Project::open(dir.path(), Access::Read)?;
         let history = project.history()?;
-        let runs = select(&project, &history, &HistoryArgs { sort: "id".into(), ..Default::default() })?;
+        let runs = select(
+            &project,
+            &history,
+            &HistoryArgs {
+                sort: "id".into(),
+                ..Default::default()
+            },
+        )?;
         rows = table(&runs).lines().count();
         lib_times.push(t.elapsed().as_secs_f64());
         drop(runs);
@@ -107,7 +117,10 @@ fn main() -> anyhow::Result<()> {
     let mut cmd_times = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();
-        let out = Command::new(exe).args(["history", "--project"]).arg(dir.path()).output()?;
+        let out = Command::new(exe)
+            .args(["history", "--project"])
+            .arg(dir.path())
+            .output()?;
         assert!(out.status.success());
         cmd_times.push(t.elapsed().as_secs_f64());
     }
@@ -120,9 +133,18 @@ fn main() -> anyhow::Result<()> {
         .and_then(|s| s.trim().parse::<u64>().ok());
 
     println!("runs: {n} (records in {})", Path::new(dir.path()).display());
-    println!("open + read all records + filter + table (library, warm cache), median of 5: {:.3} s", median(lib_times));
-    println!("`atelier history` (whole process, warm cache), median of 5: {:.3} s", median(cmd_times));
-    println!("memory held by the loaded history: {:.1} MiB", (rss_after.saturating_sub(rss_before)) as f64 / 1024.0);
+    println!(
+        "open + read all records + filter + table (library, warm cache), median of 5: {:.3} s",
+        median(lib_times)
+    );
+    println!(
+        "`atelier history` (whole process, warm cache), median of 5: {:.3} s",
+        median(cmd_times)
+    );
+    println!(
+        "memory held by the loaded history: {:.1} MiB",
+        (rss_after.saturating_sub(rss_before)) as f64 / 1024.0
+    );
     match peak {
         Some(kib) => println!("`atelier history` peak RSS: {:.1} MiB", kib as f64 / 1024.0),
         None => println!("`atelier history` peak RSS: (install GNU time to measure)"),

@@ -65,6 +65,9 @@ pub struct GenArgs {
     /// cpu, cuda, cuda:N or metal [default: the project's, else the best available].
     #[arg(long)]
     pub device: Option<String>,
+    /// f32, f16 or bf16 [default: f32 on the CPU, f16 on GPUs].
+    #[arg(long)]
+    pub dtype: Option<String>,
     /// The output PNG; with --count N, FILE-1.png ... FILE-N.png. A
     /// `.safetensors` name writes the f32 image (`image`, [3, h, w] in [0, 1]).
     /// Required outside a project.
@@ -209,7 +212,7 @@ pub fn run(args: GenArgs, global: &Global) -> Result<()> {
         })
         .collect();
     let device = args.device.as_deref().or(settings.device.as_deref());
-    let mut runner = Runner::new(device, args.quiet)?;
+    let mut runner = Runner::new(device, args.dtype.as_deref(), args.quiet)?;
     for o in runner.run_all(project.as_ref(), plans)? {
         let id = o.id.map(|id| format!("#{id}  ")).unwrap_or_default();
         println!(

@@ -142,7 +142,7 @@ pub fn run(args: RerunArgs, global: &Global) -> Result<()> {
         .device
         .as_deref()
         .or(project.settings.device.as_deref());
-    let mut runner = Runner::new(device, args.quiet)?;
+    let mut runner = Runner::new(device, None, args.quiet)?;
     for o in runner.run_all(Some(&project), vec![plan])? {
         println!(
             "#{}  {}  seed {}  {} steps  (child of #{id})",

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::engine::device::{default_device_name, open_device};
+use crate::engine::device::{default_device_name, open_device, parse_dtype};
 use crate::engine::{Cancelled, Engine, Event, Generation, Request, SourceInput};
 use crate::project::{ModelRef, Project, RunRecord, Status};
 use crate::recipe::Recipe;
@@ -51,11 +51,20 @@ pub struct Runner {
 }
 
 impl Runner {
-    pub fn new(device: Option<&str>, quiet: bool) -> Result<Self> {
+    /// `dtype` overrides the device's default precision (f32 on the CPU,
+    /// f16 on GPUs).
+    pub fn new(device: Option<&str>, dtype: Option<&str>, quiet: bool) -> Result<Self> {
         let device_name = device
             .map(String::from)
             .unwrap_or_else(|| default_device_name().to_string());
-        let (device, dtype) = open_device(&device_name)?;
+        let (device, default_dtype) = open_device(&device_name)?;
+        let dtype = match dtype {
+            Some(d) => parse_dtype(d)?,
+            None => default_dtype,
+        };
+        if device.is_cpu() && dtype == candle_core::DType::BF16 {
+            anyhow::bail!("bf16 does not run on the CPU (candle has no CPU bf16 matmul); use f32");
+        }
         let cancel = Arc::new(AtomicBool::new(false));
         {
             let cancel = cancel.clone();

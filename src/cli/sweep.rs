@@ -134,7 +134,7 @@ pub fn run(args: SweepArgs, global: &Global) -> Result<()> {
         .device
         .as_deref()
         .or(project.settings.device.as_deref());
-    let mut runner = Runner::new(device, args.quiet)?;
+    let mut runner = Runner::new(device, None, args.quiet)?;
     let outcomes = runner.run_all(Some(&project), plans)?;
 
     let cells: Vec<crate::sheet::Cell> = outcomes

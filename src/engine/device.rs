@@ -46,3 +46,13 @@ pub fn default_device_name() -> &'static str {
         "cpu"
     }
 }
+
+/// `--dtype f32 | f16 | bf16`: overrides the device's default precision.
+pub fn parse_dtype(name: &str) -> Result<DType> {
+    Ok(match name.trim().to_ascii_lowercase().as_str() {
+        "f32" | "float32" => DType::F32,
+        "f16" | "float16" | "fp16" => DType::F16,
+        "bf16" | "bfloat16" => DType::BF16,
+        other => bail!("unknown dtype {other:?}: use f32, f16 or bf16"),
+    })
+}
