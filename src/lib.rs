@@ -5,6 +5,7 @@ pub mod cli;
 pub mod engine;
 pub mod hash;
 pub mod infotext;
+pub mod jobs;
 pub mod models;
 pub mod png_meta;
 pub mod project;

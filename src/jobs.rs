@@ -1,0 +1,257 @@
+//! Runs as jobs: recorded in the project as `queued` before they run, then
+//! `running`, then `done`, `failed` or `cancelled`, with the output PNG
+//! written beside the record. Shared by the commands and the workstation's
+//! worker; prints nothing.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{bail, Context, Result};
+
+use crate::engine::{Cancelled, Engine, Event, Generation, Request, SourceInput};
+use crate::project::{ModelRef, Project, RunRecord, Status};
+use crate::recipe::Recipe;
+
+/// What one run starts from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceRef {
+    /// Content hash (the project's `sources/<hash>.*`).
+    pub hash: String,
+    pub file: PathBuf,
+    /// The run whose output this is, in an img2img chain.
+    pub run: Option<u64>,
+}
+
+/// One run to make.
+#[derive(Debug, Clone)]
+pub struct PlannedRun {
+    /// An empty scheduler means the model's own; zero width/height the source's.
+    pub recipe: Recipe,
+    pub source: SourceRef,
+    pub parent: Option<u64>,
+    pub noise_file: Option<PathBuf>,
+    /// Where to write the PNG outside a project (or a copy, inside one).
+    pub out: Option<PathBuf>,
+}
+
+/// A finished run.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub id: Option<u64>,
+    pub path: PathBuf,
+    pub recipe: Recipe,
+    pub steps_run: usize,
+}
+
+/// Records the plans in the project as queued runs, with fresh ids.
+pub fn queue(
+    project: &Project,
+    plans: Vec<PlannedRun>,
+    device: &str,
+) -> Result<Vec<(RunRecord, PlannedRun)>> {
+    let mut queued = Vec::new();
+    for (id, plan) in (project.next_id()?..).zip(plans) {
+        let record = RunRecord {
+            id,
+            created: crate::project::record::now_rfc3339(),
+            status: Status::Queued,
+            error: None,
+            parent: plan.parent,
+            source: plan.source.hash.clone(),
+            source_run: plan.source.run,
+            steps_run: None,
+            device: device.to_string(),
+            starred: false,
+            tags: vec![],
+            note: String::new(),
+            recipe: plan.recipe.clone(),
+            model: ModelRef {
+                name: plan.recipe.model.clone(),
+                ..Default::default()
+            },
+            timings: None,
+        };
+        project.write_record(&record)?;
+        queued.push((record, plan));
+    }
+    Ok(queued)
+}
+
+/// The plan of a queued record (to resume it after a restart).
+pub fn plan_of(project: &Project, record: &RunRecord) -> Result<PlannedRun> {
+    let Some(file) = project.source_path(&record.source) else {
+        bail!(
+            "the source of #{} ({}) is missing from {}/sources",
+            record.id,
+            &record.source[..record.source.len().min(12)],
+            project.root().display()
+        );
+    };
+    Ok(PlannedRun {
+        recipe: record.recipe.clone(),
+        source: SourceRef {
+            hash: record.source.clone(),
+            file,
+            run: record.source_run,
+        },
+        parent: record.parent,
+        noise_file: None,
+        out: None,
+    })
+}
+
+/// The engine request for a plan.
+fn request(plan: &PlannedRun) -> Result<Request> {
+    let r = &plan.recipe;
+    Ok(Request {
+        source: SourceInput::load(&plan.source.file)?,
+        prompt: r.prompt.clone(),
+        negative: r.negative.clone(),
+        strength: r.strength,
+        steps: r.steps,
+        guidance: r.guidance,
+        seed: r.seed,
+        scheduler: if r.scheduler.is_empty() {
+            None
+        } else {
+            Some(r.scheduler.parse()?)
+        },
+        width: Some(r.width).filter(|w| *w > 0),
+        height: Some(r.height).filter(|h| *h > 0),
+        crop: r.crop,
+        fit: r.fit,
+        noise_file: plan.noise_file.clone(),
+    })
+}
+
+/// Loads the plan's model into the engine (kept if already loaded).
+pub fn load_model(engine: &mut Engine, name: &str) -> Result<ModelRef> {
+    let dir = crate::models::resolve_model(name)?;
+    let model = engine.load(&dir)?;
+    Ok(ModelRef {
+        name: name.to_string(),
+        path: dir.display().to_string(),
+        fingerprint: model.fingerprint.clone(),
+    })
+}
+
+/// The recipe as run: the scheduler and size the engine actually used.
+fn finished_recipe(plan: &PlannedRun, g: &Generation) -> Recipe {
+    Recipe {
+        scheduler: g.scheduler.name().to_string(),
+        width: g.width,
+        height: g.height,
+        ..plan.recipe.clone()
+    }
+}
+
+/// Runs one plan. With a project and its queued record, the record follows
+/// the run's status; without, the output goes to `plan.out`.
+pub fn execute(
+    project: Option<&Project>,
+    engine: &mut Engine,
+    device: &str,
+    record: Option<RunRecord>,
+    plan: &PlannedRun,
+    on_event: &mut dyn FnMut(Event),
+    cancel: &AtomicBool,
+) -> Result<Outcome> {
+    let model = load_model(engine, &plan.recipe.model);
+    let (Some(project), Some(mut record)) = (project, record) else {
+        model?;
+        let generation = engine.generate(&request(plan)?, on_event, cancel)?;
+        let out = plan
+            .out
+            .clone()
+            .context("an output path is needed outside a project (--out)")?;
+        let recipe = finished_recipe(plan, &generation);
+        let embedded = serde_json::json!({
+            "recipe": recipe,
+            "steps_run": generation.steps_run,
+            "timesteps_run": generation.timesteps_run,
+            "device": device,
+            "noise_file": plan.noise_file.as_ref().map(|p| p.display().to_string()),
+            "timings": generation.timings,
+        });
+        write_output(&out, &generation, &recipe, &embedded)?;
+        return Ok(Outcome {
+            id: None,
+            path: out,
+            recipe,
+            steps_run: generation.steps_run,
+        });
+    };
+
+    let finish = |record: &mut RunRecord, status: Status, error: Option<String>| -> Result<()> {
+        record.status = status;
+        record.error = error;
+        project.write_record(record)
+    };
+    record.model = match model {
+        Ok(m) => m,
+        Err(e) => {
+            finish(&mut record, Status::Failed, Some(format!("{e:#}")))?;
+            return Err(e);
+        }
+    };
+    record.status = Status::Running;
+    record.device = device.to_string();
+    project.write_record(&record)?;
+    let generation = match request(plan).and_then(|req| engine.generate(&req, on_event, cancel)) {
+        Ok(g) => g,
+        Err(e) if e.is::<Cancelled>() => {
+            finish(&mut record, Status::Cancelled, None)?;
+            return Err(e);
+        }
+        Err(e) => {
+            finish(&mut record, Status::Failed, Some(format!("{e:#}")))?;
+            return Err(e);
+        }
+    };
+    record.recipe = finished_recipe(plan, &generation);
+    record.steps_run = Some(generation.steps_run);
+    record.timings = Some(generation.timings.clone());
+    record.status = Status::Done;
+    let image = project.image_path(record.id);
+    write_output(
+        &image,
+        &generation,
+        &record.recipe,
+        &serde_json::to_value(&record)?,
+    )?;
+    project.write_record(&record)?;
+    if let Some(out) = &plan.out {
+        std::fs::copy(&image, out)
+            .with_context(|| format!("cannot copy the output to {}", out.display()))?;
+    }
+    Ok(Outcome {
+        id: Some(record.id),
+        path: image,
+        recipe: record.recipe,
+        steps_run: generation.steps_run,
+    })
+}
+
+/// Writes the PNG with A1111 parameters and atelier's record, or the f32
+/// image for a `.safetensors` name.
+fn write_output(
+    path: &Path,
+    g: &Generation,
+    recipe: &Recipe,
+    record: &serde_json::Value,
+) -> Result<()> {
+    if path.extension().is_some_and(|e| e == "safetensors") {
+        let tensors = std::collections::HashMap::from([("image".to_string(), g.pixels.clone())]);
+        return candle_core::safetensors::save(&tensors, path)
+            .with_context(|| format!("cannot write {}", path.display()));
+    }
+    crate::png_meta::write_png(
+        path,
+        &g.image,
+        &[
+            ("parameters", &recipe.to_infotext(g.scheduler.a1111_name())),
+            ("atelier", &serde_json::to_string(record)?),
+        ],
+    )
+    .with_context(|| format!("cannot write {}", path.display()))
+}
