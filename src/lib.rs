@@ -2,6 +2,7 @@
 
 pub mod atomic;
 pub mod cli;
+pub mod config;
 pub mod engine;
 pub mod hash;
 pub mod infotext;
@@ -11,3 +12,4 @@ pub mod png_meta;
 pub mod project;
 pub mod recipe;
 pub mod sheet;
+pub mod tui;

@@ -8,8 +8,11 @@ use atelier::cli::{self, Global};
 struct Cli {
     #[command(flatten)]
     global: Global,
+    #[command(flatten)]
+    tui: atelier::tui::TuiArgs,
+    /// Without a command: the workstation on the project found from here.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
@@ -54,13 +57,17 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("ATELIER_LOG"))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_logging(cli.command.is_none());
     let g = &cli.global;
-    let result = match cli.command {
+    let Some(command) = cli.command else {
+        if let Err(e) = atelier::tui::run(g, cli.tui) {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    };
+    let result = match command {
         Command::Init(a) => cli::manage::init(a),
         Command::Gen(a) => cli::gen::run(a, g),
         Command::History(a) => cli::history::run(a, g),
@@ -81,4 +88,33 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// Logs go to stderr for commands; the workstation owns the screen, so its
+/// logs go to `atelier.log` in the data folder.
+fn init_logging(to_file: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ATELIER_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if to_file { "info" } else { "warn" })
+    });
+    if to_file {
+        let dir = atelier::config::data_dir();
+        let file = std::fs::create_dir_all(&dir).and_then(|_| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("atelier.log"))
+        });
+        if let Ok(file) = file {
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .init();
+        }
+        return;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }

@@ -1,0 +1,45 @@
+//! The user's configuration: `~/.config/atelier/` (or `$ATELIER_CONFIG_DIR`)
+//! holding `config.toml`, `keymap.toml` and `themes/*.toml`; the data folder
+//! (logs) from `$ATELIER_DATA_DIR` or the platform's.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[serde(default)]
+pub struct Config {
+    /// A built-in theme (dark, light, high-contrast) or a file in themes/.
+    pub theme: Option<String>,
+    /// auto, kitty, sixel, iterm2 or halfblocks.
+    pub image_protocol: Option<String>,
+}
+
+pub fn config_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("ATELIER_CONFIG_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    directories::ProjectDirs::from("", "", "atelier").map(|d| d.config_dir().to_path_buf())
+}
+
+pub fn data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("ATELIER_DATA_DIR") {
+        return PathBuf::from(dir);
+    }
+    directories::ProjectDirs::from("", "", "atelier")
+        .map(|d| d.data_dir().to_path_buf())
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+pub fn load() -> Result<Config> {
+    let Some(path) = config_dir().map(|d| d.join("config.toml")) else {
+        return Ok(Config::default());
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            toml::from_str(&text).with_context(|| format!("{} is not valid", path.display()))
+        }
+        Err(_) => Ok(Config::default()),
+    }
+}

@@ -1,0 +1,193 @@
+//! Images for the preview pane, decoded, resized and encoded off the UI
+//! thread. The loader keeps recently decoded images, so going back to a run
+//! is instant; answers for a preview no longer wanted are dropped.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, Sender};
+
+use image::DynamicImage;
+use ratatui::buffer::Buffer;
+use ratatui::layout::Rect;
+use ratatui_image::picker::Picker;
+use ratatui_image::protocol::StatefulProtocol;
+use ratatui_image::{Resize, ResizeEncodeRender};
+
+use super::view::PreviewTarget;
+
+pub enum Request {
+    /// Decode a file (or take it from the cache) and make a protocol.
+    Load {
+        generation: u64,
+        key: PreviewTarget,
+        path: PathBuf,
+    },
+    /// Make a protocol for an image already in memory (live previews).
+    Show {
+        generation: u64,
+        image: DynamicImage,
+    },
+    /// Resize and encode for an area.
+    Resize {
+        generation: u64,
+        protocol: Box<StatefulProtocol>,
+        resize: Resize,
+        area: Rect,
+    },
+}
+
+pub enum Response {
+    Ready {
+        generation: u64,
+        protocol: Box<StatefulProtocol>,
+    },
+    Failed {
+        generation: u64,
+        error: String,
+    },
+}
+
+/// The image shown in the preview pane.
+pub struct ImageSlot {
+    pub generation: u64,
+    protocol: Option<Box<StatefulProtocol>>,
+    /// None: resize inline (tests); Some: send to the loader thread.
+    tx: Option<Sender<Request>>,
+}
+
+impl ImageSlot {
+    pub fn pending(generation: u64, tx: Sender<Request>) -> Self {
+        Self {
+            generation,
+            protocol: None,
+            tx: Some(tx),
+        }
+    }
+
+    /// A slot that resizes on the calling thread (for tests and benches).
+    pub fn inline(protocol: StatefulProtocol) -> Self {
+        Self {
+            generation: 0,
+            protocol: Some(Box::new(protocol)),
+            tx: None,
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.protocol.is_some()
+    }
+
+    pub fn accept(&mut self, response: Response) -> Option<String> {
+        match response {
+            Response::Ready {
+                generation,
+                protocol,
+            } if generation == self.generation => {
+                self.protocol = Some(protocol);
+                None
+            }
+            Response::Failed { generation, error } if generation == self.generation => Some(error),
+            _ => None,
+        }
+    }
+}
+
+impl ResizeEncodeRender for ImageSlot {
+    fn needs_resize(&self, resize: &Resize, area: Rect) -> Option<Rect> {
+        self.protocol
+            .as_ref()
+            .and_then(|p| p.needs_resize(resize, area))
+    }
+
+    fn resize_encode(&mut self, resize: &Resize, area: Rect) {
+        match &self.tx {
+            None => {
+                if let Some(p) = self.protocol.as_mut() {
+                    p.resize_encode(resize, area);
+                }
+            }
+            Some(tx) => {
+                if let Some(protocol) = self.protocol.take() {
+                    let _ = tx.send(Request::Resize {
+                        generation: self.generation,
+                        protocol,
+                        resize: resize.clone(),
+                        area,
+                    });
+                }
+            }
+        }
+    }
+
+    fn render(&mut self, area: Rect, buf: &mut Buffer) {
+        if let Some(p) = self.protocol.as_mut() {
+            p.render(area, buf);
+        }
+    }
+}
+
+/// The loader thread: decodes with a small cache, resizes and encodes.
+/// `wake` is called after each answer so the UI loop redraws.
+pub fn spawn(
+    picker: Picker,
+    rx: Receiver<Request>,
+    tx: Sender<Response>,
+    wake: impl Fn() + Send + 'static,
+) {
+    std::thread::Builder::new()
+        .name("atelier-images".into())
+        .spawn(move || {
+            let mut cache: VecDeque<(PreviewTarget, DynamicImage)> = VecDeque::new();
+            while let Ok(request) = rx.recv() {
+                let response = match request {
+                    Request::Load {
+                        generation,
+                        key,
+                        path,
+                    } => {
+                        let cached = cache
+                            .iter()
+                            .position(|(k, _)| *k == key)
+                            .and_then(|i| cache.remove(i));
+                        let image = match cached {
+                            Some((_, img)) => Ok(img),
+                            None => crate::engine::source::load_source(&path)
+                                .map_err(|e| format!("{e:#}")),
+                        };
+                        match image {
+                            Ok(img) => {
+                                cache.push_front((key, img.clone()));
+                                cache.truncate(16);
+                                Response::Ready {
+                                    generation,
+                                    protocol: Box::new(picker.new_resize_protocol(img)),
+                                }
+                            }
+                            Err(error) => Response::Failed { generation, error },
+                        }
+                    }
+                    Request::Show { generation, image } => Response::Ready {
+                        generation,
+                        protocol: Box::new(picker.new_resize_protocol(image)),
+                    },
+                    Request::Resize {
+                        generation,
+                        mut protocol,
+                        resize,
+                        area,
+                    } => {
+                        protocol.resize_encode(&resize, area);
+                        Response::Ready {
+                            generation,
+                            protocol,
+                        }
+                    }
+                };
+                if tx.send(response).is_err() {
+                    break;
+                }
+                wake();
+            }
+        })
+        .expect("spawn the image loader");
+}

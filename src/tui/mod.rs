@@ -1,0 +1,463 @@
+//! The workstation: `atelier` with no subcommand. A keyboard-only ratatui
+//! interface over the project, with generation in a worker thread and
+//! images decoded and encoded off the UI thread.
+
+pub mod images;
+pub mod keymap;
+pub mod state;
+pub mod theme;
+pub mod view;
+pub mod worker;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use crossterm::event::{self, Event as TermEvent, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use ratatui_image::picker::cap_parser::QueryStdioOptions;
+use ratatui_image::picker::{Picker, ProtocolType};
+
+use self::images::{ImageSlot, Request};
+use self::keymap::{Command, Keymap};
+use self::state::{update, Action, Effect, Job, JobState, Mode, SourceChoice, State, TextKey};
+use self::theme::Theme;
+use self::view::PreviewTarget;
+use crate::engine::device::{default_device_name, open_device};
+use crate::engine::Engine;
+use crate::jobs::{PlannedRun, SourceRef};
+use crate::project::{Access, Project, Status};
+
+/// Options of `atelier` without a subcommand.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TuiArgs {
+    /// The model for new runs [default: the project's, else sd-turbo].
+    #[arg(long)]
+    pub model: Option<String>,
+    /// cpu, cuda, cuda:N or metal [default: the project's, else the best available].
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+/// The keymap: defaults with `keymap.toml` from the config folder on top.
+pub fn load_keymap() -> Result<Keymap> {
+    match crate::config::config_dir()
+        .map(|d| d.join("keymap.toml"))
+        .filter(|p| p.is_file())
+    {
+        Some(path) => Keymap::with_overrides(&std::fs::read_to_string(&path)?, &path),
+        None => Ok(Keymap::default()),
+    }
+}
+
+/// The image protocol: forced by the config, else asked of the terminal
+/// (which works over SSH and inside tmux), else half-blocks.
+fn picker(forced: Option<&str>) -> Picker {
+    let forced = forced.unwrap_or("auto");
+    if forced == "halfblocks" {
+        return Picker::halfblocks();
+    }
+    // Terminals that answer do so at once; tmux and some SSH paths never
+    // answer some queries, so do not wait long for them.
+    let mut options = QueryStdioOptions::default();
+    options.timeout = Duration::from_millis(400);
+    let mut picker =
+        Picker::from_query_stdio_with_options(options).unwrap_or_else(|_| Picker::halfblocks());
+    match forced {
+        "kitty" => picker.set_protocol_type(ProtocolType::Kitty),
+        "sixel" => picker.set_protocol_type(ProtocolType::Sixel),
+        "iterm2" => picker.set_protocol_type(ProtocolType::Iterm2),
+        _ => {}
+    }
+    picker
+}
+
+fn text_key(key: KeyEvent) -> Option<TextKey> {
+    match key.code {
+        KeyCode::Esc => Some(TextKey::Done),
+        KeyCode::Enter => Some(TextKey::Newline),
+        KeyCode::Backspace => Some(TextKey::Backspace),
+        KeyCode::Char(c) if !key.modifiers.contains(KeyModifiers::CONTROL) => {
+            Some(TextKey::Char(c))
+        }
+        _ => None,
+    }
+}
+
+pub fn run(global: &crate::cli::Global, args: TuiArgs) -> Result<()> {
+    let started = Instant::now();
+    let root = Project::locate(global.project.as_deref())?;
+    let project = Arc::new(Project::open(&root, Access::Write)?);
+    let config = crate::config::load()?;
+    let theme_dir = crate::config::config_dir().map(|d| d.join("themes"));
+    let theme = Theme::resolve(config.theme.as_deref(), theme_dir.as_deref())?;
+    let keymap = load_keymap()?;
+    let history = project.history()?;
+    let model = args
+        .model
+        .or(project.settings.model.clone())
+        .unwrap_or_else(|| crate::models::DEFAULT_MODEL.to_string());
+    let device_name = args
+        .device
+        .or(project.settings.device.clone())
+        .unwrap_or_else(|| default_device_name().to_string());
+    let (device, dtype) = open_device(&device_name)?;
+
+    let mut state = State::new(history.runs, model);
+    if let Some(bad) = history.unreadable.first() {
+        state.message = format!(
+            "skipped {} unreadable record(s), e.g. {}",
+            history.unreadable.len(),
+            bad.path.display()
+        );
+    }
+    // Jobs queued before (by a UI that died, or a stopped sweep) resume.
+    state.jobs = state
+        .runs
+        .iter()
+        .filter(|r| r.status == Status::Queued)
+        .map(|r| Job {
+            id: r.id,
+            state: JobState::Queued,
+        })
+        .collect();
+
+    let mut terminal = ratatui::init();
+    // The first frame comes before the terminal is asked about images.
+    terminal.draw(|frame| view::draw(frame, &state, &theme, &keymap, None))?;
+    tracing::info!(
+        "first frame after {:.0} ms",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    let picker = picker(config.image_protocol.as_deref());
+    tracing::info!(
+        "ready after {:.0} ms, images by {:?}",
+        started.elapsed().as_secs_f64() * 1000.0,
+        picker.protocol_type()
+    );
+    if state.message.is_empty() {
+        state.message =
+            format!("ready: images as {:?}; ? for help", picker.protocol_type()).to_lowercase();
+    }
+    let result = event_loop(
+        &mut terminal,
+        &project,
+        state,
+        &theme,
+        &keymap,
+        picker,
+        Engine::new(device, dtype),
+        device_name,
+    );
+    ratatui::restore();
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn event_loop(
+    terminal: &mut ratatui::DefaultTerminal,
+    project: &Arc<Project>,
+    mut state: State,
+    theme: &Theme,
+    keymap: &Keymap,
+    picker: Picker,
+    engine: Engine,
+    device: String,
+) -> Result<()> {
+    let (job_tx, job_rx) = mpsc::channel();
+    let (report_tx, report_rx) = mpsc::channel();
+    let cancel = Arc::new(AtomicBool::new(false));
+    worker::spawn(
+        project.clone(),
+        engine,
+        device.clone(),
+        job_rx,
+        report_tx,
+        cancel.clone(),
+        || {},
+    );
+    let (image_tx, image_rx) = mpsc::channel();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    images::spawn(picker, image_rx, ready_tx, || {});
+
+    let mut worker_busy = false;
+    let mut slot: Option<ImageSlot> = None;
+    let mut shown: Option<PreviewTarget> = None;
+    let mut generation = 0u64;
+    let mut live: Option<(u64, image::RgbImage)> = None;
+    let mut dirty = true;
+    let mut last_draw = Instant::now() - Duration::from_secs(1);
+
+    loop {
+        // Hand the next queued job to an idle worker.
+        if !worker_busy {
+            if let Some(id) = state
+                .jobs
+                .iter()
+                .find(|j| j.state == JobState::Queued)
+                .map(|j| j.id)
+            {
+                match project
+                    .record(id)
+                    .and_then(|r| crate::jobs::plan_of(project, &r).map(|p| (r, p)))
+                {
+                    Ok((record, plan)) => {
+                        let _ = job_tx.send(worker::Job::Run {
+                            record: Box::new(record),
+                            plan: Box::new(plan),
+                        });
+                        worker_busy = true;
+                        update(&mut state, Action::JobLoading(id));
+                    }
+                    Err(e) => {
+                        state.jobs.retain(|j| j.id != id);
+                        update(
+                            &mut state,
+                            Action::Message(format!("cannot start #{id}: {e:#}")),
+                        );
+                    }
+                }
+                dirty = true;
+            }
+        }
+
+        // The preview follows the selection.
+        let target = view::preview_target(&state).map(|(t, _)| t);
+        if target != shown {
+            generation += 1;
+            shown = target.clone();
+            slot = None;
+            let request = match &target {
+                Some(key @ PreviewTarget::Run(id)) => Some(Request::Load {
+                    generation,
+                    key: key.clone(),
+                    path: project.image_path(*id),
+                }),
+                Some(key @ PreviewTarget::Source(hash)) => {
+                    project.source_path(hash).map(|path| Request::Load {
+                        generation,
+                        key: key.clone(),
+                        path,
+                    })
+                }
+                Some(PreviewTarget::Live(id)) => {
+                    live.as_ref()
+                        .filter(|(l, _)| l == id)
+                        .map(|(_, img)| Request::Show {
+                            generation,
+                            image: image::DynamicImage::ImageRgb8(img.clone()),
+                        })
+                }
+                None => None,
+            };
+            if let Some(request) = request {
+                slot = Some(ImageSlot::pending(generation, image_tx.clone()));
+                let _ = image_tx.send(request);
+            }
+            dirty = true;
+        }
+
+        if dirty && last_draw.elapsed() >= Duration::from_millis(10) {
+            terminal.draw(|frame| {
+                view::draw(
+                    frame,
+                    &state,
+                    theme,
+                    keymap,
+                    slot.as_mut().filter(|s| s.is_ready()),
+                )
+            })?;
+            last_draw = Instant::now();
+            dirty = false;
+        }
+
+        // Input, at most 20 ms apart from the channels below.
+        if event::poll(Duration::from_millis(20))? {
+            match event::read()? {
+                TermEvent::Key(key) if key.kind != KeyEventKind::Release => {
+                    let action = match state.mode {
+                        Mode::Edit(_) | Mode::Filter => text_key(key).map(Action::Text),
+                        Mode::ConfirmQuit => Some(Action::Command(
+                            if keymap.command(key) == Some(Command::Quit) {
+                                Command::Quit
+                            } else {
+                                Command::Help
+                            },
+                        )),
+                        Mode::Help => Some(Action::Command(Command::Help)),
+                        Mode::Normal
+                            if key.code == KeyCode::Char('c')
+                                && key.modifiers.contains(KeyModifiers::CONTROL) =>
+                        {
+                            Some(Action::Command(Command::Quit))
+                        }
+                        Mode::Normal => keymap.command(key).map(Action::Command),
+                    };
+                    if let Some(action) = action {
+                        state.next_random = rand::random::<u32>() as u64;
+                        state.message.clear();
+                        let effects = update(&mut state, action);
+                        if run_effects(effects, &mut state, project, &device, &cancel)? {
+                            return Ok(());
+                        }
+                        dirty = true;
+                    }
+                }
+                TermEvent::Resize(_, _) => dirty = true,
+                _ => {}
+            }
+        }
+
+        while let Ok(report) = report_rx.try_recv() {
+            dirty = true;
+            match report {
+                worker::Report::Loading(id) => {
+                    update(&mut state, Action::JobLoading(id));
+                }
+                worker::Report::Step {
+                    id,
+                    step,
+                    of,
+                    seconds,
+                    preview,
+                } => {
+                    update(
+                        &mut state,
+                        Action::JobStep {
+                            id,
+                            step,
+                            of,
+                            seconds,
+                        },
+                    );
+                    if shown == Some(PreviewTarget::Live(id)) {
+                        let _ = image_tx.send(Request::Show {
+                            generation,
+                            image: image::DynamicImage::ImageRgb8(preview.clone()),
+                        });
+                        if slot.is_none() {
+                            slot = Some(ImageSlot::pending(generation, image_tx.clone()));
+                        }
+                    }
+                    live = Some((id, preview));
+                }
+                worker::Report::Decoding(id) => {
+                    update(&mut state, Action::JobDecoding(id));
+                }
+                worker::Report::Ended(record) => {
+                    let id = record.id;
+                    update(&mut state, Action::RunChanged(*record));
+                    update(&mut state, Action::JobEnded(id));
+                    worker_busy = false;
+                    live = None;
+                    // Show the finished image instead of the live preview.
+                    shown = None;
+                }
+            }
+        }
+        while let Ok(response) = ready_rx.try_recv() {
+            if let Some(s) = slot.as_mut() {
+                if let Some(error) = s.accept(response) {
+                    state.message = format!("cannot show the image: {error}");
+                }
+            }
+            dirty = true;
+        }
+    }
+}
+
+/// Carries out effects; true when the UI should quit.
+fn run_effects(
+    effects: Vec<Effect>,
+    state: &mut State,
+    project: &Project,
+    device: &str,
+    cancel: &AtomicBool,
+) -> Result<bool> {
+    for effect in effects {
+        match effect {
+            Effect::Quit => return Ok(true),
+            Effect::Cancel(_) => cancel.store(true, Ordering::SeqCst),
+            Effect::Reorder(_) => {} // the state's order is the dispatch order
+            Effect::Dequeue(id) => {
+                if let Ok(mut record) = project.record(id) {
+                    record.status = Status::Cancelled;
+                    project.write_record(&record)?;
+                    update(state, Action::RunChanged(record));
+                }
+            }
+            Effect::SetStar { id, starred } => {
+                let mut record = project.record(id)?;
+                record.starred = starred;
+                project.write_record(&record)?;
+                update(state, Action::RunChanged(record));
+            }
+            Effect::Queue {
+                recipes,
+                source,
+                parent,
+            } => match queue(project, device, recipes, &source, parent) {
+                Ok(records) => {
+                    for record in records {
+                        let id = record.id;
+                        update(state, Action::RunChanged(record));
+                        state.jobs.push(Job {
+                            id,
+                            state: JobState::Queued,
+                        });
+                    }
+                    // Show the newest run.
+                    update(state, Action::Command(Command::Top));
+                }
+                Err(e) => state.message = format!("cannot queue: {e:#}"),
+            },
+        }
+    }
+    Ok(false)
+}
+
+fn queue(
+    project: &Project,
+    device: &str,
+    recipes: Vec<crate::recipe::Recipe>,
+    source: &SourceChoice,
+    parent: Option<u64>,
+) -> Result<Vec<crate::project::RunRecord>> {
+    let source = if !source.hash.is_empty() {
+        let file = project.source_path(&source.hash).with_context(|| {
+            format!(
+                "the source {} is missing from the project",
+                &source.hash[..source.hash.len().min(12)]
+            )
+        })?;
+        SourceRef {
+            hash: source.hash.clone(),
+            file,
+            run: source.run,
+        }
+    } else {
+        let id = source.run.context("no source")?;
+        let hash = project.add_source(&project.image_path(id))?;
+        let file = project.source_path(&hash).context("source just stored")?;
+        SourceRef {
+            hash,
+            file,
+            run: Some(id),
+        }
+    };
+    let plans = recipes
+        .into_iter()
+        .map(|recipe| PlannedRun {
+            recipe,
+            source: source.clone(),
+            parent,
+            noise_file: None,
+            out: None,
+        })
+        .collect();
+    Ok(crate::jobs::queue(project, plans, device)?
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect())
+}

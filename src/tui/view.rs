@@ -1,0 +1,483 @@
+//! Drawing: reads the state, writes the frame, nothing else. Only the rows
+//! on screen are built, so a history of any length draws in constant time.
+
+use super::images::ImageSlot;
+use ratatui::layout::{Constraint, Direction, Layout, Rect};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Clear, Paragraph, Wrap};
+use ratatui::Frame;
+use ratatui_image::{Resize, StatefulImage};
+
+use super::keymap::Keymap;
+use super::state::{differing_fields, scheduler_label, JobState, Mode, Seed, State, TextField};
+use super::theme::Theme;
+use crate::project::Status;
+
+/// What the preview pane shows.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PreviewTarget {
+    /// A run's output.
+    Run(u64),
+    /// A source image by hash.
+    Source(String),
+    /// The running job's live preview.
+    Live(u64),
+}
+
+/// The preview target for the current state and its title.
+pub fn preview_target(s: &State) -> Option<(PreviewTarget, String)> {
+    let run = s.selected_run()?;
+    if !s.show_b {
+        if let Some(job) = s.running().filter(|j| j.id == run.id) {
+            return Some((
+                PreviewTarget::Live(job.id),
+                format!("A: {} (live)", run.label()),
+            ));
+        }
+        if run.status.has_image() {
+            return Some((PreviewTarget::Run(run.id), format!("A: {}", run.label())));
+        }
+        return None;
+    }
+    match s.b_run() {
+        Some(b) => Some((
+            PreviewTarget::Run(b.id),
+            format!("B: {} (marked)", b.label()),
+        )),
+        None => Some((
+            PreviewTarget::Source(run.source.clone()),
+            format!("B: source of {}", run.label()),
+        )),
+    }
+}
+
+fn block<'a>(title: impl Into<Line<'a>>, theme: &Theme, focused: bool) -> Block<'a> {
+    Block::default()
+        .borders(Borders::ALL)
+        .border_style(if focused { theme.accent } else { theme.border })
+        .title(title)
+}
+
+/// Draws everything. `preview` is the image for `preview_target(state)`, if loaded.
+pub fn draw(
+    frame: &mut Frame,
+    s: &State,
+    theme: &Theme,
+    keymap: &Keymap,
+    preview: Option<&mut ImageSlot>,
+) {
+    let area = frame.area();
+    frame.render_widget(Block::default().style(theme.text), area);
+    let queue_h = if s.jobs.is_empty() {
+        0
+    } else {
+        (s.jobs.len() as u16 + 2).min(6)
+    };
+    let [main, queue, status] = Layout::vertical([
+        Constraint::Min(3),
+        Constraint::Length(queue_h),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    let wide = main.width >= 100 && main.height >= 16;
+    if wide {
+        let [history, preview_area, recipe] = Layout::horizontal([
+            Constraint::Percentage(34),
+            Constraint::Min(20),
+            Constraint::Length(44),
+        ])
+        .areas(main);
+        draw_history(frame, s, theme, history);
+        draw_preview(frame, s, theme, preview_area, preview);
+        draw_recipe(frame, s, theme, recipe);
+    } else {
+        // Small terminals: history over recipe; the preview only with room.
+        let show_preview = main.height >= 30;
+        let constraints: Vec<Constraint> = if show_preview {
+            vec![
+                Constraint::Percentage(35),
+                Constraint::Percentage(35),
+                Constraint::Min(8),
+            ]
+        } else {
+            vec![
+                Constraint::Min(4),
+                Constraint::Length(main.height.min(15).max(9) - 0),
+            ]
+        };
+        let parts = Layout::default()
+            .direction(Direction::Vertical)
+            .constraints(constraints)
+            .split(main);
+        draw_history(frame, s, theme, parts[0]);
+        if show_preview {
+            draw_preview(frame, s, theme, parts[1], preview);
+            draw_recipe(frame, s, theme, parts[2]);
+        } else {
+            draw_recipe(frame, s, theme, parts[1]);
+        }
+    }
+    if queue_h > 0 {
+        draw_queue(frame, s, theme, queue);
+    }
+    draw_status(frame, s, theme, keymap, status);
+    match s.mode {
+        Mode::Help => draw_help(frame, theme, keymap, area),
+        Mode::ConfirmQuit => draw_confirm(frame, theme, area),
+        _ => {}
+    }
+}
+
+fn cut(text: &str, width: usize) -> String {
+    let line = text.replace('\n', " ");
+    if line.chars().count() <= width {
+        line
+    } else {
+        line.chars()
+            .take(width.saturating_sub(1))
+            .collect::<String>()
+            + "…"
+    }
+}
+
+fn status_style(theme: &Theme, status: Status) -> ratatui::style::Style {
+    match status {
+        Status::Done | Status::Imported => theme.ok,
+        Status::Failed => theme.error,
+        Status::Running | Status::Queued => theme.running,
+        Status::Cancelled => theme.dim,
+    }
+}
+
+fn draw_history(frame: &mut Frame, s: &State, theme: &Theme, area: Rect) {
+    let title = if s.mode == Mode::Filter || !s.filter.is_empty() {
+        format!(
+            " history ({}) /{}{} ",
+            s.view.name(),
+            s.filter,
+            if s.mode == Mode::Filter { "▏" } else { "" }
+        )
+    } else {
+        format!(" history ({}, {} runs) ", s.view.name(), s.visible.len())
+    };
+    let outer = block(title, theme, s.mode == Mode::Filter);
+    let inner = outer.inner(area);
+    frame.render_widget(outer, area);
+    let rows = inner.height as usize;
+    if rows == 0 {
+        return;
+    }
+    // Keep the selection in view: a window of `rows` around it.
+    let start = s
+        .selected
+        .saturating_sub(rows / 2)
+        .min(s.visible.len().saturating_sub(rows));
+    let width = inner.width as usize;
+    let lines: Vec<Line> = s.visible[start..(start + rows).min(s.visible.len())]
+        .iter()
+        .enumerate()
+        .map(|(k, &(i, depth))| {
+            let r = &s.runs[i];
+            let selected = start + k == s.selected;
+            let indent = "  ".repeat(depth.min(8));
+            let head = format!(
+                "{indent}{:>5} {} {:.2} ",
+                r.label(),
+                if r.starred { "*" } else { " " },
+                r.recipe.strength
+            );
+            let state = format!("{:<9}", r.status.name());
+            let rest = width.saturating_sub(head.chars().count() + state.chars().count() + 1);
+            let prompt = cut(&r.recipe.prompt, rest);
+            if selected {
+                Line::from(format!("{head}{state} {prompt:<rest$}")).style(theme.selection)
+            } else {
+                Line::from(vec![
+                    Span::styled(
+                        head,
+                        if Some(r.id) == s.marked {
+                            theme.accent
+                        } else {
+                            theme.text
+                        },
+                    ),
+                    Span::styled(state, status_style(theme, r.status)),
+                    Span::styled(format!(" {prompt}"), theme.dim),
+                ])
+            }
+        })
+        .collect();
+    if lines.is_empty() {
+        let hint = if s.runs.is_empty() {
+            "no runs yet: press e to write a prompt; a source comes from `atelier gen --source FILE` or u on a run"
+        } else {
+            "no run matches the filter"
+        };
+        frame.render_widget(
+            Paragraph::new(hint)
+                .style(theme.dim)
+                .wrap(Wrap { trim: true }),
+            inner,
+        );
+    } else {
+        frame.render_widget(Paragraph::new(lines), inner);
+    }
+}
+
+fn draw_preview(
+    frame: &mut Frame,
+    s: &State,
+    theme: &Theme,
+    area: Rect,
+    preview: Option<&mut ImageSlot>,
+) {
+    let target = preview_target(s);
+    let title = target
+        .as_ref()
+        .map(|(_, t)| format!(" {t} "))
+        .unwrap_or_else(|| " preview ".into());
+    let outer = block(title, theme, s.show_b);
+    let inner = outer.inner(area);
+    frame.render_widget(outer, area);
+    // The last line names what differs between A and B.
+    let [image_area, diff_area] =
+        Layout::vertical([Constraint::Min(1), Constraint::Length(1)]).areas(inner);
+    match (target, preview) {
+        (Some(_), Some(protocol)) => frame.render_stateful_widget(
+            StatefulImage::default().resize(Resize::Scale(None)),
+            image_area,
+            protocol,
+        ),
+        (Some(_), None) => {
+            frame.render_widget(Paragraph::new("loading…").style(theme.dim), image_area)
+        }
+        (None, _) => {
+            let text = match s.selected_run() {
+                Some(r) => format!("{} has no image ({})", r.label(), r.status.name()),
+                None => "nothing selected".into(),
+            };
+            frame.render_widget(
+                Paragraph::new(text)
+                    .style(theme.dim)
+                    .wrap(Wrap { trim: true }),
+                image_area,
+            );
+        }
+    }
+    if let (Some(a), Some(b)) = (s.selected_run(), s.b_run()) {
+        let diff = differing_fields(&a.recipe, &b.recipe);
+        let text = if diff.is_empty() {
+            format!("{} and {}: same recipe", a.label(), b.label())
+        } else {
+            format!("{} vs {}: {}", a.label(), b.label(), diff.join(", "))
+        };
+        frame.render_widget(Paragraph::new(text).style(theme.changed), diff_area);
+    }
+}
+
+fn draw_recipe(frame: &mut Frame, s: &State, theme: &Theme, area: Rect) {
+    let e = &s.editor;
+    let editing = matches!(s.mode, Mode::Edit(_));
+    let outer = block(" recipe (g generates) ", theme, editing);
+    let inner = outer.inner(area);
+    frame.render_widget(outer, area);
+    // Settings that differ from the recalled run are highlighted.
+    let base = e.parent.and_then(|p| s.run(p)).map(|r| r.recipe.clone());
+    let current = e.recipe(0, s.next_random);
+    let changed = base
+        .as_ref()
+        .map(|b| differing_fields(b, &current))
+        .unwrap_or_default();
+    let style_for = |name: &str| {
+        if changed.contains(&name) {
+            theme.changed
+        } else {
+            theme.text
+        }
+    };
+    let label = |name: &'static str| Span::styled(format!("{name:<10}"), theme.dim);
+    let width = inner.width.saturating_sub(10) as usize;
+    let mut lines = Vec::new();
+    for (field, name, text) in [
+        (TextField::Prompt, "prompt", &e.prompt),
+        (TextField::Negative, "negative", &e.negative),
+    ] {
+        let active = s.mode == Mode::Edit(field);
+        let shown: Vec<&str> = if text.is_empty() {
+            vec![""]
+        } else {
+            text.split('\n').collect()
+        };
+        let max_lines = if active { 4 } else { 2 };
+        for (k, part) in shown.iter().enumerate().take(max_lines) {
+            let mut value = cut(part, width.saturating_sub(1));
+            if active && k == shown.len().min(max_lines) - 1 {
+                value.push('▏');
+            }
+            let style = if active {
+                theme.accent
+            } else {
+                style_for(name)
+            };
+            lines.push(Line::from(vec![
+                if k == 0 {
+                    label(name)
+                } else {
+                    Span::raw(" ".repeat(10))
+                },
+                Span::styled(value, style),
+            ]));
+        }
+    }
+    let seed = match e.seed {
+        Seed::Random => "random".to_string(),
+        Seed::Fixed(x) => x.to_string(),
+    };
+    let size = if e.width == 0 {
+        "source's".to_string()
+    } else {
+        format!("{}x{}", e.width, e.height)
+    };
+    let source = match &e.source {
+        Some(src) => match src.run {
+            Some(id) => format!("output of #{id}"),
+            None => src.hash.get(..8).unwrap_or("").to_string(),
+        },
+        None => s
+            .selected_run()
+            .map(|r| format!("{} (selected)", &r.source.get(..8).unwrap_or("")))
+            .unwrap_or_else(|| "none".into()),
+    };
+    let rows: Vec<(&'static str, String)> = vec![
+        (
+            "strength",
+            format!(
+                "{:.2}  ({} of {} steps run)",
+                e.strength,
+                e.steps_run(),
+                e.steps
+            ),
+        ),
+        ("steps", e.steps.to_string()),
+        ("guidance", format!("{}", e.guidance)),
+        ("seed", seed),
+        ("count", e.count.to_string()),
+        ("scheduler", scheduler_label(&e.scheduler)),
+        ("size", format!("{size}  fit {}", e.fit)),
+        ("model", cut(&e.model, width)),
+        ("source", source),
+        (
+            "parent",
+            e.parent
+                .map(|p| format!("#{p}"))
+                .unwrap_or_else(|| "none".into()),
+        ),
+    ];
+    for (name, value) in rows {
+        lines.push(Line::from(vec![
+            label(name),
+            Span::styled(value, style_for(name)),
+        ]));
+    }
+    frame.render_widget(Paragraph::new(lines), inner);
+}
+
+fn draw_queue(frame: &mut Frame, s: &State, theme: &Theme, area: Rect) {
+    let outer = block(" queue (x cancels, d removes, p promotes) ", theme, false);
+    let inner = outer.inner(area);
+    frame.render_widget(outer, area);
+    let lines: Vec<Line> = s
+        .jobs
+        .iter()
+        .map(|j| {
+            let text = match &j.state {
+                JobState::Queued => format!("#{}  queued", j.id),
+                JobState::Loading => format!("#{}  loading the model / encoding", j.id),
+                JobState::Running {
+                    step,
+                    of,
+                    seconds_per_step,
+                } => {
+                    let eta = (of - step) as f64 * seconds_per_step;
+                    let filled = (step * 20).checked_div(*of).unwrap_or(0);
+                    format!(
+                        "#{}  [{}{}] {step}/{of}  {seconds_per_step:.2} s/step  ETA {eta:.1} s",
+                        j.id,
+                        "=".repeat(filled),
+                        " ".repeat(20 - filled)
+                    )
+                }
+                JobState::Decoding => format!("#{}  decoding", j.id),
+            };
+            Line::from(text).style(if j.state == JobState::Queued {
+                theme.dim
+            } else {
+                theme.running
+            })
+        })
+        .collect();
+    frame.render_widget(Paragraph::new(lines), inner);
+}
+
+fn draw_status(frame: &mut Frame, s: &State, theme: &Theme, keymap: &Keymap, area: Rect) {
+    let text = match s.mode {
+        Mode::Edit(_) => "typing: Enter for a new line, Esc to finish".to_string(),
+        Mode::Filter => "filter: type, Enter or Esc to finish".to_string(),
+        _ if !s.message.is_empty() => s.message.clone(),
+        _ => {
+            let k = |c| keymap.keys(c).first().cloned().unwrap_or_default();
+            use super::keymap::Command::*;
+            format!(
+                "{} generate  {} recall  {} edit  {}/{} strength  {} A/B  {} cancel  {} help  {} quit",
+                k(Generate), k(Recall), k(EditPrompt), k(StrengthDown), k(StrengthUp), k(ToggleAb), k(Cancel), k(Help), k(Quit)
+            )
+        }
+    };
+    frame.render_widget(
+        Paragraph::new(cut(&text, area.width as usize)).style(theme.dim),
+        area,
+    );
+}
+
+fn centered(area: Rect, width: u16, height: u16) -> Rect {
+    let w = width.min(area.width);
+    let h = height.min(area.height);
+    Rect {
+        x: area.x + (area.width - w) / 2,
+        y: area.y + (area.height - h) / 2,
+        width: w,
+        height: h,
+    }
+}
+
+fn draw_help(frame: &mut Frame, theme: &Theme, keymap: &Keymap, area: Rect) {
+    let lines: Vec<Line> = keymap
+        .help_lines()
+        .into_iter()
+        .map(|(keys, what)| {
+            Line::from(vec![
+                Span::styled(format!("{keys:>10}  "), theme.accent),
+                Span::styled(what, theme.text),
+            ])
+        })
+        .collect();
+    let popup = centered(area, 70, lines.len() as u16 + 2);
+    frame.render_widget(Clear, popup);
+    frame.render_widget(
+        Paragraph::new(lines).block(block(" keys (any key closes) ", theme, true)),
+        popup,
+    );
+}
+
+fn draw_confirm(frame: &mut Frame, theme: &Theme, area: Rect) {
+    let popup = centered(area, 56, 5);
+    frame.render_widget(Clear, popup);
+    let text = "Jobs are still running or queued. They stay queued in the project.\nPress q again to quit, any other key to stay.";
+    frame.render_widget(
+        Paragraph::new(text)
+            .wrap(Wrap { trim: true })
+            .block(block(" quit? ", theme, true))
+            .style(theme.text),
+        popup,
+    );
+}
