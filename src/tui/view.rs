@@ -102,7 +102,7 @@ pub fn draw(
         } else {
             vec![
                 Constraint::Min(4),
-                Constraint::Length(main.height.min(15).max(9) - 0),
+                Constraint::Length((main.height / 2).clamp(6, 14)),
             ]
         };
         let parts = Layout::default()
