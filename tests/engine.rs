@@ -205,6 +205,19 @@ fn bad_settings_are_named() {
         }
     )
     .contains("steps must be at least 1"));
+    // DDIM's leading spacing with steps_offset 1 would reach timestep 1000.
+    let e = error_of(
+        &mut engine,
+        Request {
+            steps: 1000,
+            strength: 1.0,
+            ..req.clone()
+        },
+    );
+    assert!(
+        e.contains("reaches timestep 1000") && e.contains("fewer steps"),
+        "{e}"
+    );
     let e = error_of(
         &mut engine,
         Request {

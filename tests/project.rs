@@ -340,7 +340,7 @@ fn a_second_writer_is_told_who_holds_the_project_and_readers_still_work() {
 #[test]
 fn a_writer_killed_mid_run_leaves_a_project_that_opens_with_that_run_failed() {
     let (dir, source) = project();
-    // A long run: 1000 steps of the small model take a while.
+    // A long run: 999 steps of the small model take a while.
     let mut child = Command::new(env!("CARGO_BIN_EXE_atelier"))
         .current_dir(dir.path())
         .args([
@@ -350,7 +350,7 @@ fn a_writer_killed_mid_run_leaves_a_project_that_opens_with_that_run_failed() {
             "--prompt",
             "x",
             "--steps",
-            "1000",
+            "999",
             "--strength",
             "1",
             "--quiet",

@@ -51,10 +51,28 @@ fn record(id: u64, prompt: &str, strength: f64, parent: Option<u64>, status: Sta
 fn state() -> State {
     State::new(
         vec![
-            record(1, "a red fox in the snow, oil painting", 0.6, None, Status::Done),
+            record(
+                1,
+                "a red fox in the snow, oil painting",
+                0.6,
+                None,
+                Status::Done,
+            ),
             record(2, "a castle on a hill at dawn", 0.45, None, Status::Done),
-            record(3, "a red fox in the snow, oil painting, at dusk", 0.6, Some(1), Status::Done),
-            record(4, "a red fox in the snow, neon", 0.75, Some(3), Status::Failed),
+            record(
+                3,
+                "a red fox in the snow, oil painting, at dusk",
+                0.6,
+                Some(1),
+                Status::Done,
+            ),
+            record(
+                4,
+                "a red fox in the snow, neon",
+                0.75,
+                Some(3),
+                Status::Failed,
+            ),
         ],
         "sd-turbo".into(),
     )
@@ -68,7 +86,9 @@ fn screen(s: &State, width: u16, height: u16, with_image: bool) -> String {
         let img = image::open(common::sd15_case().join("source.png")).unwrap();
         ImageSlot::inline(Picker::halfblocks().new_resize_protocol(img))
     });
-    terminal.draw(|f| view::draw(f, s, &theme, &keymap, slot.as_mut())).unwrap();
+    terminal
+        .draw(|f| view::draw(f, s, &theme, &keymap, slot.as_mut()))
+        .unwrap();
     terminal.backend().to_string()
 }
 
@@ -84,8 +104,25 @@ fn main_screen() {
 #[test]
 fn running_queue_with_progress() {
     let mut s = state();
-    s.jobs = vec![Job { id: 5, state: JobState::Queued }, Job { id: 6, state: JobState::Queued }];
-    update(&mut s, Action::JobStep { id: 5, step: 3, of: 9, seconds: 0.42 });
+    s.jobs = vec![
+        Job {
+            id: 5,
+            state: JobState::Queued,
+        },
+        Job {
+            id: 6,
+            state: JobState::Queued,
+        },
+    ];
+    update(
+        &mut s,
+        Action::JobStep {
+            id: 5,
+            step: 3,
+            of: 9,
+            seconds: 0.42,
+        },
+    );
     insta::assert_snapshot!(screen(&s, 120, 24, false));
 }
 
@@ -118,17 +155,30 @@ fn empty_project_and_monochrome() {
     let s = State::new(vec![], "sd-turbo".into());
     let mut terminal = Terminal::new(TestBackend::new(100, 20)).unwrap();
     let theme = Theme::monochrome();
-    terminal.draw(|f| view::draw(f, &s, &theme, &Keymap::default(), None)).unwrap();
+    terminal
+        .draw(|f| view::draw(f, &s, &theme, &Keymap::default(), None))
+        .unwrap();
     // No colour anywhere on the screen.
     let buffer = terminal.backend().buffer();
-    assert!(buffer.content.iter().all(|c| c.fg == ratatui::style::Color::Reset && c.bg == ratatui::style::Color::Reset));
+    assert!(buffer
+        .content
+        .iter()
+        .all(|c| c.fg == ratatui::style::Color::Reset && c.bg == ratatui::style::Color::Reset));
     insta::assert_snapshot!(terminal.backend().to_string());
 }
 
 #[test]
 fn every_size_down_to_tiny_draws() {
     let s = state();
-    for (w, h) in [(20, 6), (40, 10), (60, 20), (80, 24), (99, 30), (100, 16), (200, 60)] {
+    for (w, h) in [
+        (20, 6),
+        (40, 10),
+        (60, 20),
+        (80, 24),
+        (99, 30),
+        (100, 16),
+        (200, 60),
+    ] {
         screen(&s, w, h, true);
     }
 }

@@ -238,6 +238,11 @@ impl Project {
                 continue;
             };
             let path = entry.path().join("run.toml");
+            if !path.exists() {
+                // A writer stopped between making the folder and renaming
+                // the record into it: there is no run to show.
+                continue;
+            }
             let parsed = std::fs::read_to_string(&path)
                 .map_err(|e| e.to_string())
                 .and_then(|t| RunRecord::from_toml(&t).map_err(|e| format!("{e:#}")));

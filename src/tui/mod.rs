@@ -347,7 +347,7 @@ fn event_loop(
                 }
                 worker::Report::Ended(record) => {
                     let id = record.id;
-                    update(&mut state, Action::RunChanged(*record));
+                    update(&mut state, Action::RunChanged(record));
                     update(&mut state, Action::JobEnded(id));
                     worker_busy = false;
                     live = None;
@@ -384,14 +384,14 @@ fn run_effects(
                 if let Ok(mut record) = project.record(id) {
                     record.status = Status::Cancelled;
                     project.write_record(&record)?;
-                    update(state, Action::RunChanged(record));
+                    update(state, Action::RunChanged(Box::new(record)));
                 }
             }
             Effect::SetStar { id, starred } => {
                 let mut record = project.record(id)?;
                 record.starred = starred;
                 project.write_record(&record)?;
-                update(state, Action::RunChanged(record));
+                update(state, Action::RunChanged(Box::new(record)));
             }
             Effect::Queue {
                 recipes,
@@ -401,7 +401,7 @@ fn run_effects(
                 Ok(records) => {
                     for record in records {
                         let id = record.id;
-                        update(state, Action::RunChanged(record));
+                        update(state, Action::RunChanged(Box::new(record)));
                         state.jobs.push(Job {
                             id,
                             state: JobState::Queued,

@@ -159,7 +159,7 @@ pub enum Action {
     /// The whole history (at start, or after an outside change).
     History(Vec<RunRecord>),
     /// A run was written (queued, progress of status, star...).
-    RunChanged(RunRecord),
+    RunChanged(Box<RunRecord>),
     JobLoading(u64),
     JobStep {
         id: u64,
@@ -363,7 +363,7 @@ pub fn update(s: &mut State, action: Action) -> Vec<Effect> {
             s.rebuild_visible();
         }
         Action::RunChanged(record) => {
-            s.upsert(record);
+            s.upsert(*record);
             s.rebuild_visible();
         }
         Action::JobLoading(id) => set_job(s, id, JobState::Loading),

@@ -72,15 +72,33 @@ pub fn spawn(
                     let _ = reports.send(report);
                     wake();
                 };
-                let result = crate::jobs::execute(
-                    Some(&project),
-                    &mut engine,
-                    &device,
-                    Some(*record),
-                    &plan,
-                    &mut on_event,
-                    &cancel,
-                );
+                // A bug in one job must not take the worker down with the queue.
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    crate::jobs::execute(
+                        Some(&project),
+                        &mut engine,
+                        &device,
+                        Some(*record.clone()),
+                        &plan,
+                        &mut on_event,
+                        &cancel,
+                    )
+                }));
+                let result = match result {
+                    Ok(r) => r,
+                    Err(panic) => {
+                        let what = panic
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_else(|| "unknown".into());
+                        let mut failed = *record;
+                        failed.status = crate::project::Status::Failed;
+                        failed.error = Some(format!("internal error (please report): {what}"));
+                        let _ = project.write_record(&failed);
+                        Err(anyhow::anyhow!("panic: {what}"))
+                    }
+                };
                 if let Err(e) = &result {
                     tracing::warn!("run #{id}: {e:#}");
                 }

@@ -51,7 +51,14 @@ pub fn build(
     steps: usize,
 ) -> Result<Box<dyn Scheduler>> {
     let params = config.resolve(kind)?;
-    Ok(match kind {
+    if steps == 0 || steps > params.num_train_timesteps {
+        anyhow::bail!(
+            "{steps} steps: the schedule has {} training timesteps; use 1 to {}",
+            params.num_train_timesteps,
+            params.num_train_timesteps
+        );
+    }
+    let scheduler: Box<dyn Scheduler> = match kind {
         SchedulerKind::Ddim => Box::new(ddim::Ddim::new(&params, steps)?),
         SchedulerKind::Euler => Box::new(euler::Euler::new(&params, steps, false)?),
         SchedulerKind::EulerAncestral => Box::new(euler::Euler::new(&params, steps, true)?),
@@ -59,7 +66,22 @@ pub fn build(
             Box::new(dpm::DpmMultistep::new(&params, steps)?)
         }
         SchedulerKind::Pndm => Box::new(pndm::Pndm::new(&params, steps)?),
-    })
+    };
+    // diffusers would index past its tables here; say why instead.
+    let last = params.num_train_timesteps as f64 - 1.0;
+    if let Some(t) = scheduler
+        .timesteps()
+        .iter()
+        .find(|t| !(0.0..=last).contains(*t))
+    {
+        anyhow::bail!(
+            "{kind} with {steps} steps reaches timestep {t}, outside the {} training timesteps \
+             (`steps_offset` {} shifts the schedule); use fewer steps",
+            params.num_train_timesteps,
+            params.steps_offset
+        );
+    }
+    Ok(scheduler)
 }
 
 /// diffusers' img2img `get_timesteps`: how many of the schedule's steps run

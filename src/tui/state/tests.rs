@@ -218,7 +218,7 @@ fn progress_cancel_and_the_queue() {
     assert_eq!(cmd(&mut s, Command::RemoveQueued), vec![Effect::Dequeue(5)]);
     update(
         &mut s,
-        Action::RunChanged(run(4, "x", None, Status::Cancelled)),
+        Action::RunChanged(Box::new(run(4, "x", None, Status::Cancelled))),
     );
     update(&mut s, Action::JobEnded(4));
     assert_eq!(s.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), vec![6]);

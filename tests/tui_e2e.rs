@@ -1,0 +1,220 @@
+//! The workstation driven as a person drives it: the real binary in tmux
+//! against a small random-weight model. Open a project, recall a run, edit
+//! the prompt, set the strength, generate, see it in history, recall it,
+//! change the strength, generate again, compare, open help, quit.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use atelier::project::{Access, Project, Status};
+
+struct Tmux {
+    session: String,
+}
+
+impl Tmux {
+    fn start(dir: &Path, config: &Path, width: u16, height: u16) -> Self {
+        let session = format!("atelier-e2e-{}", std::process::id());
+        let command = format!(
+            "cd '{}' && ATELIER_CONFIG_DIR='{}' ATELIER_DATA_DIR='{}' '{}'; echo ATELIER-EXITED $?; sleep 60",
+            dir.display(),
+            config.display(),
+            config.display(),
+            env!("CARGO_BIN_EXE_atelier")
+        );
+        let status = Command::new("tmux")
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                &session,
+                "-x",
+                &width.to_string(),
+                "-y",
+                &height.to_string(),
+                &command,
+            ])
+            .status()
+            .expect("tmux must be installed for this test (.ci/run installs it)");
+        assert!(status.success());
+        Tmux { session }
+    }
+
+    fn screen(&self) -> String {
+        let out = Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", &self.session])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        for k in keys {
+            assert!(Command::new("tmux")
+                .args(["send-keys", "-t", &self.session, k])
+                .status()
+                .unwrap()
+                .success());
+            std::thread::sleep(Duration::from_millis(60));
+        }
+    }
+
+    fn repeat(&self, key: &str, times: usize) {
+        let n = times.to_string();
+        assert!(Command::new("tmux")
+            .args(["send-keys", "-t", &self.session, "-N", &n, key])
+            .status()
+            .unwrap()
+            .success());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    fn type_text(&self, text: &str) {
+        assert!(Command::new("tmux")
+            .args(["send-keys", "-t", &self.session, "-l", text])
+            .status()
+            .unwrap()
+            .success());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    fn wait_for(&self, what: &str, seconds: u64) -> String {
+        let started = Instant::now();
+        loop {
+            let screen = self.screen();
+            if screen.contains(what) {
+                return screen;
+            }
+            assert!(
+                started.elapsed().as_secs() < seconds,
+                "waited {seconds} s for {what:?}; the screen:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.session])
+            .status();
+    }
+}
+
+fn wait_done(dir: &Path, id: u64) -> atelier::project::RunRecord {
+    let started = Instant::now();
+    loop {
+        let project = Project::open(dir, Access::Read).unwrap();
+        if let Ok(r) = project.record(id) {
+            if matches!(r.status, Status::Done | Status::Failed | Status::Cancelled) {
+                return r;
+            }
+        }
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "run #{id} did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn iterate_compare_and_quit_in_tmux() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tempfile::tempdir().unwrap();
+    std::fs::write(
+        config.path().join("config.toml"),
+        "image_protocol = \"halfblocks\"\n",
+    )
+    .unwrap();
+    let case = common::sd15_case();
+    let bin = env!("CARGO_BIN_EXE_atelier");
+    let run = |args: &[&str]| {
+        let out = Command::new(bin)
+            .current_dir(dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["init", ".", "--model", case.join("model").to_str().unwrap()]);
+    run(&[
+        "gen",
+        "--source",
+        case.join("source.png").to_str().unwrap(),
+        "--prompt",
+        "a red fox",
+        "--steps",
+        "8",
+        "--strength",
+        "0.5",
+        "--seed",
+        "3",
+        "--quiet",
+    ]);
+
+    let tmux = Tmux::start(dir.path(), config.path(), 140, 40);
+    tmux.wait_for("ready", 30);
+    tmux.wait_for("#1", 5);
+
+    // Recall #1, add to the prompt, raise the strength, generate.
+    tmux.keys(&["r"]);
+    tmux.wait_for("recalled #1", 5);
+    tmux.keys(&["e"]);
+    tmux.type_text(" at night");
+    tmux.keys(&["Escape", "]"]);
+    tmux.wait_for("0.55  (4 of 8 steps run)", 5);
+    tmux.keys(&["g"]);
+    let second = wait_done(dir.path(), 2);
+    assert_eq!(second.status, Status::Done, "{:?}", second.error);
+    assert_eq!(second.recipe.prompt, "a red fox at night");
+    assert_eq!(second.recipe.strength, 0.55);
+    assert_eq!(second.parent, Some(1));
+    tmux.wait_for("#2 done", 20);
+
+    // Recall the new run, lower the strength twice, generate again.
+    tmux.keys(&["k", "r"]);
+    tmux.wait_for("recalled #2", 5);
+    tmux.keys(&["[", "["]);
+    tmux.wait_for("0.45  (3 of 8 steps run)", 5);
+    tmux.keys(&["g"]);
+    let third = wait_done(dir.path(), 3);
+    assert_eq!(third.status, Status::Done, "{:?}", third.error);
+    assert_eq!((third.recipe.strength, third.parent), (0.45, Some(2)));
+    tmux.wait_for("#3 done", 20);
+
+    // Compare: mark #3, select #2, show B.
+    tmux.keys(&["m", "j", "Tab"]);
+    let screen = tmux.wait_for("B: #3 (marked)", 5);
+    assert!(screen.contains("#2 vs #3: strength"), "{screen}");
+
+    // A long job, cancelled while it runs: x stops it after the current step.
+    tmux.keys(&["r"]);
+    tmux.repeat("+", 991);
+    tmux.repeat("]", 12);
+    tmux.wait_for("1.00  (999 of 999 steps run)", 10);
+    tmux.keys(&["g"]);
+    tmux.wait_for("s/step", 30);
+    tmux.keys(&["x"]);
+    let cancelled = wait_done(dir.path(), 4);
+    assert_eq!(cancelled.status, Status::Cancelled);
+    tmux.wait_for("#4 cancelled", 10);
+
+    // Help from the keymap, closed by any key.
+    tmux.keys(&["?"]);
+    tmux.wait_for("keys (any key closes)", 5);
+    tmux.keys(&["j"]);
+    let screen = tmux.wait_for("history", 5);
+    assert!(!screen.contains("keys (any key closes)"));
+
+    tmux.keys(&["q"]);
+    tmux.wait_for("ATELIER-EXITED 0", 10);
+}
