@@ -281,18 +281,16 @@ impl State {
                     .filter(|&i| matches(&self.runs[i]))
                     .collect();
                 // Sources in order of their newest run; runs newest first within.
-                let newest = |hash: &str| {
-                    self.runs
-                        .iter()
-                        .rev()
-                        .find(|r| r.source == hash)
-                        .map(|r| r.id)
-                        .unwrap_or(0)
-                };
+                let mut newest: std::collections::HashMap<&str, u64> =
+                    std::collections::HashMap::new();
+                for r in &self.runs {
+                    let e = newest.entry(r.source.as_str()).or_default();
+                    *e = (*e).max(r.id);
+                }
                 order.sort_by(|&a, &b| {
                     let (ra, rb) = (&self.runs[a], &self.runs[b]);
-                    newest(&rb.source)
-                        .cmp(&newest(&ra.source))
+                    newest[rb.source.as_str()]
+                        .cmp(&newest[ra.source.as_str()])
                         .then(rb.id.cmp(&ra.id))
                 });
                 visible = order.into_iter().map(|i| (i, 0)).collect();
