@@ -182,3 +182,19 @@ fn every_size_down_to_tiny_draws() {
         screen(&s, w, h, true);
     }
 }
+
+#[test]
+fn crop_mode_and_styles_picker() {
+    use atelier::tui::state::{CropKey, PickKey};
+    let mut s = state();
+    update(&mut s, Action::SourceSize(512, 256));
+    update(&mut s, Action::Command(Command::Crop));
+    update(&mut s, Action::Crop(CropKey::Shrink));
+    update(&mut s, Action::Crop(CropKey::Shrink));
+    update(&mut s, Action::Crop(CropKey::Right));
+    insta::assert_snapshot!("crop_mode", screen(&s, 120, 36, false));
+    update(&mut s, Action::Crop(CropKey::Done));
+    update(&mut s, Action::Command(Command::Styles));
+    update(&mut s, Action::Pick(PickKey::Next));
+    insta::assert_snapshot!("styles_picker", screen(&s, 120, 30, false));
+}

@@ -56,6 +56,8 @@ commands! {
     Mark "mark" ["m"] "mark the selected run to compare with";
     NextView "next_view" ["v"] "history: newest, by source, lineage";
     RemoveQueued "remove_queued" ["d"] "remove the last queued job";
+    Crop "crop" ["c"] "crop the source: arrows/hjkl move, +/- size, a aspect, 0 clears, Esc ends";
+    Styles "styles" ["y"] "insert a saved prompt style";
     PromoteQueued "promote_queued" ["p"] "move the last queued job to the front";
 }
 

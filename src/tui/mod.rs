@@ -21,7 +21,9 @@ use ratatui_image::picker::{Picker, ProtocolType};
 
 use self::images::{ImageSlot, Request};
 use self::keymap::{Command, Keymap};
-use self::state::{update, Action, Effect, Job, JobState, Mode, SourceChoice, State, TextKey};
+use self::state::{
+    update, Action, CropKey, Effect, Job, JobState, Mode, PickKey, SourceChoice, State, TextKey,
+};
 use self::theme::Theme;
 use self::view::PreviewTarget;
 use crate::engine::device::{default_device_name, open_device};
@@ -73,6 +75,51 @@ fn picker(forced: Option<&str>) -> Picker {
     picker
 }
 
+fn crop_key(key: KeyEvent) -> Option<CropKey> {
+    Some(match key.code {
+        KeyCode::Left | KeyCode::Char('h') => CropKey::Left,
+        KeyCode::Right | KeyCode::Char('l') => CropKey::Right,
+        KeyCode::Up | KeyCode::Char('k') => CropKey::Up,
+        KeyCode::Down | KeyCode::Char('j') => CropKey::Down,
+        KeyCode::Char('+') | KeyCode::Char('=') => CropKey::Grow,
+        KeyCode::Char('-') => CropKey::Shrink,
+        KeyCode::Char('a') => CropKey::Aspect,
+        KeyCode::Char('0') | KeyCode::Backspace => CropKey::Clear,
+        KeyCode::Esc | KeyCode::Enter | KeyCode::Char('c') => CropKey::Done,
+        _ => return None,
+    })
+}
+
+fn pick_key(key: KeyEvent) -> Option<PickKey> {
+    Some(match key.code {
+        KeyCode::Down | KeyCode::Char('j') => PickKey::Next,
+        KeyCode::Up | KeyCode::Char('k') => PickKey::Previous,
+        KeyCode::Enter => PickKey::Choose,
+        KeyCode::Esc | KeyCode::Char('q') => PickKey::Close,
+        _ => return None,
+    })
+}
+
+/// Built-in styles plus the user's `styles.toml` (`[[style]]` tables with
+/// name, prompt, negative).
+pub fn load_styles() -> Result<Vec<state::Style>> {
+    let mut styles = state::builtin_styles();
+    if let Some(path) = crate::config::config_dir()
+        .map(|d| d.join("styles.toml"))
+        .filter(|p| p.is_file())
+    {
+        #[derive(serde::Deserialize)]
+        struct File {
+            #[serde(default)]
+            style: Vec<state::Style>,
+        }
+        let file: File = toml::from_str(&std::fs::read_to_string(&path)?)
+            .with_context(|| format!("{} is not valid", path.display()))?;
+        styles.extend(file.style);
+    }
+    Ok(styles)
+}
+
 fn text_key(key: KeyEvent) -> Option<TextKey> {
     match key.code {
         KeyCode::Esc => Some(TextKey::Done),
@@ -105,6 +152,7 @@ pub fn run(global: &crate::cli::Global, args: TuiArgs) -> Result<()> {
     let (device, dtype) = open_device(&device_name)?;
 
     let mut state = State::new(history.runs, model);
+    state.styles = load_styles()?;
     if let Some(bad) = history.unreadable.first() {
         state.message = format!(
             "skipped {} unreadable record(s), e.g. {}",
@@ -182,6 +230,7 @@ fn event_loop(
     images::spawn(picker, image_rx, ready_tx, || {});
 
     let mut worker_busy = false;
+    let mut sized: Option<SourceChoice> = None;
     let mut slot: Option<ImageSlot> = None;
     let mut shown: Option<PreviewTarget> = None;
     let mut generation = 0u64;
@@ -219,6 +268,34 @@ fn event_loop(
                     }
                 }
                 dirty = true;
+            }
+        }
+
+        // The crop needs the size of the source the editor would use.
+        let source_key = state.editor.source.clone().or_else(|| {
+            state.selected_run().map(|r| SourceChoice {
+                hash: r.source.clone(),
+                run: r.source_run,
+            })
+        });
+        if source_key != sized {
+            sized = source_key.clone();
+            let path = source_key.and_then(|s| {
+                if s.hash.is_empty() {
+                    s.run.map(|id| project.image_path(id))
+                } else {
+                    project.source_path(&s.hash)
+                }
+            });
+            if let Some((w, h)) = path.and_then(|p| {
+                image::ImageReader::open(p)
+                    .ok()?
+                    .with_guessed_format()
+                    .ok()?
+                    .into_dimensions()
+                    .ok()
+            }) {
+                update(&mut state, Action::SourceSize(w, h));
             }
         }
 
@@ -286,6 +363,8 @@ fn event_loop(
                             },
                         )),
                         Mode::Help => Some(Action::Command(Command::Help)),
+                        Mode::Crop => crop_key(key).map(Action::Crop),
+                        Mode::Styles(_) => pick_key(key).map(Action::Pick),
                         Mode::Normal
                             if key.code == KeyCode::Char('c')
                                 && key.modifiers.contains(KeyModifiers::CONTROL) =>

@@ -42,6 +42,10 @@ pub struct SourceChoice {
 /// The recipe being edited.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Editor {
+    /// A rectangle of the source, in source pixels.
+    pub crop: Option<crate::engine::CropRect>,
+    /// Index into `ASPECTS` for the crop.
+    pub aspect: usize,
     pub prompt: String,
     pub negative: String,
     pub strength: f64,
@@ -63,6 +67,8 @@ pub struct Editor {
 impl Editor {
     pub fn new(model: String) -> Self {
         Editor {
+            crop: None,
+            aspect: 0,
             prompt: String::new(),
             negative: String::new(),
             strength: 0.6,
@@ -101,7 +107,7 @@ impl Editor {
             scheduler: self.scheduler.clone(),
             width: self.width,
             height: self.height,
-            crop: None,
+            crop: self.crop,
             fit: self.fit,
             model: self.model.clone(),
         }
@@ -123,7 +129,83 @@ pub enum Mode {
     Filter,
     Help,
     ConfirmQuit,
+    /// Choosing the crop rectangle of the source.
+    Crop,
+    /// Choosing a style to insert; the index of the highlighted one.
+    Styles(usize),
 }
+
+/// A saved prompt snippet (`styles.toml` in the config folder).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct Style {
+    pub name: String,
+    #[serde(default)]
+    pub prompt: String,
+    #[serde(default)]
+    pub negative: String,
+}
+
+/// The styles atelier ships with; the user's `styles.toml` adds to them.
+pub fn builtin_styles() -> Vec<Style> {
+    let s = |name: &str, prompt: &str, negative: &str| Style {
+        name: name.into(),
+        prompt: prompt.into(),
+        negative: negative.into(),
+    };
+    vec![
+        s(
+            "photographic",
+            ", 35mm photograph, natural light, sharp focus, film grain",
+            "painting, illustration, cartoon",
+        ),
+        s(
+            "cinematic",
+            ", cinematic still, dramatic lighting, shallow depth of field, anamorphic",
+            "flat lighting",
+        ),
+        s(
+            "product shot",
+            ", studio product photography, softbox lighting, clean background, high detail",
+            "clutter, text, watermark",
+        ),
+        s(
+            "oil painting",
+            ", oil painting, visible brush strokes, rich colours",
+            "photograph",
+        ),
+        s(
+            "neon night",
+            ", at night, neon signs, wet streets, reflections",
+            "daylight",
+        ),
+    ]
+}
+
+/// Keys in crop mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CropKey {
+    Left,
+    Right,
+    Up,
+    Down,
+    Grow,
+    Shrink,
+    Aspect,
+    Clear,
+    Done,
+}
+
+/// Keys in the style picker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PickKey {
+    Next,
+    Previous,
+    Choose,
+    Close,
+}
+
+/// Aspect presets for the crop, width:height (0:0 is free).
+pub const ASPECTS: [(u32, u32); 6] = [(0, 0), (1, 1), (4, 3), (3, 4), (16, 9), (9, 16)];
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobState {
@@ -172,6 +254,10 @@ pub enum Action {
     JobEnded(u64),
     /// A message for the status line (errors from effects).
     Message(String),
+    Crop(CropKey),
+    Pick(PickKey),
+    /// The size of the source the editor would use.
+    SourceSize(u32, u32),
 }
 
 /// Work for the event loop.
@@ -217,6 +303,9 @@ pub struct State {
     pub message: String,
     /// A random draw for `Seed::Random`, refreshed by the loop per generate.
     pub next_random: u64,
+    /// Pixel size of the editor's source (for the crop), once the loop knows it.
+    pub source_size: Option<(u32, u32)>,
+    pub styles: Vec<Style>,
 }
 
 impl State {
@@ -234,6 +323,8 @@ impl State {
             marked: None,
             message: String::new(),
             next_random: 0,
+            source_size: None,
+            styles: builtin_styles(),
         };
         update(&mut s, Action::History(runs));
         s
@@ -395,6 +486,9 @@ pub fn update(s: &mut State, action: Action) -> Vec<Effect> {
         }
         Action::Message(m) => s.message = m,
         Action::Text(key) => text_input(s, key),
+        Action::Crop(key) => crop_input(s, key),
+        Action::Pick(key) => pick_input(s, key),
+        Action::SourceSize(w, h) => s.source_size = Some((w, h)),
         Action::Command(c) => command(s, c, &mut effects),
     }
     effects
@@ -432,6 +526,101 @@ fn text_input(s: &mut State, key: TextKey) {
     }
 }
 
+fn pick_input(s: &mut State, key: PickKey) {
+    let Mode::Styles(i) = s.mode else { return };
+    let n = s.styles.len().max(1);
+    match key {
+        PickKey::Next => s.mode = Mode::Styles((i + 1) % n),
+        PickKey::Previous => s.mode = Mode::Styles((i + n - 1) % n),
+        PickKey::Close => s.mode = Mode::Normal,
+        PickKey::Choose => {
+            if let Some(style) = s.styles.get(i).cloned() {
+                s.editor.prompt.push_str(&style.prompt);
+                if !style.negative.is_empty() {
+                    if !s.editor.negative.is_empty() {
+                        s.editor.negative.push_str(", ");
+                    }
+                    s.editor
+                        .negative
+                        .push_str(style.negative.trim_start_matches(", "));
+                }
+                s.message = format!("style {:?} inserted", style.name);
+            }
+            s.mode = Mode::Normal;
+        }
+    }
+}
+
+/// Moves, resizes or reshapes the crop, kept inside the source.
+fn crop_input(s: &mut State, key: CropKey) {
+    let Some((sw, sh)) = s.source_size else {
+        s.mode = Mode::Normal;
+        return;
+    };
+    let e = &mut s.editor;
+    if key == CropKey::Done {
+        s.mode = Mode::Normal;
+        return;
+    }
+    if key == CropKey::Clear {
+        e.crop = None;
+        return;
+    }
+    let mut c = e.crop.unwrap_or(crate::engine::CropRect {
+        x: 0,
+        y: 0,
+        w: sw,
+        h: sh,
+    });
+    let step_x = (sw / 20).max(1) as i64;
+    let step_y = (sh / 20).max(1) as i64;
+    let (mut x, mut y, mut w, mut h) = (c.x as i64, c.y as i64, c.w as i64, c.h as i64);
+    match key {
+        CropKey::Left => x -= step_x,
+        CropKey::Right => x += step_x,
+        CropKey::Up => y -= step_y,
+        CropKey::Down => y += step_y,
+        CropKey::Grow => {
+            w += 2 * step_x;
+            h += 2 * step_y;
+            x -= step_x;
+            y -= step_y;
+        }
+        CropKey::Shrink => {
+            w -= 2 * step_x;
+            h -= 2 * step_y;
+            x += step_x;
+            y += step_y;
+        }
+        CropKey::Aspect => e.aspect = (e.aspect + 1) % ASPECTS.len(),
+        CropKey::Clear | CropKey::Done => {}
+    }
+    // Apply the aspect preset around the centre.
+    let (aw, ah) = ASPECTS[e.aspect];
+    if aw > 0 {
+        let (cx, cy) = (x + w / 2, y + h / 2);
+        let area = (w * h).max(64);
+        w = ((area as f64 * aw as f64 / ah as f64).sqrt()) as i64;
+        h = w * ah as i64 / aw as i64;
+        let fit = (sw as f64 / w as f64).min(sh as f64 / h as f64).min(1.0);
+        w = (w as f64 * fit) as i64;
+        h = (h as f64 * fit) as i64;
+        x = cx - w / 2;
+        y = cy - h / 2;
+    }
+    w = w.clamp(8, sw as i64);
+    h = h.clamp(8, sh as i64);
+    x = x.clamp(0, sw as i64 - w);
+    y = y.clamp(0, sh as i64 - h);
+    c = crate::engine::CropRect {
+        x: x as u32,
+        y: y as u32,
+        w: w as u32,
+        h: h as u32,
+    };
+    e.crop = Some(c);
+}
+
 fn command(s: &mut State, c: Command, effects: &mut Vec<Effect>) {
     // Overlays take the next key.
     match s.mode {
@@ -465,6 +654,14 @@ fn command(s: &mut State, c: Command, effects: &mut Vec<Effect>) {
             }
         }
         Command::Filter => s.mode = Mode::Filter,
+        Command::Crop => {
+            if s.source_size.is_some() {
+                s.mode = Mode::Crop;
+            } else {
+                s.message = "no source to crop yet".into();
+            }
+        }
+        Command::Styles => s.mode = Mode::Styles(0),
         Command::EditPrompt => s.mode = Mode::Edit(TextField::Prompt),
         Command::EditNegative => s.mode = Mode::Edit(TextField::Negative),
         Command::StrengthDown => e.strength = round2((e.strength - 0.05).max(0.0)),
@@ -516,6 +713,7 @@ fn command(s: &mut State, c: Command, effects: &mut Vec<Effect>) {
                 e.width = r.recipe.width;
                 e.height = r.recipe.height;
                 e.fit = r.recipe.fit;
+                e.crop = r.recipe.crop;
                 e.model = r.recipe.model.clone();
                 e.source = Some(SourceChoice {
                     hash: r.source.clone(),
@@ -642,6 +840,7 @@ pub fn differing_fields(a: &Recipe, b: &Recipe) -> Vec<&'static str> {
     check("scheduler", a.scheduler != b.scheduler);
     check("size", (a.width, a.height) != (b.width, b.height));
     check("fit", a.fit != b.fit);
+    check("crop", a.crop != b.crop);
     check("model", a.model != b.model);
     out
 }

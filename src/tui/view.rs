@@ -124,6 +124,7 @@ pub fn draw(
     match s.mode {
         Mode::Help => draw_help(frame, theme, keymap, area),
         Mode::ConfirmQuit => draw_confirm(frame, theme, area),
+        Mode::Styles(i) => draw_styles(frame, s, theme, area, i),
         _ => {}
     }
 }
@@ -364,6 +365,14 @@ fn draw_recipe(frame: &mut Frame, s: &State, theme: &Theme, area: Rect) {
         ("count", e.count.to_string()),
         ("scheduler", scheduler_label(&e.scheduler)),
         ("size", format!("{size}  fit {}", e.fit)),
+        (
+            "crop",
+            match e.crop {
+                Some(c) => format!("{c}{}", aspect_label(e.aspect)),
+                None if s.mode == Mode::Crop => format!("whole source{}", aspect_label(e.aspect)),
+                None => "none (c to crop)".into(),
+            },
+        ),
         ("model", cut(&e.model, width)),
         ("source", source),
         (
@@ -379,7 +388,53 @@ fn draw_recipe(frame: &mut Frame, s: &State, theme: &Theme, area: Rect) {
             Span::styled(value, style_for(name)),
         ]));
     }
+    if s.mode == Mode::Crop {
+        // A map of the source with the crop marked.
+        if let Some((sw, sh)) = s.source_size {
+            lines.push(Line::from(Span::styled(
+                "crop: arrows move, +/- size, a aspect, 0 clears, Esc ends",
+                theme.accent,
+            )));
+            let (mw, mh) = (28usize, 8usize);
+            let c = e.crop.unwrap_or(crate::engine::CropRect {
+                x: 0,
+                y: 0,
+                w: sw,
+                h: sh,
+            });
+            let to_col = |x: u32| (x as usize * mw / sw as usize).min(mw);
+            let to_row = |y: u32| (y as usize * mh / sh as usize).min(mh);
+            let (x0, x1, y0, y1) = (
+                to_col(c.x),
+                to_col(c.x + c.w).max(to_col(c.x) + 1),
+                to_row(c.y),
+                to_row(c.y + c.h).max(to_row(c.y) + 1),
+            );
+            for row in 0..mh {
+                let text: String = (0..mw)
+                    .map(|col| {
+                        if (x0..x1).contains(&col) && (y0..y1).contains(&row) {
+                            '█'
+                        } else {
+                            '·'
+                        }
+                    })
+                    .collect();
+                lines.push(Line::from(vec![
+                    Span::raw(" ".repeat(10)),
+                    Span::styled(text, theme.accent),
+                ]));
+            }
+        }
+    }
     frame.render_widget(Paragraph::new(lines), inner);
+}
+
+fn aspect_label(aspect: usize) -> String {
+    match super::state::ASPECTS[aspect % super::state::ASPECTS.len()] {
+        (0, 0) => String::new(),
+        (w, h) => format!("  ({w}:{h})"),
+    }
 }
 
 fn draw_queue(frame: &mut Frame, s: &State, theme: &Theme, area: Rect) {
@@ -423,6 +478,10 @@ fn draw_status(frame: &mut Frame, s: &State, theme: &Theme, keymap: &Keymap, are
     let text = match s.mode {
         Mode::Edit(_) => "typing: Enter for a new line, Esc to finish".to_string(),
         Mode::Filter => "filter: type, Enter or Esc to finish".to_string(),
+        Mode::Crop => {
+            "crop: arrows or hjkl move, + / - size, a aspect, 0 clears, Esc ends".to_string()
+        }
+        Mode::Styles(_) => "styles: j/k choose, Enter inserts, Esc closes".to_string(),
         _ if !s.message.is_empty() => s.message.clone(),
         _ => {
             let k = |c| keymap.keys(c).first().cloned().unwrap_or_default();
@@ -465,6 +524,28 @@ fn draw_help(frame: &mut Frame, theme: &Theme, keymap: &Keymap, area: Rect) {
     frame.render_widget(Clear, popup);
     frame.render_widget(
         Paragraph::new(lines).block(block(" keys (any key closes) ", theme, true)),
+        popup,
+    );
+}
+
+fn draw_styles(frame: &mut Frame, s: &State, theme: &Theme, area: Rect, selected: usize) {
+    let lines: Vec<Line> = s
+        .styles
+        .iter()
+        .enumerate()
+        .map(|(i, st)| {
+            let text = format!("{:<16} {}", st.name, st.prompt.trim_start_matches(", "));
+            Line::from(cut(&text, 66)).style(if i == selected {
+                theme.selection
+            } else {
+                theme.text
+            })
+        })
+        .collect();
+    let popup = centered(area, 70, lines.len() as u16 + 2);
+    frame.render_widget(Clear, popup);
+    frame.render_widget(
+        Paragraph::new(lines).block(block(" styles (Enter inserts, Esc closes) ", theme, true)),
         popup,
     );
 }

@@ -288,3 +288,52 @@ fn help_opens_and_any_key_closes_it() {
     );
     assert_eq!(s.mode, Mode::Normal);
 }
+
+#[test]
+fn crop_moves_and_resizes_inside_the_source_and_keeps_an_aspect() {
+    let mut s = state();
+    assert!(cmd(&mut s, Command::Crop).is_empty());
+    assert_eq!(s.mode, Mode::Normal, "no source size known yet");
+    update(&mut s, Action::SourceSize(400, 200));
+    cmd(&mut s, Command::Crop);
+    assert_eq!(s.mode, Mode::Crop);
+    update(&mut s, Action::Crop(CropKey::Shrink));
+    let c = s.editor.crop.unwrap();
+    assert_eq!((c.x, c.y, c.w, c.h), (20, 10, 360, 180));
+    for _ in 0..10 {
+        update(&mut s, Action::Crop(CropKey::Left));
+    }
+    assert_eq!(s.editor.crop.unwrap().x, 0, "stops at the edge");
+    update(&mut s, Action::Crop(CropKey::Aspect)); // 1:1
+    let c = s.editor.crop.unwrap();
+    assert_eq!(c.w, c.h);
+    assert!(c.x + c.w <= 400 && c.y + c.h <= 200);
+    update(&mut s, Action::Crop(CropKey::Done));
+    assert_eq!(s.mode, Mode::Normal);
+    // The crop goes into the recipe.
+    cmd(&mut s, Command::EditPrompt);
+    type_text(&mut s, "x");
+    update(&mut s, Action::Text(TextKey::Done));
+    let effects = cmd(&mut s, Command::Generate);
+    let Effect::Queue { recipes, .. } = &effects[0] else {
+        panic!()
+    };
+    assert_eq!(recipes[0].crop, s.editor.crop);
+    cmd(&mut s, Command::Crop);
+    update(&mut s, Action::Crop(CropKey::Clear));
+    assert_eq!(s.editor.crop, None);
+}
+
+#[test]
+fn styles_append_to_the_prompts() {
+    let mut s = state();
+    s.editor.prompt = "a fox".into();
+    cmd(&mut s, Command::Styles);
+    assert_eq!(s.mode, Mode::Styles(0));
+    update(&mut s, Action::Pick(PickKey::Next));
+    update(&mut s, Action::Pick(PickKey::Choose));
+    let style = &s.styles[1];
+    assert_eq!(s.editor.prompt, format!("a fox{}", style.prompt));
+    assert_eq!(s.editor.negative, style.negative);
+    assert_eq!(s.mode, Mode::Normal);
+}
