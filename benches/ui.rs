@@ -56,6 +56,16 @@ fn main() -> anyhow::Result<()> {
     let n = 10_000u64;
     let runs: Vec<RunRecord> = (1..=n).map(record).collect();
     let (theme, keymap) = (Theme::load("dark", None)?, Keymap::default());
+    // Every run has a thumbnail, as after scrolling through all of them.
+    let thumbs: atelier::tui::images::Thumbs = runs
+        .iter()
+        .map(|r| {
+            (
+                r.id,
+                image::RgbImage::from_pixel(6, 4, image::Rgb([r.id as u8, 90, 160])),
+            )
+        })
+        .collect();
 
     for presses in 0..3 {
         let mut state = State::new(runs.clone(), "sd21".into());
@@ -74,10 +84,10 @@ fn main() -> anyhow::Result<()> {
                     Key::MoveUp
                 }),
             );
-            terminal.draw(|f| view::draw(f, &state, &theme, &keymap, None))?;
+            terminal.draw(|f| view::draw(f, &state, &theme, &keymap, None, Some(&thumbs)))?;
         }
         let per_frame = started.elapsed().as_secs_f64() / frames as f64;
-        let rows = 47.0; // history rows visible at 160x50
+        let rows = 23.0; // runs visible at 160x50 (two lines each, with thumbnails)
         println!(
             "{} runs, view {:<12}: {:.3} ms per frame (move + draw), {:.4} ms per visible row",
             n,

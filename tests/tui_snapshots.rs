@@ -78,6 +78,22 @@ fn state() -> State {
     )
 }
 
+/// A thumbnail for every run with an image: a colour ramp by id.
+fn thumbs(s: &State) -> atelier::tui::images::Thumbs {
+    s.runs
+        .iter()
+        .filter(|r| r.status.has_image())
+        .map(|r| {
+            (
+                r.id,
+                image::RgbImage::from_fn(6, 4, |x, y| {
+                    image::Rgb([(r.id * 40) as u8, (x * 40) as u8, (y * 60) as u8])
+                }),
+            )
+        })
+        .collect()
+}
+
 fn screen(s: &State, width: u16, height: u16, with_image: bool) -> String {
     let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
     let theme = Theme::load("dark", None).unwrap();
@@ -87,7 +103,7 @@ fn screen(s: &State, width: u16, height: u16, with_image: bool) -> String {
         ImageSlot::inline(Picker::halfblocks().new_resize_protocol(img))
     });
     terminal
-        .draw(|f| view::draw(f, s, &theme, &keymap, slot.as_mut()))
+        .draw(|f| view::draw(f, s, &theme, &keymap, slot.as_mut(), Some(&thumbs(s))))
         .unwrap();
     terminal.backend().to_string()
 }
@@ -156,7 +172,7 @@ fn empty_project_and_monochrome() {
     let mut terminal = Terminal::new(TestBackend::new(100, 20)).unwrap();
     let theme = Theme::monochrome();
     terminal
-        .draw(|f| view::draw(f, &s, &theme, &Keymap::default(), None))
+        .draw(|f| view::draw(f, &s, &theme, &Keymap::default(), None, None))
         .unwrap();
     // No colour anywhere on the screen.
     let buffer = terminal.backend().buffer();

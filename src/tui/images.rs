@@ -15,7 +15,16 @@ use ratatui_image::{Resize, ResizeEncodeRender};
 
 use super::view::PreviewTarget;
 
+/// Thumbnail size in pixels: 6 cells wide, 2 lines of half-blocks tall.
+pub const THUMB_W: u32 = 6;
+pub const THUMB_H: u32 = 4;
+
+/// Tiny thumbnails of runs' outputs, by run id.
+pub type Thumbs = std::collections::HashMap<u64, image::RgbImage>;
+
 pub enum Request {
+    /// A run's thumbnail for the history list.
+    Thumb { id: u64, path: PathBuf },
     /// Decode a file (or take it from the cache) and make a protocol.
     Load {
         generation: u64,
@@ -37,6 +46,10 @@ pub enum Request {
 }
 
 pub enum Response {
+    Thumb {
+        id: u64,
+        image: image::RgbImage,
+    },
     Ready {
         generation: u64,
         protocol: Box<StatefulProtocol>,
@@ -140,6 +153,21 @@ pub fn spawn(
             let mut cache: VecDeque<(PreviewTarget, DynamicImage)> = VecDeque::new();
             while let Ok(request) = rx.recv() {
                 let response = match request {
+                    Request::Thumb { id, path } => {
+                        match crate::engine::source::load_source(&path) {
+                            Ok(img) => {
+                                let rgb = crate::engine::source::flatten_to_rgb(&img);
+                                let image = image::imageops::resize(
+                                    &rgb,
+                                    THUMB_W,
+                                    THUMB_H,
+                                    image::imageops::FilterType::Triangle,
+                                );
+                                Response::Thumb { id, image }
+                            }
+                            Err(_) => continue,
+                        }
+                    }
                     Request::Load {
                         generation,
                         key,

@@ -19,7 +19,7 @@ use crossterm::event::{self, Event as TermEvent, KeyCode, KeyEvent, KeyEventKind
 use ratatui_image::picker::cap_parser::QueryStdioOptions;
 use ratatui_image::picker::{Picker, ProtocolType};
 
-use self::images::{ImageSlot, Request};
+use self::images::{ImageSlot, Request, Response};
 use self::keymap::{Command, Keymap};
 use self::state::{
     update, Action, CropKey, Effect, Job, JobState, Mode, PickKey, SourceChoice, State, TextKey,
@@ -173,7 +173,7 @@ pub fn run(global: &crate::cli::Global, args: TuiArgs) -> Result<()> {
 
     let mut terminal = ratatui::init();
     // The first frame comes before the terminal is asked about images.
-    terminal.draw(|frame| view::draw(frame, &state, &theme, &keymap, None))?;
+    terminal.draw(|frame| view::draw(frame, &state, &theme, &keymap, None, None))?;
     tracing::info!(
         "first frame after {:.0} ms",
         started.elapsed().as_secs_f64() * 1000.0
@@ -230,6 +230,8 @@ fn event_loop(
     images::spawn(picker, image_rx, ready_tx, || {});
 
     let mut worker_busy = false;
+    let mut thumbs = images::Thumbs::new();
+    let mut thumbs_requested = std::collections::HashSet::new();
     let mut sized: Option<SourceChoice> = None;
     let mut slot: Option<ImageSlot> = None;
     let mut shown: Option<PreviewTarget> = None;
@@ -268,6 +270,17 @@ fn event_loop(
                     }
                 }
                 dirty = true;
+            }
+        }
+
+        // Thumbnails for the runs around the selection.
+        for &(i, _) in &state.visible[view::history_window(&state, 60)] {
+            let r = &state.runs[i];
+            if r.status.has_image() && thumbs_requested.insert(r.id) {
+                let _ = image_tx.send(Request::Thumb {
+                    id: r.id,
+                    path: project.image_path(r.id),
+                });
             }
         }
 
@@ -343,6 +356,7 @@ fn event_loop(
                     theme,
                     keymap,
                     slot.as_mut().filter(|s| s.is_ready()),
+                    Some(&thumbs),
                 )
             })?;
             last_draw = Instant::now();
@@ -352,6 +366,15 @@ fn event_loop(
         // Input, at most 20 ms apart from the channels below.
         if event::poll(Duration::from_millis(20))? {
             match event::read()? {
+                TermEvent::Key(key)
+                    if key.kind != KeyEventKind::Release
+                        && state.mode == Mode::Normal
+                        && key.code == KeyCode::Char('z')
+                        && key.modifiers.contains(KeyModifiers::CONTROL) =>
+                {
+                    suspend(terminal)?;
+                    dirty = true;
+                }
                 TermEvent::Key(key) if key.kind != KeyEventKind::Release => {
                     let action = match state.mode {
                         Mode::Edit(_) | Mode::Filter => text_key(key).map(Action::Text),
@@ -429,6 +452,7 @@ fn event_loop(
                     update(&mut state, Action::RunChanged(record));
                     update(&mut state, Action::JobEnded(id));
                     worker_busy = false;
+                    thumbs_requested.remove(&id);
                     live = None;
                     // Show the finished image instead of the live preview.
                     shown = None;
@@ -436,6 +460,11 @@ fn event_loop(
             }
         }
         while let Ok(response) = ready_rx.try_recv() {
+            if let Response::Thumb { id, image } = response {
+                thumbs.insert(id, image);
+                dirty = true;
+                continue;
+            }
             if let Some(s) = slot.as_mut() {
                 if let Some(error) = s.accept(response) {
                     state.message = format!("cannot show the image: {error}");
@@ -444,6 +473,21 @@ fn event_loop(
             dirty = true;
         }
     }
+}
+
+/// Ctrl-Z: give the terminal back, stop like any job-controlled program
+/// (the whole process, the worker included), and take the screen again on `fg`.
+fn suspend(terminal: &mut ratatui::DefaultTerminal) -> Result<()> {
+    ratatui::restore();
+    #[cfg(unix)]
+    // SAFETY: raising a signal on ourselves; SIGTSTP's default action stops
+    // the process until SIGCONT.
+    unsafe {
+        libc::raise(libc::SIGTSTP);
+    }
+    *terminal = ratatui::init();
+    terminal.clear()?;
+    Ok(())
 }
 
 /// Carries out effects; true when the UI should quit.

@@ -1,7 +1,7 @@
 //! Drawing: reads the state, writes the frame, nothing else. Only the rows
 //! on screen are built, so a history of any length draws in constant time.
 
-use super::images::ImageSlot;
+use super::images::{ImageSlot, Thumbs, THUMB_H, THUMB_W};
 use ratatui::layout::{Constraint, Direction, Layout, Rect};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Paragraph, Wrap};
@@ -65,6 +65,7 @@ pub fn draw(
     theme: &Theme,
     keymap: &Keymap,
     preview: Option<&mut ImageSlot>,
+    thumbs: Option<&Thumbs>,
 ) {
     let area = frame.area();
     frame.render_widget(Block::default().style(theme.text), area);
@@ -87,7 +88,7 @@ pub fn draw(
             Constraint::Length(44),
         ])
         .areas(main);
-        draw_history(frame, s, theme, history);
+        draw_history(frame, s, theme, history, thumbs);
         draw_preview(frame, s, theme, preview_area, preview);
         draw_recipe(frame, s, theme, recipe);
     } else {
@@ -109,7 +110,7 @@ pub fn draw(
             .direction(Direction::Vertical)
             .constraints(constraints)
             .split(main);
-        draw_history(frame, s, theme, parts[0]);
+        draw_history(frame, s, theme, parts[0], None);
         if show_preview {
             draw_preview(frame, s, theme, parts[1], preview);
             draw_recipe(frame, s, theme, parts[2]);
@@ -150,7 +151,35 @@ fn status_style(theme: &Theme, status: Status) -> ratatui::style::Style {
     }
 }
 
-fn draw_history(frame: &mut Frame, s: &State, theme: &Theme, area: Rect) {
+/// The half-block cells of one thumbnail line (row 0 or 1).
+fn thumb_cells(thumb: Option<&image::RgbImage>, row: u32, colour: bool) -> Vec<Span<'static>> {
+    match thumb.filter(|t| colour && t.width() == THUMB_W && t.height() == THUMB_H) {
+        Some(t) => (0..THUMB_W)
+            .map(|x| {
+                let (top, bottom) = (*t.get_pixel(x, row * 2), *t.get_pixel(x, row * 2 + 1));
+                Span::styled(
+                    "▀",
+                    ratatui::style::Style::default()
+                        .fg(ratatui::style::Color::Rgb(top[0], top[1], top[2]))
+                        .bg(ratatui::style::Color::Rgb(bottom[0], bottom[1], bottom[2])),
+                )
+            })
+            .collect(),
+        None => vec![Span::raw(" ".repeat(THUMB_W as usize))],
+    }
+}
+
+/// The slice of `visible` shown in a list of `entries` entries: a window
+/// around the selection.
+pub fn history_window(s: &State, entries: usize) -> std::ops::Range<usize> {
+    let start = s
+        .selected
+        .saturating_sub(entries / 2)
+        .min(s.visible.len().saturating_sub(entries));
+    start..(start + entries).min(s.visible.len())
+}
+
+fn draw_history(frame: &mut Frame, s: &State, theme: &Theme, area: Rect, thumbs: Option<&Thumbs>) {
     let title = if s.mode == Mode::Filter || !s.filter.is_empty() {
         format!(
             " history ({}) /{}{} ",
@@ -168,46 +197,71 @@ fn draw_history(frame: &mut Frame, s: &State, theme: &Theme, area: Rect) {
     if rows == 0 {
         return;
     }
-    // Keep the selection in view: a window of `rows` around it.
-    let start = s
-        .selected
-        .saturating_sub(rows / 2)
-        .min(s.visible.len().saturating_sub(rows));
+    // With thumbnails each run takes two lines.
+    let per_entry = if thumbs.is_some() { 2 } else { 1 };
+    let window = history_window(s, (rows / per_entry).max(1));
     let width = inner.width as usize;
-    let lines: Vec<Line> = s.visible[start..(start + rows).min(s.visible.len())]
-        .iter()
-        .enumerate()
-        .map(|(k, &(i, depth))| {
-            let r = &s.runs[i];
-            let selected = start + k == s.selected;
-            let indent = "  ".repeat(depth.min(8));
-            let head = format!(
-                "{indent}{:>5} {} {:.2} ",
-                r.label(),
-                if r.starred { "*" } else { " " },
-                r.recipe.strength
+    let colour =
+        theme.text.fg != Some(ratatui::style::Color::Reset) || theme.selection.bg.is_some();
+    let mut lines: Vec<Line> = Vec::with_capacity(rows);
+    for (k, &(i, depth)) in s.visible[window.clone()].iter().enumerate() {
+        let r = &s.runs[i];
+        let selected = window.start + k == s.selected;
+        let indent = "  ".repeat(depth.min(8));
+        let thumb = thumbs.and_then(|t| t.get(&r.id));
+        let thumb_w = if thumbs.is_some() {
+            THUMB_W as usize + 1
+        } else {
+            0
+        };
+        let head = format!(
+            "{indent}{:>5} {} {:.2} ",
+            r.label(),
+            if r.starred { "*" } else { " " },
+            r.recipe.strength
+        );
+        let state = format!("{:<9}", r.status.name());
+        let rest = width.saturating_sub(thumb_w + head.chars().count() + state.chars().count() + 1);
+        let prompt = cut(&r.recipe.prompt, rest);
+        let mut first: Vec<Span> = Vec::new();
+        if thumbs.is_some() {
+            first.extend(thumb_cells(thumb, 0, colour));
+            first.push(Span::raw(" "));
+        }
+        if selected {
+            first.push(Span::styled(
+                format!("{head}{state} {prompt:<rest$}"),
+                theme.selection,
+            ));
+        } else {
+            first.push(Span::styled(
+                head,
+                if Some(r.id) == s.marked {
+                    theme.accent
+                } else {
+                    theme.text
+                },
+            ));
+            first.push(Span::styled(state, status_style(theme, r.status)));
+            first.push(Span::styled(format!(" {prompt}"), theme.dim));
+        }
+        lines.push(Line::from(first));
+        if thumbs.is_some() {
+            let mut second = thumb_cells(thumb, 1, colour);
+            let detail = format!(
+                " {indent}seed {}  {} steps  cfg {}  {}",
+                r.recipe.seed,
+                r.recipe.steps,
+                r.recipe.guidance,
+                r.created.get(..16).unwrap_or(&r.created).replace('T', " ")
             );
-            let state = format!("{:<9}", r.status.name());
-            let rest = width.saturating_sub(head.chars().count() + state.chars().count() + 1);
-            let prompt = cut(&r.recipe.prompt, rest);
-            if selected {
-                Line::from(format!("{head}{state} {prompt:<rest$}")).style(theme.selection)
-            } else {
-                Line::from(vec![
-                    Span::styled(
-                        head,
-                        if Some(r.id) == s.marked {
-                            theme.accent
-                        } else {
-                            theme.text
-                        },
-                    ),
-                    Span::styled(state, status_style(theme, r.status)),
-                    Span::styled(format!(" {prompt}"), theme.dim),
-                ])
-            }
-        })
-        .collect();
+            second.push(Span::styled(
+                cut(&detail, width.saturating_sub(thumb_w)),
+                if selected { theme.selection } else { theme.dim },
+            ));
+            lines.push(Line::from(second));
+        }
+    }
     if lines.is_empty() {
         let hint = if s.runs.is_empty() {
             "no runs yet: press e to write a prompt; a source comes from `atelier gen --source FILE` or u on a run"
