@@ -79,6 +79,17 @@ pub fn queue(
 
 /// The plan of a queued record (to resume it after a restart).
 pub fn plan_of(project: &Project, record: &RunRecord) -> Result<PlannedRun> {
+    Ok(PlannedRun {
+        recipe: record.recipe.clone(),
+        source: source_of(project, record)?,
+        parent: record.parent,
+        noise_file: None,
+        out: None,
+    })
+}
+
+/// The stored source a record refers to.
+pub fn source_of(project: &Project, record: &RunRecord) -> Result<SourceRef> {
     let Some(file) = project.source_path(&record.source) else {
         bail!(
             "the source of #{} ({}) is missing from {}/sources",
@@ -87,16 +98,10 @@ pub fn plan_of(project: &Project, record: &RunRecord) -> Result<PlannedRun> {
             project.root().display()
         );
     };
-    Ok(PlannedRun {
-        recipe: record.recipe.clone(),
-        source: SourceRef {
-            hash: record.source.clone(),
-            file,
-            run: record.source_run,
-        },
-        parent: record.parent,
-        noise_file: None,
-        out: None,
+    Ok(SourceRef {
+        hash: record.source.clone(),
+        file,
+        run: record.source_run,
     })
 }
 

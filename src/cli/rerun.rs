@@ -5,9 +5,9 @@ use anyhow::{bail, Result};
 use clap::Args;
 
 use super::gen::open_project;
-use super::runner::{PlannedRun, Runner, SourceRef};
+use super::runner::{PlannedRun, Runner};
 use super::Global;
-use crate::project::{parse_run_id, Access, Project, RunRecord};
+use crate::project::{parse_run_id, Access};
 use crate::recipe::Recipe;
 
 #[derive(Args, Debug, Clone)]
@@ -105,23 +105,6 @@ pub fn apply_set(recipe: &mut Recipe, change: &str) -> Result<()> {
     Ok(())
 }
 
-/// What a run derived from `record` starts from: the same source.
-pub fn same_source(project: &Project, record: &RunRecord) -> Result<SourceRef> {
-    let Some(file) = project.source_path(&record.source) else {
-        bail!(
-            "the source of #{} ({}) is missing from {}/sources; it cannot be rerun",
-            record.id,
-            &record.source[..record.source.len().min(12)],
-            project.root().display()
-        );
-    };
-    Ok(SourceRef {
-        hash: record.source.clone(),
-        file,
-        run: record.source_run,
-    })
-}
-
 pub fn run(args: RerunArgs, global: &Global) -> Result<()> {
     let project = open_project(global, false, Access::Write)?.expect("required");
     let id = parse_run_id(&args.id)?;
@@ -133,7 +116,7 @@ pub fn run(args: RerunArgs, global: &Global) -> Result<()> {
     crate::engine::pipeline::validate_settings(recipe.strength, recipe.steps, recipe.guidance)?;
     let plan = PlannedRun {
         recipe,
-        source: same_source(&project, &record)?,
+        source: crate::jobs::source_of(&project, &record)?,
         parent: Some(id),
         noise_file: None,
         out: None,

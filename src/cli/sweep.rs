@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 
 use super::gen::open_project;
-use super::rerun::{apply_set, same_source};
+use super::rerun::apply_set;
 use super::runner::{PlannedRun, Runner};
 use super::Global;
 use crate::project::{parse_run_id, Access};
@@ -102,7 +102,7 @@ pub fn run(args: SweepArgs, global: &Global) -> Result<()> {
     let project = open_project(global, false, Access::Write)?.expect("required");
     let id = parse_run_id(&args.id)?;
     let base = project.record(id)?;
-    let source = same_source(&project, &base)?;
+    let source = crate::jobs::source_of(&project, &base)?;
     let (x_key, xs) = (&axes[0].0, &axes[0].1);
     let rows: Vec<Option<&String>> = match axes.get(1) {
         Some((_, ys)) => ys.iter().map(Some).collect(),
