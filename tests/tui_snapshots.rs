@@ -208,7 +208,7 @@ fn crop_mode_and_styles_picker() {
     update(&mut s, Action::Crop(CropKey::Shrink));
     update(&mut s, Action::Crop(CropKey::Shrink));
     update(&mut s, Action::Crop(CropKey::Right));
-    insta::assert_snapshot!("crop_mode", screen(&s, 120, 36, false));
+    insta::assert_snapshot!("crop_mode", screen(&s, 120, 36, true));
     update(&mut s, Action::Crop(CropKey::Done));
     update(&mut s, Action::Command(Command::Styles));
     update(&mut s, Action::Pick(PickKey::Next));

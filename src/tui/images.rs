@@ -86,6 +86,13 @@ impl ImageSlot {
         }
     }
 
+    /// Where the image lands inside `area` (scaled to fit), when known.
+    pub fn size_for(&self, area: Rect) -> Option<Rect> {
+        self.protocol
+            .as_ref()
+            .map(|p| p.size_for(Resize::Scale(None), area))
+    }
+
     pub fn is_ready(&self) -> bool {
         self.protocol.is_some()
     }

@@ -26,6 +26,24 @@ pub enum PreviewTarget {
 
 /// The preview target for the current state and its title.
 pub fn preview_target(s: &State) -> Option<(PreviewTarget, String)> {
+    if s.mode == Mode::Crop {
+        // Cropping shows the source the editor will use.
+        return match &s.editor.source {
+            Some(src) if src.hash.is_empty() => src
+                .run
+                .map(|id| (PreviewTarget::Run(id), format!("crop: output of #{id}"))),
+            Some(src) => Some((
+                PreviewTarget::Source(src.hash.clone()),
+                "crop: source".to_string(),
+            )),
+            None => s.selected_run().map(|r| {
+                (
+                    PreviewTarget::Source(r.source.clone()),
+                    "crop: source".to_string(),
+                )
+            }),
+        };
+    }
     let run = s.selected_run()?;
     if !s.show_b {
         if let Some(job) = s.running().filter(|j| j.id == run.id) {
@@ -298,11 +316,23 @@ fn draw_preview(
     let [image_area, diff_area] =
         Layout::vertical([Constraint::Min(1), Constraint::Length(1)]).areas(inner);
     match (target, preview) {
-        (Some(_), Some(protocol)) => frame.render_stateful_widget(
-            StatefulImage::default().resize(Resize::Scale(None)),
-            image_area,
-            protocol,
-        ),
+        (Some(_), Some(protocol)) => {
+            // ratatui-image gives the size; the image sits at the area's top left.
+            let shown = protocol.size_for(image_area).map(|r| Rect {
+                x: image_area.x,
+                y: image_area.y,
+                width: r.width.min(image_area.width),
+                height: r.height.min(image_area.height),
+            });
+            frame.render_stateful_widget(
+                StatefulImage::default().resize(Resize::Scale(None)),
+                image_area,
+                protocol,
+            );
+            if let (Mode::Crop, Some(rect), Some((sw, sh))) = (&s.mode, shown, s.source_size) {
+                draw_crop_overlay(frame, s, theme, rect, (sw, sh));
+            }
+        }
         (Some(_), None) => {
             frame.render_widget(Paragraph::new("loading…").style(theme.dim), image_area)
         }
@@ -482,6 +512,40 @@ fn draw_recipe(frame: &mut Frame, s: &State, theme: &Theme, area: Rect) {
         }
     }
     frame.render_widget(Paragraph::new(lines), inner);
+}
+
+/// The crop rectangle drawn over the source as shown in `rect`.
+fn draw_crop_overlay(
+    frame: &mut Frame,
+    s: &State,
+    theme: &Theme,
+    rect: Rect,
+    (sw, sh): (u32, u32),
+) {
+    let c = s.editor.crop.unwrap_or(crate::engine::CropRect {
+        x: 0,
+        y: 0,
+        w: sw,
+        h: sh,
+    });
+    let scale_x = |x: u32| (x as u64 * rect.width as u64 / sw.max(1) as u64) as u16;
+    let scale_y = |y: u32| (y as u64 * rect.height as u64 / sh.max(1) as u64) as u16;
+    let x = rect.x + scale_x(c.x);
+    let y = rect.y + scale_y(c.y);
+    let w = scale_x(c.w).max(2).min(rect.x + rect.width - x);
+    let h = scale_y(c.h).max(2).min(rect.y + rect.height - y);
+    let frame_rect = Rect {
+        x,
+        y,
+        width: w,
+        height: h,
+    };
+    frame.render_widget(
+        Block::default()
+            .borders(Borders::ALL)
+            .border_style(theme.accent),
+        frame_rect,
+    );
 }
 
 fn aspect_label(aspect: usize) -> String {
