@@ -214,3 +214,10 @@ fn crop_mode_and_styles_picker() {
     update(&mut s, Action::Pick(PickKey::Next));
     insta::assert_snapshot!("styles_picker", screen(&s, 120, 30, false));
 }
+
+#[test]
+fn help_in_two_columns_on_a_short_terminal() {
+    let mut s = state();
+    update(&mut s, Action::Command(Command::Help));
+    insta::assert_snapshot!(screen(&s, 150, 26, false));
+}

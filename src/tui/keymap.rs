@@ -49,15 +49,17 @@ commands! {
     CountUp "count_up" [">"] "more variations";
     NextScheduler "next_scheduler" ["t"] "next scheduler";
     NextFit "next_fit" ["f"] "next fit: crop, pad, stretch";
+    NextSize "next_size" ["z"] "next size: the source's, 512x512, 768x512, 512x768, 768x768, 1024x1024";
+    NextModel "next_model" ["M"] "next model: the project's, then the aliases";
     EditPrompt "edit_prompt" ["e", "i"] "edit the prompt (Esc ends)";
     EditNegative "edit_negative" ["E"] "edit the negative prompt (Esc ends)";
+    Styles "styles" ["y"] "insert a saved prompt style";
+    Crop "crop" ["c"] "crop the source: arrows/hjkl move, +/- size, a aspect, 0 clears";
     UseAsSource "use_as_source" ["u"] "use the selected run's output as the source";
     ToggleAb "toggle_ab" ["tab"] "show A / B: the run, then its source or the marked run";
     Mark "mark" ["m"] "mark the selected run to compare with";
     NextView "next_view" ["v"] "history: newest, by source, lineage";
     RemoveQueued "remove_queued" ["d"] "remove the last queued job";
-    Crop "crop" ["c"] "crop the source: arrows/hjkl move, +/- size, a aspect, 0 clears, Esc ends";
-    Styles "styles" ["y"] "insert a saved prompt style";
     PromoteQueued "promote_queued" ["p"] "move the last queued job to the front";
 }
 

@@ -306,6 +306,8 @@ pub struct State {
     /// Pixel size of the editor's source (for the crop), once the loop knows it.
     pub source_size: Option<(u32, u32)>,
     pub styles: Vec<Style>,
+    /// The model new runs use unless changed (the project's, or --model).
+    pub default_model: String,
 }
 
 impl State {
@@ -316,7 +318,7 @@ impl State {
             selected: 0,
             view: ViewMode::Newest,
             filter: String::new(),
-            editor: Editor::new(model),
+            editor: Editor::new(model.clone()),
             mode: Mode::Normal,
             jobs: Vec::new(),
             show_b: false,
@@ -325,6 +327,7 @@ impl State {
             next_random: 0,
             source_size: None,
             styles: builtin_styles(),
+            default_model: model.clone(),
         };
         update(&mut s, Action::History(runs));
         s
@@ -427,6 +430,16 @@ impl State {
         }
     }
 }
+
+/// Size presets; (0, 0) is the source's own size.
+pub const SIZES: [(u32, u32); 6] = [
+    (0, 0),
+    (512, 512),
+    (768, 512),
+    (512, 768),
+    (768, 768),
+    (1024, 1024),
+];
 
 const SCHEDULERS: [&str; 7] = [
     "",
@@ -692,6 +705,28 @@ fn command(s: &mut State, c: Command, effects: &mut Vec<Effect>) {
                 .position(|n| *n == e.scheduler)
                 .unwrap_or(0);
             e.scheduler = SCHEDULERS[(i + 1) % SCHEDULERS.len()].to_string();
+        }
+        Command::NextSize => {
+            let i = SIZES
+                .iter()
+                .position(|&wh| wh == (e.width, e.height))
+                .map(|i| i + 1)
+                .unwrap_or(0);
+            (e.width, e.height) = SIZES[i % SIZES.len()];
+        }
+        Command::NextModel => {
+            let mut models: Vec<String> = vec![s.default_model.clone()];
+            for (alias, _) in crate::models::ALIASES {
+                if !models.iter().any(|m| m == alias) {
+                    models.push(alias.to_string());
+                }
+            }
+            let i = models
+                .iter()
+                .position(|m| *m == e.model)
+                .map(|i| i + 1)
+                .unwrap_or(0);
+            e.model = models[i % models.len()].clone();
         }
         Command::NextFit => {
             e.fit = match e.fit {

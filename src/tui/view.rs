@@ -638,12 +638,20 @@ fn draw_help(frame: &mut Frame, theme: &Theme, keymap: &Keymap, area: Rect) {
             ])
         })
         .collect();
-    let popup = centered(area, 70, lines.len() as u16 + 2);
+    // One column when it fits, two on shorter terminals.
+    let room = area.height.saturating_sub(2) as usize;
+    let columns = if lines.len() <= room { 1 } else { 2 };
+    let per_column = lines.len().div_ceil(columns);
+    let popup = centered(area, 72 * columns as u16, per_column as u16 + 2);
     frame.render_widget(Clear, popup);
-    frame.render_widget(
-        Paragraph::new(lines).block(block(" keys (any key closes) ", theme, true)),
-        popup,
-    );
+    let outer = block(" keys (any key closes) ", theme, true);
+    let inner = outer.inner(popup);
+    frame.render_widget(outer, popup);
+    let parts =
+        Layout::horizontal(vec![Constraint::Ratio(1, columns as u32); columns]).split(inner);
+    for (c, chunk) in lines.chunks(per_column).enumerate() {
+        frame.render_widget(Paragraph::new(chunk.to_vec()), parts[c]);
+    }
 }
 
 fn draw_styles(frame: &mut Frame, s: &State, theme: &Theme, area: Rect, selected: usize) {

@@ -337,3 +337,25 @@ fn styles_append_to_the_prompts() {
     assert_eq!(s.editor.negative, style.negative);
     assert_eq!(s.mode, Mode::Normal);
 }
+
+#[test]
+fn size_and_model_presets_cycle() {
+    let mut s = state();
+    cmd(&mut s, Command::NextSize);
+    assert_eq!((s.editor.width, s.editor.height), (512, 512));
+    for _ in 0..5 {
+        cmd(&mut s, Command::NextSize);
+    }
+    assert_eq!(
+        (s.editor.width, s.editor.height),
+        (0, 0),
+        "back to the source's size"
+    );
+    assert_eq!(s.editor.model, "m");
+    cmd(&mut s, Command::NextModel);
+    assert_eq!(s.editor.model, "sd-turbo");
+    for _ in 0..4 {
+        cmd(&mut s, Command::NextModel);
+    }
+    assert_eq!(s.editor.model, "m");
+}
