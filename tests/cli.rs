@@ -71,16 +71,7 @@ fn gen_matches_diffusers_on_every_parity_case() {
             &candle_core::Device::Cpu,
         )
         .unwrap();
-        let diff: f32 = (&got["image"] - &want["image"])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let diff = common::max_abs_diff(&got["image"], &want["image"]);
         assert!(diff <= 1e-3, "{}: max abs diff {diff}", case.display());
 
         // The PNG is the same image, rounded as diffusers rounds.

@@ -378,16 +378,7 @@ fn sharded_and_half_precision_weights_load_and_still_match() {
     let req = request(&case);
     let a = run(&mut reference, &req).unwrap();
     let b = run(&mut sharded, &req).unwrap();
-    let diff: f32 = (&a.pixels - &b.pixels)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap();
+    let diff = common::max_abs_diff(&a.pixels, &b.pixels);
     // f16 rounding of the weights only.
     assert!(diff < 0.05, "max diff {diff}");
 }

@@ -42,15 +42,7 @@ fn library_matches_diffusers_on_every_parity_case() {
         let expected =
             candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
         let expected = &expected["image"];
-        let diff = (&out.pixels - expected)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap();
-        let diff: f32 = diff.to_scalar().unwrap();
+        let diff = common::max_abs_diff(&out.pixels, expected);
         println!(
             "{}: max abs diff {diff:e}, steps run {}",
             dir.display(),

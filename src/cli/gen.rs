@@ -211,8 +211,12 @@ pub fn run(args: GenArgs, global: &Global) -> Result<()> {
             out: args.out.as_deref().map(|o| output_path(o, i, args.count)),
         })
         .collect();
-    let device = args.device.as_deref().or(settings.device.as_deref());
-    let mut runner = Runner::new(device, args.dtype.as_deref(), args.quiet)?;
+    let mut runner = Runner::for_project(
+        args.device.as_deref(),
+        args.dtype.as_deref(),
+        args.quiet,
+        project.as_ref(),
+    )?;
     for o in runner.run_all(project.as_ref(), plans)? {
         let id = o.id.map(|id| format!("#{id}  ")).unwrap_or_default();
         println!(

@@ -121,11 +121,7 @@ pub fn run(args: RerunArgs, global: &Global) -> Result<()> {
         noise_file: None,
         out: None,
     };
-    let device = args
-        .device
-        .as_deref()
-        .or(project.settings.device.as_deref());
-    let mut runner = Runner::new(device, None, args.quiet)?;
+    let mut runner = Runner::for_project(args.device.as_deref(), None, args.quiet, Some(&project))?;
     for o in runner.run_all(Some(&project), vec![plan])? {
         println!(
             "#{}  {}  seed {}  {} steps  (child of #{id})",

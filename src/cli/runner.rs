@@ -53,6 +53,17 @@ impl Runner {
         })
     }
 
+    /// A runner for a project command: `--device` first, then the project's.
+    pub fn for_project(
+        device: Option<&str>,
+        dtype: Option<&str>,
+        quiet: bool,
+        project: Option<&Project>,
+    ) -> Result<Self> {
+        let device = device.or(project.and_then(|p| p.settings.device.as_deref()));
+        Self::new(device, dtype, quiet)
+    }
+
     /// Runs every plan. In a project, all are first recorded as queued (so
     /// a sweep is visible, and survives, before it runs). A cancel ends the
     /// process; what was still queued stays queued in the project.

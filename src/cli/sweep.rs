@@ -130,11 +130,7 @@ pub fn run(args: SweepArgs, global: &Global) -> Result<()> {
             });
         }
     }
-    let device = args
-        .device
-        .as_deref()
-        .or(project.settings.device.as_deref());
-    let mut runner = Runner::new(device, None, args.quiet)?;
+    let mut runner = Runner::for_project(args.device.as_deref(), None, args.quiet, Some(&project))?;
     let outcomes = runner.run_all(Some(&project), plans)?;
 
     let cells: Vec<crate::sheet::Cell> = outcomes

@@ -73,3 +73,13 @@ pub fn linked_model_copy(model: &std::path::Path) -> tempfile::TempDir {
 pub fn sd15_case() -> PathBuf {
     shared_dir().join("parity/cases/sd15-ddim")
 }
+
+/// The largest absolute difference between two tensors of the same shape.
+pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.flatten_all())
+        .and_then(|d| d.max(0))
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("tensors of the same shape")
+}
