@@ -88,6 +88,27 @@ pub fn plan_of(project: &Project, record: &RunRecord) -> Result<PlannedRun> {
     })
 }
 
+/// A run's output as a new source (the img2img chain): stored in the
+/// project's sources, with the run recorded.
+pub fn source_from_run(project: &Project, id: u64) -> Result<SourceRef> {
+    let record = project.record(id)?;
+    if !record.status.has_image() {
+        bail!(
+            "run #{id} has no output to use as a source (it is {})",
+            record.status.name()
+        );
+    }
+    let hash = project.add_source(&project.image_path(id))?;
+    let file = project
+        .source_path(&hash)
+        .context("the source just stored is missing")?;
+    Ok(SourceRef {
+        hash,
+        file,
+        run: Some(id),
+    })
+}
+
 /// The stored source a record refers to.
 pub fn source_of(project: &Project, record: &RunRecord) -> Result<SourceRef> {
     let Some(file) = project.source_path(&record.source) else {

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use super::runner::{PlannedRun, Runner, SourceRef};
@@ -107,21 +107,7 @@ pub fn resolve_source(project: Option<&Project>, source: &str) -> Result<SourceR
     let path = Path::new(source);
     if !path.exists() {
         if let (Some(project), Ok(id)) = (project, parse_run_id(source)) {
-            let record = project.record(id)?;
-            if !record.status.has_image() {
-                bail!(
-                    "run #{id} has no output to use as a source (it is {})",
-                    record.status.name()
-                );
-            }
-            let image = project.image_path(id);
-            let hash = project.add_source(&image)?;
-            let file = project.source_path(&hash).expect("just stored");
-            return Ok(SourceRef {
-                hash,
-                file,
-                run: Some(id),
-            });
+            return crate::jobs::source_from_run(project, id);
         }
     }
     match project {
@@ -136,8 +122,9 @@ pub fn resolve_source(project: Option<&Project>, source: &str) -> Result<SourceR
         }
         None => {
             // Checked here so a bad source fails before the model loads.
-            crate::engine::source::load_source(path)?;
-            let bytes = std::fs::read(path)?;
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("cannot open the source image {}", path.display()))?;
+            crate::engine::source::decode_source(&bytes, path)?;
             Ok(SourceRef {
                 hash: crate::hash::hex_digest(&bytes),
                 file: path.to_path_buf(),

@@ -30,7 +30,7 @@ impl SourceInput {
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path)
             .map_err(|e| anyhow::anyhow!("cannot read the source image {}: {e}", path.display()))?;
-        let image = source::load_source(path)?;
+        let image = source::decode_source(&bytes, path)?;
         Ok(Self {
             image: Arc::new(image),
             key: crate::hash::hex_digest(&bytes),

@@ -85,8 +85,14 @@ impl fmt::Display for CropRect {
 
 /// Decodes an image file with EXIF orientation applied.
 pub fn load_source(path: &Path) -> Result<DynamicImage> {
-    let mut reader = ImageReader::open(path)
-        .with_context(|| format!("cannot open the source image {}", path.display()))?
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot open the source image {}", path.display()))?;
+    decode_source(&bytes, path)
+}
+
+/// Decodes image bytes read from `path` (named in errors), as `load_source`.
+pub fn decode_source(bytes: &[u8], path: &Path) -> Result<DynamicImage> {
+    let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .with_context(|| format!("cannot read {}", path.display()))?;
     let mut limits = Limits::default();

@@ -560,14 +560,7 @@ fn queue(
             run: source.run,
         }
     } else {
-        let id = source.run.context("no source")?;
-        let hash = project.add_source(&project.image_path(id))?;
-        let file = project.source_path(&hash).context("source just stored")?;
-        SourceRef {
-            hash,
-            file,
-            run: Some(id),
-        }
+        crate::jobs::source_from_run(project, source.run.context("no source")?)?
     };
     let plans = recipes
         .into_iter()

@@ -92,9 +92,8 @@ pub fn spawn(
                             .cloned()
                             .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                             .unwrap_or_else(|| "unknown".into());
-                        let mut failed = *record;
-                        failed.status = crate::project::Status::Failed;
-                        failed.error = Some(format!("internal error (please report): {what}"));
+                        let failed =
+                            failed_copy(&record, format!("internal error (please report): {what}"));
                         let _ = project.write_record(&failed);
                         Err(anyhow::anyhow!("panic: {what}"))
                     }
@@ -102,7 +101,9 @@ pub fn spawn(
                 if let Err(e) = &result {
                     tracing::warn!("run #{id}: {e:#}");
                 }
-                let ended = project.record(id).unwrap_or_else(|_| placeholder(id));
+                let ended = project.record(id).unwrap_or_else(|_| {
+                    failed_copy(&record, "the record could not be read back".into())
+                });
                 if reports.send(Report::Ended(Box::new(ended))).is_err() {
                     break;
                 }
@@ -112,36 +113,11 @@ pub fn spawn(
         .expect("spawn the worker");
 }
 
-/// A record for a run whose file could not be read back (shown as failed).
-fn placeholder(id: u64) -> RunRecord {
+/// The queued record marked failed with `error`.
+fn failed_copy(record: &RunRecord, error: String) -> RunRecord {
     RunRecord {
-        id,
-        created: crate::project::record::now_rfc3339(),
         status: crate::project::Status::Failed,
-        error: Some("the record could not be read back".into()),
-        parent: None,
-        source: String::new(),
-        source_run: None,
-        steps_run: None,
-        device: String::new(),
-        starred: false,
-        tags: vec![],
-        note: String::new(),
-        recipe: crate::recipe::Recipe {
-            prompt: String::new(),
-            negative: String::new(),
-            strength: 0.0,
-            steps: 0,
-            guidance: 0.0,
-            seed: 0,
-            scheduler: String::new(),
-            width: 0,
-            height: 0,
-            crop: None,
-            fit: Default::default(),
-            model: String::new(),
-        },
-        model: Default::default(),
-        timings: None,
+        error: Some(error),
+        ..record.clone()
     }
 }
