@@ -61,10 +61,10 @@ fn main() -> anyhow::Result<()> {
             .and_then(|t| t.to_dtype(DType::F32))
             .and_then(|t| t.to_scalar::<f32>());
     };
-    sync(m.unet.forward(&lat, 500.0, &ctx)?); // warm-up
+    sync(m.unet.forward(&lat, 500.0, &ctx, None)?); // warm-up
     let unet_s = median(repeats, || {
         let t = Instant::now();
-        sync(m.unet.forward(&lat, 500.0, &ctx).unwrap());
+        sync(m.unet.forward(&lat, 500.0, &ctx, None).unwrap());
         t.elapsed().as_secs_f64()
     });
 

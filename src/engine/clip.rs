@@ -1,7 +1,8 @@
 //! The CLIP text encoder (transformers' `CLIPTextModel`), built from its
 //! config so that both OpenAI CLIP (SD 1.x, quick_gelu) and OpenCLIP (SD 2.x,
-//! gelu) encoders load. Returns the last hidden state after the final layer
-//! norm, which is what Stable Diffusion conditions on.
+//! gelu) encoders load. SD 1.x/2.x condition on the last hidden state after
+//! the final layer norm; SDXL on the penultimate hidden state and the pooled
+//! (end-of-text) output through `text_projection` (`CLIPTextModelWithProjection`).
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
@@ -89,13 +90,31 @@ pub struct ClipTextEncoder {
     position_embedding: Tensor,
     layers: Vec<Layer>,
     final_norm: LayerNorm,
+    projection: Option<Linear>,
     dtype: DType,
+}
+
+/// Everything the pipelines read from one text encoder call.
+pub struct ClipOutput {
+    /// After the final layer norm [batch, tokens, hidden].
+    pub last: Tensor,
+    /// The input to the last layer (`hidden_states[-2]`), no final norm.
+    pub penultimate: Tensor,
+    /// The final-normed state at the first end-of-text token through
+    /// `text_projection` [batch, projection_dim]; None without a projection.
+    pub pooled: Option<Tensor>,
 }
 
 impl ClipTextEncoder {
     /// `vb` is the text encoder's weights. Tensors live under `text_model.`
     /// in transformers 4 checkpoints and at the root in transformers 5 ones.
     pub fn new(vb: VarBuilder, spec: &ClipSpec) -> Result<Self> {
+        let projection = match spec.projection_dim {
+            Some(dim) if vb.contains_tensor("text_projection.weight") => Some(
+                candle_nn::linear_no_bias(spec.hidden_size, dim, vb.pp("text_projection"))?,
+            ),
+            _ => None,
+        };
         let vb = if vb.contains_tensor("text_model.embeddings.token_embedding.weight") {
             vb.pp("text_model")
         } else {
@@ -121,12 +140,54 @@ impl ClipTextEncoder {
             position_embedding,
             layers,
             final_norm,
+            projection,
             dtype: vb.dtype(),
         })
     }
 
-    /// `ids`: u32 [batch, tokens] -> [batch, tokens, hidden].
+    pub fn has_projection(&self) -> bool {
+        self.projection.is_some()
+    }
+
+    /// `ids`: u32 [batch, tokens] -> [batch, tokens, hidden], final-normed.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let (xs, _) = self.run_layers(ids)?;
+        self.final_norm.forward(&xs)
+    }
+
+    /// One call giving the last, penultimate and pooled outputs. `eos_id`
+    /// marks where the pooled output is read (its first occurrence, as
+    /// transformers' argmax over ids finds it).
+    pub fn forward_all(&self, ids: &Tensor, eos_id: u32) -> Result<ClipOutput> {
+        let (xs, penultimate) = self.run_layers(ids)?;
+        let last = self.final_norm.forward(&xs)?;
+        let pooled = match &self.projection {
+            Some(projection) => {
+                let rows = ids.to_vec2::<u32>()?;
+                let picked = rows
+                    .iter()
+                    .enumerate()
+                    .map(|(b, row)| {
+                        let at = row
+                            .iter()
+                            .position(|&id| id == eos_id)
+                            .unwrap_or(row.len() - 1);
+                        last.get(b)?.get(at)?.unsqueeze(0)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Some(projection.forward(&Tensor::cat(&picked, 0)?)?)
+            }
+            None => None,
+        };
+        Ok(ClipOutput {
+            last,
+            penultimate,
+            pooled,
+        })
+    }
+
+    /// The output of the last layer and its input.
+    fn run_layers(&self, ids: &Tensor) -> Result<(Tensor, Tensor)> {
         let (_, t) = ids.dims2()?;
         let positions = self.position_embedding.narrow(0, 0, t)?;
         let mut xs = self
@@ -134,10 +195,12 @@ impl ClipTextEncoder {
             .forward(ids)?
             .broadcast_add(&positions)?;
         let mask = causal_mask(t, self.dtype, ids.device())?;
+        let mut penultimate = xs.clone();
         for layer in &self.layers {
+            penultimate = xs.clone();
             xs = layer.forward(&xs, &mask)?;
         }
-        self.final_norm.forward(&xs)
+        Ok((xs, penultimate))
     }
 }
 

@@ -137,7 +137,32 @@ pub struct UnetSpec {
     /// Attention computed in f32 even when the model runs in half precision
     /// (SD 2.1 sets this: its attention overflows in f16).
     pub upcast_attention: bool,
+    /// SDXL's added conditioning (`addition_embed_type = "text_time"`).
+    pub addition: Option<AdditionSpec>,
     pub config: UNet2DConditionModelConfig,
+}
+
+/// SDXL's added conditioning: the pooled text embedding and the size/crop
+/// time ids, embedded and added to the timestep embedding.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdditionSpec {
+    /// Sinusoidal features per time id (`addition_time_embed_dim`).
+    pub time_embed_dim: usize,
+    /// Input width of `add_embedding` (pooled dim + time ids x time_embed_dim).
+    pub input_dim: usize,
+}
+
+impl AdditionSpec {
+    /// SDXL base conditions on six time ids: original size, crop top-left,
+    /// target size.
+    pub const TIME_IDS: usize = 6;
+
+    /// The pooled text embedding width the UNet expects.
+    pub fn pooled_dim(&self) -> Option<usize> {
+        self.input_dim
+            .checked_sub(Self::TIME_IDS * self.time_embed_dim)
+            .filter(|&d| d > 0)
+    }
 }
 
 pub fn unet_spec(dir: &Path) -> Result<UnetSpec> {
@@ -149,7 +174,7 @@ pub fn unet_spec(dir: &Path) -> Result<UnetSpec> {
         &path,
         &[
             ("act_fn", &[s("silu")]),
-            ("addition_embed_type", &[]),
+            ("addition_embed_type", &[s("text_time")]),
             ("class_embed_type", &[]),
             ("num_class_embeds", &[]),
             ("encoder_hid_dim", &[]),
@@ -175,7 +200,6 @@ pub fn unet_spec(dir: &Path) -> Result<UnetSpec> {
             ("attention_type", &[s("default")]),
             ("class_embeddings_concat", &[Value::Bool(false)]),
             ("reverse_transformer_layers_per_block", &[]),
-            ("addition_time_embed_dim", &[]),
         ],
     )?;
 
@@ -277,7 +301,29 @@ pub fn unet_spec(dir: &Path) -> Result<UnetSpec> {
         sliced_attention_size: None,
         use_linear_projection: get_or(&raw, "use_linear_projection", false, &path)?,
     };
+    let addition = match raw.get("addition_embed_type").and_then(Value::as_str) {
+        Some(_) => {
+            let spec = AdditionSpec {
+                time_embed_dim: required(&raw, "addition_time_embed_dim", &path)?,
+                input_dim: required(&raw, "projection_class_embeddings_input_dim", &path)?,
+            };
+            if spec.pooled_dim().is_none() {
+                bail!(
+                    "{}: `projection_class_embeddings_input_dim` {} leaves no room for the pooled \
+                     text embedding beside {} time ids of {} features (an SDXL refiner, which \
+                     conditions on an aesthetic score, is not supported)",
+                    path.display(),
+                    spec.input_dim,
+                    AdditionSpec::TIME_IDS,
+                    spec.time_embed_dim
+                );
+            }
+            Some(spec)
+        }
+        None => None,
+    };
     Ok(UnetSpec {
+        addition,
         in_channels: get_or(&raw, "in_channels", 4, &path)?,
         out_channels: get_or(&raw, "out_channels", 4, &path)?,
         cross_attention_dim: cross_dims[0],
@@ -298,8 +344,10 @@ pub struct VaeSpec {
     pub scaling_factor: f64,
     pub use_quant_conv: bool,
     pub use_post_quant_conv: bool,
-    /// The VAE overflows in f16 and must run in f32 (SD 1.x/2.x VAEs).
+    /// The VAE overflows in f16 and must run in f32 (SD 1.x/2.x/XL VAEs).
     pub force_upcast: bool,
+    /// Per-channel latent statistics some VAEs normalise with (both or none).
+    pub latents_mean_std: Option<(Vec<f64>, Vec<f64>)>,
 }
 
 pub fn vae_spec(dir: &Path) -> Result<VaeSpec> {
@@ -315,8 +363,6 @@ pub fn vae_spec(dir: &Path) -> Result<VaeSpec> {
                 "shift_factor",
                 &[serde_json::json!(0.0), serde_json::json!(0)],
             ),
-            ("latents_mean", &[]),
-            ("latents_std", &[]),
             ("mid_block_add_attention", &[Value::Bool(true)]),
         ],
     )?;
@@ -359,10 +405,25 @@ pub fn vae_spec(dir: &Path) -> Result<VaeSpec> {
             path.display()
         );
     }
+    let latent_channels: usize = get_or(&raw, "latent_channels", 4, &path)?;
+    let mean: Option<Vec<f64>> = get_or(&raw, "latents_mean", None, &path)?;
+    let std: Option<Vec<f64>> = get_or(&raw, "latents_std", None, &path)?;
+    let latents_mean_std = match (mean, std) {
+        (Some(m), Some(s)) if m.len() == latent_channels && s.len() == latent_channels => {
+            Some((m, s))
+        }
+        (None, None) => None,
+        _ => bail!(
+            "{}: `latents_mean` and `latents_std` must both be given, with {latent_channels} \
+             entries each",
+            path.display()
+        ),
+    };
     Ok(VaeSpec {
+        latents_mean_std,
         in_channels: get_or(&raw, "in_channels", 3, &path)?,
         out_channels: get_or(&raw, "out_channels", 3, &path)?,
-        latent_channels: get_or(&raw, "latent_channels", 4, &path)?,
+        latent_channels,
         block_out_channels,
         layers_per_block: get_or(&raw, "layers_per_block", 1, &path)?,
         norm_num_groups,
@@ -391,6 +452,8 @@ pub struct ClipSpec {
     pub max_position_embeddings: usize,
     pub layer_norm_eps: f64,
     pub activation: ClipActivation,
+    /// Width of `text_projection` (CLIPTextModelWithProjection, SDXL's second encoder).
+    pub projection_dim: Option<usize>,
 }
 
 pub fn clip_spec(dir: &Path) -> Result<ClipSpec> {
@@ -416,6 +479,7 @@ pub fn clip_spec(dir: &Path) -> Result<ClipSpec> {
         max_position_embeddings: get_or(&raw, "max_position_embeddings", 77, &path)?,
         layer_norm_eps: get_or(&raw, "layer_norm_eps", 1e-5, &path)?,
         activation,
+        projection_dim: get_or(&raw, "projection_dim", None, &path)?,
     };
     if spec.num_attention_heads == 0 || !spec.hidden_size.is_multiple_of(spec.num_attention_heads) {
         bail!(
@@ -467,5 +531,25 @@ impl ModelLayout {
 
     pub fn part(&self, name: &str) -> PathBuf {
         self.root.join(name)
+    }
+
+    /// (text encoder, tokenizer) folders: one pair, or two for SDXL.
+    pub fn text_encoder_parts(&self) -> Vec<(&'static str, &'static str)> {
+        let mut parts = vec![("text_encoder", "tokenizer")];
+        if self.part("text_encoder_2").is_dir() {
+            parts.push(("text_encoder_2", "tokenizer_2"));
+        }
+        parts
+    }
+
+    /// `force_zeros_for_empty_prompt` from model_index.json; diffusers' SDXL
+    /// pipelines default it to true, the SD 1.x/2.x ones do not have it.
+    pub fn force_zeros_for_empty_prompt(&self, xl: bool) -> Result<bool> {
+        let path = self.part("model_index.json");
+        if !path.is_file() {
+            return Ok(xl);
+        }
+        let raw: Value = read_json(&path)?;
+        get_or(&raw, "force_zeros_for_empty_prompt", xl, &path)
     }
 }

@@ -8,6 +8,7 @@ pub mod model;
 pub mod noise;
 pub mod pipeline;
 pub mod preview;
+pub mod random_weights;
 pub mod scheduler;
 pub mod source;
 pub mod tokenizer;
@@ -15,7 +16,7 @@ pub mod unet;
 pub mod vae;
 pub mod weights;
 
-pub use model::Model;
+pub use model::{Model, TextConditioning, WeightSource};
 pub use pipeline::{Cancelled, Engine, Event, Generation, Request, SourceInput, Timings};
 pub use scheduler::SchedulerKind;
 pub use source::{CropRect, Fit};

@@ -12,11 +12,12 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use image::{DynamicImage, GenericImageView, RgbImage};
 
-use super::model::Model;
+use super::model::{Model, TextConditioning};
 use super::noise::{load_init_noise, NoiseSource};
 use super::preview::latent_preview;
 use super::scheduler::{self, img2img_start, SchedulerKind};
 use super::source::{self, CropRect, Fit};
+use super::unet::AddedConditioning;
 
 /// A decoded source image and a key naming its content (e.g. its hash), so
 /// its latents can be cached.
@@ -159,7 +160,7 @@ pub struct Engine {
     device: Device,
     dtype: DType,
     model: Option<Model>,
-    text_cache: Lru<String, Tensor>,
+    text_cache: Lru<String, TextConditioning>,
     latent_cache: Lru<LatentKey, Tensor>,
     /// How often each cache missed (tests and the UI read these).
     pub text_encodes: usize,
@@ -199,7 +200,7 @@ impl Engine {
         self.model.as_ref()
     }
 
-    fn text_embedding(&mut self, prompt: &str) -> Result<Tensor> {
+    fn text_embedding(&mut self, prompt: &str) -> Result<TextConditioning> {
         if let Some(t) = self.text_cache.get(&prompt.to_string()) {
             return Ok(t);
         }
@@ -240,6 +241,7 @@ impl Engine {
             bail!("no model is loaded")
         };
         validate(req)?;
+        let force_zeros = model.force_zeros_for_empty_prompt;
         let kind = match req.scheduler {
             Some(k) => k,
             None => model.scheduler.native_kind()?,
@@ -276,11 +278,20 @@ impl Engine {
         let started = Instant::now();
         let guided = req.guidance > 1.0;
         let cond = self.text_embedding(&req.prompt)?;
-        let context = if guided {
-            let uncond = self.text_embedding(&req.negative)?;
-            Tensor::cat(&[uncond, cond], 0)?
+        let zero_uncond = req.negative.is_empty() && force_zeros;
+        let (context, pooled) = if guided {
+            let uncond = if zero_uncond {
+                cond.zeros_like()?
+            } else {
+                self.text_embedding(&req.negative)?
+            };
+            let pooled = match (uncond.pooled, cond.pooled) {
+                (Some(u), Some(c)) => Some(Tensor::cat(&[u, c], 0)?),
+                _ => None,
+            };
+            (Tensor::cat(&[uncond.context, cond.context], 0)?, pooled)
         } else {
-            cond
+            (cond.context, cond.pooled)
         };
         timings.encode_text_s = started.elapsed().as_secs_f64();
 
@@ -289,6 +300,22 @@ impl Engine {
         timings.encode_source_s = started.elapsed().as_secs_f64();
 
         let model = self.model.as_ref().expect("model loaded");
+        // SDXL: original size, crop top-left, target size, one row per batch entry.
+        let added = pooled.map(|text_embeds| {
+            let row = [
+                height as f32,
+                width as f32,
+                0.0,
+                0.0,
+                height as f32,
+                width as f32,
+            ];
+            let rows = if guided { 2 } else { 1 };
+            AddedConditioning {
+                text_embeds,
+                time_ids: row.repeat(rows),
+            }
+        });
         let latent_shape = [
             1,
             model.vae_spec.latent_channels,
@@ -318,7 +345,7 @@ impl Engine {
             };
             let out = model
                 .unet
-                .forward(&input.to_dtype(model.dtype)?, t, &context)?
+                .forward(&input.to_dtype(model.dtype)?, t, &context, added.as_ref())?
                 .to_dtype(DType::F32)?;
             let out = if guided {
                 let uncond = out.get(0)?.unsqueeze(0)?;

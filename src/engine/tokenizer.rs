@@ -59,6 +59,38 @@ impl ClipTokenizer {
         })
     }
 
+    /// A tokenizer without files for random-weight benchmarks: every word is
+    /// one unknown token, framed and padded as CLIP frames them. Its ids mean
+    /// nothing; they only give the text encoder real work of the real shape.
+    pub fn for_benchmarks() -> Result<Self> {
+        use tokenizers::models::wordlevel::WordLevel;
+        use tokenizers::pre_tokenizers::whitespace::Whitespace;
+        let (start_id, end_id, unknown) = (49406, 49407, "!");
+        let vocab = [
+            (unknown.to_string(), 0),
+            (START.into(), start_id),
+            (END.into(), end_id),
+        ];
+        let model = WordLevel::builder()
+            .vocab(vocab.into_iter().collect())
+            .unk_token(unknown.into())
+            .build()
+            .map_err(|e| anyhow!("{e}"))?;
+        let mut tokenizer = Tokenizer::new(model);
+        tokenizer.with_pre_tokenizer(Some(Whitespace {}));
+        Ok(Self {
+            tokenizer,
+            start_id,
+            end_id,
+            pad_id: end_id,
+        })
+    }
+
+    /// The end-of-text id (where pooled text embeddings are read).
+    pub fn end_id(&self) -> u32 {
+        self.end_id
+    }
+
     /// The 77 ids the text encoder sees for `prompt`.
     pub fn encode(&self, prompt: &str) -> Result<Vec<u32>> {
         let encoding = self

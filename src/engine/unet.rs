@@ -27,27 +27,47 @@ fn conv(
     conv2d(cin, cout, k, cfg, vb)
 }
 
-/// Sinusoidal timestep features (diffusers' `get_timestep_embedding`).
-fn timestep_features(
-    t: f64,
+/// Sinusoidal features of each value (diffusers' `get_timestep_embedding`):
+/// [values.len(), dim].
+fn sinusoidal_features(
+    values: &[f32],
     dim: usize,
     flip_sin_to_cos: bool,
     shift: f64,
-    batch: usize,
     dev: &candle_core::Device,
 ) -> Result<Tensor> {
     let half = dim / 2;
     let freqs: Vec<f32> = (0..half)
         .map(|i| (-(10000f32.ln()) * i as f32 / (half as f32 - shift as f32)).exp())
         .collect();
-    let args: Vec<f32> = freqs.iter().map(|f| t as f32 * f).collect();
-    let (sin, cos): (Vec<f32>, Vec<f32>) = args.iter().map(|a| (a.sin(), a.cos())).unzip();
-    let emb = if flip_sin_to_cos {
-        [cos, sin].concat()
-    } else {
-        [sin, cos].concat()
-    };
-    Tensor::from_vec(emb, (1, dim), dev)?.repeat((batch, 1))
+    let mut out = Vec::with_capacity(values.len() * dim);
+    for &t in values {
+        let args = freqs.iter().map(|f| t * f);
+        let sin = args.clone().map(f32::sin);
+        let cos = args.map(f32::cos);
+        if flip_sin_to_cos {
+            out.extend(cos.chain(sin));
+        } else {
+            out.extend(sin.chain(cos));
+        }
+    }
+    Tensor::from_vec(out, (values.len(), half * 2), dev)
+}
+
+/// SDXL's added conditioning for one UNet call, one row per batch entry.
+#[derive(Clone)]
+pub struct AddedConditioning {
+    /// Pooled, projected text embedding [batch, pooled_dim].
+    pub text_embeds: Tensor,
+    /// Original size, crop top-left and target size, 6 per batch row.
+    pub time_ids: Vec<f32>,
+}
+
+/// `add_embedding`: pooled text and time-id features to the timestep width.
+struct AddedEmbedding {
+    linear_1: Linear,
+    linear_2: Linear,
+    time_embed_dim: usize,
 }
 
 struct ResnetBlock {
@@ -291,6 +311,7 @@ pub struct UNet {
     conv_in: Conv2d,
     time_linear_1: Linear,
     time_linear_2: Linear,
+    added: Option<AddedEmbedding>,
     down: Vec<Block>,
     mid_resnets: [ResnetBlock; 2],
     mid_attention: SpatialTransformer,
@@ -449,6 +470,14 @@ impl UNet {
             conv_in: conv(vb.pp("conv_in"), unet.in_channels, ch[0], 3, 1, 1)?,
             time_linear_1: linear(ch[0], temb, vb.pp("time_embedding.linear_1"))?,
             time_linear_2: linear(temb, temb, vb.pp("time_embedding.linear_2"))?,
+            added: match unet.addition {
+                Some(a) => Some(AddedEmbedding {
+                    linear_1: linear(a.input_dim, temb, vb.pp("add_embedding.linear_1"))?,
+                    linear_2: linear(temb, temb, vb.pp("add_embedding.linear_2"))?,
+                    time_embed_dim: a.time_embed_dim,
+                }),
+                None => None,
+            },
             down,
             mid_resnets,
             mid_attention,
@@ -463,8 +492,15 @@ impl UNet {
     }
 
     /// Predicts noise (or v, or the sample) for `xs` [b, c, h, w] at timestep
-    /// `t`, conditioned on `context` [b, tokens, dim].
-    pub fn forward(&self, xs: &Tensor, t: f64, context: &Tensor) -> Result<Tensor> {
+    /// `t`, conditioned on `context` [b, tokens, dim] and, for SDXL, on
+    /// `added` (required exactly when the config asks for it).
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        t: f64,
+        context: &Tensor,
+        added: Option<&AddedConditioning>,
+    ) -> Result<Tensor> {
         let (b, _, _, _) = xs.dims4()?;
         let dtype = xs.dtype();
         let xs = if self.center_input {
@@ -472,18 +508,43 @@ impl UNet {
         } else {
             xs.clone()
         };
-        let temb = timestep_features(
-            t,
+        let temb = sinusoidal_features(
+            &[t as f32],
             self.base_channels,
             self.flip_sin_to_cos,
             self.freq_shift,
-            b,
             xs.device(),
         )?
+        .repeat((b, 1))?
         .to_dtype(dtype)?;
         let temb = self
             .time_linear_2
             .forward(&self.time_linear_1.forward(&temb)?.silu()?)?;
+        let temb = match (&self.added, added) {
+            (Some(embedding), Some(cond)) => {
+                let time = sinusoidal_features(
+                    &cond.time_ids,
+                    embedding.time_embed_dim,
+                    self.flip_sin_to_cos,
+                    self.freq_shift,
+                    xs.device(),
+                )?
+                .reshape((b, ()))?
+                .to_dtype(dtype)?;
+                let input = Tensor::cat(&[&cond.text_embeds.to_dtype(dtype)?, &time], 1)?;
+                let aug = embedding
+                    .linear_2
+                    .forward(&embedding.linear_1.forward(&input)?.silu()?)?;
+                (temb + aug)?
+            }
+            (None, None) => temb,
+            (Some(_), None) => {
+                candle_core::bail!("this UNet (SDXL) needs the pooled text embedding and time ids")
+            }
+            (None, Some(_)) => {
+                candle_core::bail!("this UNet takes no added conditioning (not SDXL)")
+            }
+        };
 
         let mut x = self.conv_in.forward(&xs)?;
         let mut skips = vec![x.clone()];
