@@ -1,6 +1,7 @@
 //! atelier: a terminal workstation for image-to-image generation.
 
 pub mod atomic;
+pub mod benchmark;
 pub mod cli;
 pub mod config;
 pub mod engine;

@@ -45,6 +45,8 @@ enum Command {
     Note(cli::manage::NoteArgs),
     /// Move runs to the trash.
     Rm(cli::manage::MarkArgs),
+    /// Measure the engine's speed (random weights of SD 1.5, 2.1, XL, or a model folder).
+    Bench(cli::bench::BenchArgs),
     /// The trash: list, restore, empty.
     #[command(subcommand)]
     Trash(cli::manage::TrashCommand),
@@ -83,6 +85,7 @@ fn main() {
         Command::Note(a) => cli::manage::note(a, g),
         Command::Rm(a) => cli::manage::rm(a, g),
         Command::Trash(c) => cli::manage::trash(c, g),
+        Command::Bench(a) => cli::bench::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

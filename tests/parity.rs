@@ -1,55 +1,80 @@
 //! Every parity case (diffusers' output on small random-weight models) run
-//! through the library must land within 1e-3 of the reference.
+//! through the library must land within 1e-3 of the reference in f32, and
+//! within a stated bound in f16 (the drift half precision costs).
 
 mod common;
 
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use atelier::engine::{Engine, Fit, Request, SourceInput};
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 
-#[test]
-fn library_matches_diffusers_on_every_parity_case() {
+/// Runs one case on the CPU in `dtype`; returns the image and the steps run.
+fn run_case(dir: &Path, dtype: DType) -> (Tensor, usize) {
+    let case = common::read_case(dir);
+    let mut engine = Engine::new(Device::Cpu, dtype);
+    engine.load(&dir.join("model")).unwrap();
+    let req = Request {
+        source: SourceInput::load(&dir.join("source.png")).unwrap(),
+        prompt: case.prompt.clone(),
+        negative: case.negative_prompt.clone(),
+        strength: case.strength,
+        steps: case.steps,
+        guidance: case.guidance,
+        seed: 0,
+        scheduler: None,
+        width: Some(case.width),
+        height: Some(case.height),
+        crop: None,
+        fit: Fit::Crop,
+        noise_file: Some(dir.join("noise.safetensors")),
+    };
+    let out = engine
+        .generate(&req, &mut |_| {}, &AtomicBool::new(false))
+        .unwrap();
+    (out.pixels, out.steps_run)
+}
+
+fn expected(dir: &Path) -> Tensor {
+    let mut tensors =
+        candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
+    tensors
+        .remove("image")
+        .expect("expected.safetensors holds `image`")
+}
+
+fn mean_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.mean_all())
+        .and_then(|d| d.to_scalar::<f32>())
+        .unwrap()
+}
+
+fn all_cases() -> Vec<std::path::PathBuf> {
     let cases = common::parity_cases();
     assert!(
         cases.len() >= 2,
         "no parity cases found under {:?}",
         common::shared_dir()
     );
+    cases
+}
+
+#[test]
+fn library_matches_diffusers_on_every_parity_case() {
     let mut failures = Vec::new();
-    for dir in &cases {
+    for dir in &all_cases() {
         let case = common::read_case(dir);
-        let mut engine = Engine::new(Device::Cpu, DType::F32);
-        engine.load(&dir.join("model")).unwrap();
-        let req = Request {
-            source: SourceInput::load(&dir.join("source.png")).unwrap(),
-            prompt: case.prompt.clone(),
-            negative: case.negative_prompt.clone(),
-            strength: case.strength,
-            steps: case.steps,
-            guidance: case.guidance,
-            seed: 0,
-            scheduler: None,
-            width: Some(case.width),
-            height: Some(case.height),
-            crop: None,
-            fit: Fit::Crop,
-            noise_file: Some(dir.join("noise.safetensors")),
-        };
-        let out = engine
-            .generate(&req, &mut |_| {}, &AtomicBool::new(false))
-            .unwrap();
-        let expected =
-            candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
-        let expected = &expected["image"];
-        let diff = common::max_abs_diff(&out.pixels, expected);
+        let (pixels, steps_run) = run_case(dir, DType::F32);
+        let diff = common::max_abs_diff(&pixels, &expected(dir));
         println!(
-            "{}: max abs diff {diff:e}, steps run {}",
-            dir.display(),
-            out.steps_run
+            "{}: max abs diff {diff:e}, steps run {steps_run}",
+            dir.display()
         );
         assert_eq!(
-            out.steps_run,
+            steps_run,
             case.denoising_steps_run + usize::from(dir.to_string_lossy().contains("pndm")),
             "{}: steps run",
             dir.display()
@@ -61,6 +86,33 @@ fn library_matches_diffusers_on_every_parity_case() {
     assert!(
         failures.is_empty(),
         "parity failures:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// Half precision moves pixels: bounded here so a change that makes f16
+/// much worse (an overflow, a lost upcast) fails. Pixels are in [0, 1].
+#[test]
+fn f16_drift_from_diffusers_is_bounded() {
+    // Measured on these cases: max 7.9e-3, mean 8.3e-4 (2026-11, CPU f16).
+    const MAX_MEAN: f32 = 0.003;
+    const MAX_ABS: f32 = 0.03;
+    let mut failures = Vec::new();
+    for dir in &all_cases() {
+        let (pixels, _) = run_case(dir, DType::F16);
+        let want = expected(dir);
+        let (max, mean) = (
+            common::max_abs_diff(&pixels, &want),
+            mean_abs_diff(&pixels, &want),
+        );
+        println!("{}: f16 max abs diff {max:e}, mean {mean:e}", dir.display());
+        if !(max <= MAX_ABS && mean <= MAX_MEAN) {
+            failures.push(format!("{}: f16 max {max}, mean {mean}", dir.display()));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "f16 drift too large:\n{}",
         failures.join("\n")
     );
 }

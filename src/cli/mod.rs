@@ -1,5 +1,6 @@
 //! The headless commands.
 
+pub mod bench;
 pub mod compare;
 pub mod gen;
 pub mod history;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::engine::device::{default_device_name, open_device, parse_dtype};
+use crate::engine::device::default_device_name;
 use crate::engine::{Cancelled, Engine, Event};
 pub use crate::jobs::{Outcome, PlannedRun, SourceRef};
 use crate::project::{Project, RunRecord};
@@ -23,17 +23,8 @@ impl Runner {
     /// `dtype` overrides the device's default precision (f32 on the CPU,
     /// f16 on GPUs).
     pub fn new(device: Option<&str>, dtype: Option<&str>, quiet: bool) -> Result<Self> {
-        let device_name = device
-            .map(String::from)
-            .unwrap_or_else(|| default_device_name().to_string());
-        let (device, default_dtype) = open_device(&device_name)?;
-        let dtype = match dtype {
-            Some(d) => parse_dtype(d)?,
-            None => default_dtype,
-        };
-        if device.is_cpu() && dtype == candle_core::DType::BF16 {
-            anyhow::bail!("bf16 does not run on the CPU (candle has no CPU bf16 matmul); use f32");
-        }
+        let device_name = device.unwrap_or_else(|| default_device_name()).to_string();
+        let (device, dtype) = crate::engine::device::resolve(Some(&device_name), dtype)?;
         let cancel = Arc::new(AtomicBool::new(false));
         {
             let cancel = cancel.clone();

@@ -344,7 +344,7 @@ pub struct VaeSpec {
     pub scaling_factor: f64,
     pub use_quant_conv: bool,
     pub use_post_quant_conv: bool,
-    /// The VAE overflows in f16 and must run in f32 (SD 1.x/2.x/XL VAEs).
+    /// The VAE overflows in f16 and must run in f32 (read for SDXL, as diffusers does).
     pub force_upcast: bool,
     /// Per-channel latent statistics some VAEs normalise with (both or none).
     pub latents_mean_std: Option<(Vec<f64>, Vec<f64>)>,

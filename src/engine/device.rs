@@ -36,6 +36,20 @@ pub fn open_device(name: &str) -> Result<(Device, DType)> {
     bail!("unknown device {name:?}: use cpu, cuda, cuda:N or metal")
 }
 
+/// `--device` and `--dtype` as given (None: the best device, its default
+/// precision), refusing combinations that cannot run.
+pub fn resolve(device: Option<&str>, dtype: Option<&str>) -> Result<(Device, DType)> {
+    let (device, default_dtype) = open_device(device.unwrap_or(default_device_name()))?;
+    let dtype = match dtype {
+        Some(d) => parse_dtype(d)?,
+        None => default_dtype,
+    };
+    if device.is_cpu() && dtype == DType::BF16 {
+        bail!("bf16 does not run on the CPU (candle has no CPU bf16 matmul); use f32");
+    }
+    Ok((device, dtype))
+}
+
 /// The best device this build and machine have.
 pub fn default_device_name() -> &'static str {
     if candle_core::utils::cuda_is_available() {

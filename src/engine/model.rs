@@ -139,7 +139,9 @@ impl Model {
         let (vb, files) = part("unet", "diffusion_pytorch_model", dtype)?;
         let unet = UNet::new(vb, &unet_spec).with_context(|| weights_error(&files))?;
 
-        let vae_dtype = if vae_spec.force_upcast {
+        // As diffusers' pipelines: the SDXL VAE overflows in f16 and is run in
+        // f32 when its config says so; SD 1.x/2.x VAEs run in the model's dtype.
+        let vae_dtype = if vae_spec.force_upcast && unet_spec.addition.is_some() {
             DType::F32
         } else {
             dtype

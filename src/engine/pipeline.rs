@@ -180,6 +180,19 @@ impl Engine {
         }
     }
 
+    /// An engine around a model built elsewhere (benchmarks' random weights).
+    pub fn with_model(device: Device, model: Model) -> Self {
+        let mut engine = Self::new(device, model.dtype);
+        engine.model = Some(model);
+        engine
+    }
+
+    /// Forgets cached encodings, so the next run starts as a fresh pipeline call.
+    pub fn clear_caches(&mut self) {
+        self.text_cache.clear();
+        self.latent_cache.clear();
+    }
+
     pub fn device(&self) -> &Device {
         &self.device
     }

@@ -165,15 +165,17 @@ impl Attention {
         let k = split(self.to_k.forward(context)?)?;
         let v = split(self.to_v.forward(context)?)?;
         let dtype = q.dtype();
-        // Scores and softmax in f32 when asked (SD 2.1) or in half precision:
-        // f16 scores overflow on large images.
-        let (q, k) = if self.upcast || dtype != DType::F32 {
+        let scale = (head_dim as f64).powf(-0.5);
+        // The scale is folded into q before the product, as fused attention
+        // does, so half-precision scores stay far from f16's range limit.
+        // SD 2.x asks for f32 scores (`upcast_attention`): honoured in f16.
+        let upcast = self.upcast && dtype == DType::F16;
+        let (q, k) = if upcast {
             (q.to_dtype(DType::F32)?, k.to_dtype(DType::F32)?)
         } else {
             (q, k)
         };
-        let scale = (head_dim as f64).powf(-0.5);
-        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let scores = (q * scale)?.matmul(&k.t()?)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
         let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, dim))?;
         self.to_out.forward(&out)

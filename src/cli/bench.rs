@@ -1,0 +1,145 @@
+//! `atelier bench`: speed of the engine on real architectures with random
+//! weights (or on a model folder), as a table and as JSON lines.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+use crate::benchmark::{self, Arch, BenchResult, BenchSettings};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Architectures to run with random weights: sd15, sd21, sdxl (repeatable).
+    #[arg(long = "arch", default_value = "sd15")]
+    pub archs: Vec<String>,
+    /// Measure this model folder (its own weights) instead of --arch.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Square size in pixels [default: each architecture's native size].
+    #[arg(long)]
+    pub size: Option<u32>,
+    #[arg(long)]
+    pub width: Option<u32>,
+    #[arg(long)]
+    pub height: Option<u32>,
+    /// cpu, cuda, cuda:N or metal [default: the best available].
+    #[arg(long)]
+    pub device: Option<String>,
+    /// f32, f16 or bf16 [default: f32 on the CPU, f16 on GPUs].
+    #[arg(long)]
+    pub dtype: Option<String>,
+    #[arg(long, default_value_t = 30)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 0.6)]
+    pub strength: f64,
+    #[arg(long, default_value_t = 7.5)]
+    pub guidance: f64,
+    /// Timed repetitions of each measurement (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    /// Print one JSON object per line instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Write the architecture's configs (no weights) to this folder and stop:
+    /// benches/pytorch_bench.py builds its networks from them.
+    #[arg(long)]
+    pub write_configs: Option<PathBuf>,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let archs = args
+        .archs
+        .iter()
+        .map(|a| Arch::parse(a))
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(dir) = &args.write_configs {
+        let [arch] = archs.as_slice() else {
+            bail!("--write-configs takes exactly one --arch");
+        };
+        arch.write_configs(dir)?;
+        println!("{}", dir.display());
+        return Ok(());
+    }
+    let (device, dtype) =
+        crate::engine::device::resolve(args.device.as_deref(), args.dtype.as_deref())?;
+    let settings = |native: u32| -> Result<BenchSettings> {
+        let width = args.width.or(args.size).unwrap_or(native);
+        let height = args.height.or(args.size).unwrap_or(native);
+        if !width.is_multiple_of(8) || !height.is_multiple_of(8) || width == 0 || height == 0 {
+            bail!("bench sizes must be positive multiples of 8 (got {width}x{height})");
+        }
+        crate::engine::pipeline::validate_settings(args.strength, args.steps, args.guidance)?;
+        Ok(BenchSettings {
+            width,
+            height,
+            steps: args.steps,
+            strength: args.strength,
+            guidance: args.guidance,
+            repeats: args.repeats,
+        })
+    };
+    if !args.json {
+        println!("{}", header());
+    }
+    let report = |r: BenchResult| -> Result<()> {
+        if args.json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            println!("{}", row(&r));
+        }
+        Ok(())
+    };
+    match &args.model {
+        Some(dir) => report(benchmark::run_folder(dir, &device, dtype, &settings(512)?)?)?,
+        None => {
+            for arch in archs {
+                report(benchmark::run(
+                    arch,
+                    &device,
+                    dtype,
+                    &settings(arch.native_size())?,
+                )?)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn header() -> String {
+    format!(
+        "{:<6} {:<16} {:<5} {:>9} {:>12} {:>10} {:>10} {:>10} {:>6} {:>24} {:>10}",
+        "model",
+        "device",
+        "dtype",
+        "size",
+        "unet ms/step",
+        "vae enc ms",
+        "vae dec ms",
+        "img2img s",
+        "calls",
+        "rerun 1st step ms s/p/str",
+        "peak MiB"
+    )
+}
+
+fn row(r: &BenchResult) -> String {
+    let rerun = &r.rerun_first_step_ms;
+    format!(
+        "{:<6} {:<16} {:<5} {:>9} {:>12.1} {:>10.1} {:>10.1} {:>10.2} {:>6} {:>24} {:>10.0}",
+        r.arch,
+        r.device,
+        r.dtype,
+        format!("{}x{}", r.width, r.height),
+        r.unet_step_ms,
+        r.vae_encode_ms,
+        r.vae_decode_ms,
+        r.img2img_s,
+        r.unet_calls,
+        format!(
+            "{:.0}/{:.0}/{:.0}",
+            rerun.seed_ms, rerun.prompt_ms, rerun.strength_ms
+        ),
+        r.peak_memory_mib
+    )
+}
