@@ -1,22 +1,34 @@
 #!/usr/bin/env bash
-# atelier vs PyTorch diffusers, same machine, same run: SD 1.5 architecture
-# with random weights at 256 px on the CPU. Prints both and the ratio.
-#   benches/compare.sh            (needs python3 with torch, diffusers, transformers)
-set -euo pipefail
-cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-MODEL=${ATELIER_BENCH_MODEL:-target/bench-sd15}
-SIZE=${ATELIER_BENCH_SIZE:-256} STEPS=${ATELIER_BENCH_STEPS:-20} STRENGTH=${ATELIER_BENCH_STRENGTH:-0.5} REPEATS=${ATELIER_BENCH_REPEATS:-3}
-[ -f "$MODEL/model_index.json" ] || "$PY" benches/make_random_sd15.py "$MODEL"
-# The whole img2img timing is from a loaded model (load time excluded on both sides).
-ours=$(ATELIER_BENCH_MODEL=$MODEL ATELIER_BENCH_SIZE=$SIZE ATELIER_BENCH_STEPS=$STEPS ATELIER_BENCH_STRENGTH=$STRENGTH \
-  ATELIER_BENCH_REPEATS=$REPEATS cargo bench --bench img2img 2>/dev/null | grep '^{')
-theirs=$("$PY" benches/pytorch_reference.py "$MODEL" "$SIZE" "$STEPS" "$STRENGTH" "$REPEATS" 2>/dev/null | grep '^{')
-echo "$ours"
-echo "$theirs"
-"$PY" - "$ours" "$theirs" <<'PYEOF'
-import json, sys
-a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-for k in ("unet_step_s", "img2img_s"):
-    print(f"{k}: atelier {a[k]:.2f} s, pytorch {b[k]:.2f} s, atelier/pytorch = {a[k] / b[k]:.2f}")
-PYEOF
+# atelier vs PyTorch + diffusers, same machine, same run: for each row,
+# `atelier bench` and benches/pytorch_bench.py build the same architecture
+# with random weights and time the same work; then one table with the ratios.
+#
+#   benches/compare.sh                                   CPU: SD 1.5 at 256 px, f32
+#   ROWS="sd15:512:f16 sdxl:1024:f16" DEVICE=cuda benches/compare.sh
+#
+# Env: ATELIER (the binary; default target/release/atelier), PYTHON (with torch,
+# diffusers, transformers), TOKENIZER (a CLIP vocab.json + merges.txt folder),
+# ROWS (arch:size:dtype ...), DEVICE, STEPS, STRENGTH, REPEATS, OUT.
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+ATELIER=${ATELIER:-$here/../target/release/atelier}
+PYTHON=${PYTHON:-python3}
+TOKENIZER=${TOKENIZER:-$here/../../shared/fixtures/clip-tokenizer}
+DEVICE=${DEVICE:-cpu}
+ROWS=${ROWS:-sd15:256:f32}
+STEPS=${STEPS:-30} STRENGTH=${STRENGTH:-0.6} REPEATS=${REPEATS:-3}
+OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
+[ -x "$ATELIER" ] || { echo "build atelier first: cargo build --release (or set ATELIER)" >&2; exit 1; }
+for row in $ROWS; do
+  IFS=: read -r arch size dtype <<<"$row"
+  common=(--arch "$arch" --size "$size" --dtype "$dtype" --device "$DEVICE" --steps "$STEPS" --strength "$STRENGTH" --repeats "$REPEATS")
+  "$ATELIER" bench "${common[@]}" --json >>"$OUT/atelier.jsonl" 2>>"$OUT/atelier.err" \
+    || { echo "atelier failed on $row:" >&2; tail -3 "$OUT/atelier.err" >&2; }
+  "$ATELIER" bench --arch "$arch" --write-configs "$OUT/configs-$arch" >/dev/null
+  "$PYTHON" "$here/pytorch_bench.py" "$OUT/configs-$arch" "$TOKENIZER" "${common[@]}" \
+    2>>"$OUT/pytorch.err" | grep '^{' >>"$OUT/pytorch.jsonl" \
+    || { echo "pytorch failed on $row:" >&2; tail -3 "$OUT/pytorch.err" >&2; }
+done
+"$PYTHON" "$here/bench_table.py" "$OUT/atelier.jsonl" "$OUT/pytorch.jsonl"
+echo "raw results: $OUT"

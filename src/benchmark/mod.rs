@@ -30,6 +30,8 @@ pub struct BenchSettings {
     pub strength: f64,
     pub guidance: f64,
     pub repeats: usize,
+    /// Also time the UNet's parts (synchronising after each: slower overall).
+    pub profile: bool,
 }
 
 /// How long a rerun takes before its first UNet step starts, with the model
@@ -61,6 +63,9 @@ pub struct BenchResult {
     pub rerun_first_step_ms: RerunTimes,
     /// Peak resident memory (CPU) or peak device memory in use (CUDA, sampled).
     pub peak_memory_mib: f64,
+    /// With --profile: milliseconds per UNet call by kind of work, largest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unet_profile_ms: Vec<(String, f64)>,
 }
 
 /// The median of `repeats` timings, after one untimed warm-up.
@@ -158,6 +163,22 @@ fn measure(
         Ok(())
     })?;
 
+    let mut unet_profile_ms = Vec::new();
+    if s.profile {
+        crate::engine::profile::enable(true);
+        let calls = s.repeats.max(1);
+        for _ in 0..calls {
+            model
+                .unet
+                .forward(&latents, 500.0, &context, added.as_ref())?;
+        }
+        crate::engine::profile::enable(false);
+        unet_profile_ms = crate::engine::profile::take()
+            .into_iter()
+            .map(|(name, ms, _)| (name.to_string(), ms / calls as f64))
+            .collect();
+    }
+
     let pixels = Tensor::rand(
         -1f32,
         1.,
@@ -250,6 +271,7 @@ fn measure(
         unet_calls,
         rerun_first_step_ms,
         peak_memory_mib: memory::peak_mib(device),
+        unet_profile_ms,
     })
 }
 

@@ -38,6 +38,10 @@ pub struct BenchArgs {
     /// Timed repetitions of each measurement (the median is reported).
     #[arg(long, default_value_t = 5)]
     pub repeats: usize,
+    /// Also break one UNet call down by kind of work (norms, convolutions,
+    /// attention, ...), synchronising the device around each part.
+    #[arg(long)]
+    pub profile: bool,
     /// Print one JSON object per line instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -77,6 +81,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             strength: args.strength,
             guidance: args.guidance,
             repeats: args.repeats,
+            profile: args.profile,
         })
     };
     if !args.json {
@@ -87,6 +92,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             println!("{}", serde_json::to_string(&r)?);
         } else {
             println!("{}", row(&r));
+            for (part, ms) in &r.unet_profile_ms {
+                println!("    {part:<28} {ms:>10.2} ms per UNet call");
+            }
         }
         Ok(())
     };

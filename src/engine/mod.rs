@@ -8,6 +8,7 @@ pub mod model;
 pub mod noise;
 pub mod pipeline;
 pub mod preview;
+pub mod profile;
 pub mod random_weights;
 pub mod scheduler;
 pub mod source;

@@ -10,6 +10,7 @@ use candle_nn::{
 };
 
 use super::config::UnetSpec;
+use super::profile::section;
 
 fn conv(
     vb: VarBuilder,
@@ -103,19 +104,24 @@ impl ResnetBlock {
     }
 
     fn forward(&self, xs: &Tensor, temb: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(xs)?.silu()?)?;
-        let t = self
-            .time_emb_proj
-            .forward(&temb.silu()?)?
-            .unsqueeze(2)?
-            .unsqueeze(3)?;
-        let h = h.broadcast_add(&t)?;
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let dev = xs.device();
+        let h = section("group norm + silu", dev, || self.norm1.forward(xs)?.silu())?;
+        let h = section("conv 3x3", dev, || self.conv1.forward(&h))?;
+        let h = section("resnet time + add", dev, || {
+            let t = self
+                .time_emb_proj
+                .forward(&temb.silu()?)?
+                .unsqueeze(2)?
+                .unsqueeze(3)?;
+            h.broadcast_add(&t)
+        })?;
+        let h = section("group norm + silu", dev, || self.norm2.forward(&h)?.silu())?;
+        let h = section("conv 3x3", dev, || self.conv2.forward(&h))?;
         let skip = match &self.shortcut {
-            Some(c) => c.forward(xs)?,
+            Some(c) => section("conv 1x1 shortcut", dev, || c.forward(xs))?,
             None => xs.clone(),
         };
-        let out = (skip + h)?;
+        let out = section("resnet time + add", dev, || skip + h)?;
         if self.output_scale == 1.0 {
             Ok(out)
         } else {
@@ -213,16 +219,22 @@ impl TransformerBlock {
     }
 
     fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let xs = (self.attn1.forward(&self.norm1.forward(xs)?, None)? + xs)?;
-        let xs = (self
-            .attn2
-            .forward(&self.norm2.forward(&xs)?, Some(context))?
-            + xs)?;
-        let h = self.ff_proj.forward(&self.norm3.forward(&xs)?)?;
-        let parts = h.chunk(2, D::Minus1)?;
-        // GEGLU with the exact (erf) GELU, as PyTorch's F.gelu.
-        let h = (&parts[0] * parts[1].gelu_erf()?)?;
-        self.ff_out.forward(&h)? + xs
+        let dev = xs.device();
+        let xs = section("self-attention", dev, || {
+            self.attn1.forward(&self.norm1.forward(xs)?, None)? + xs
+        })?;
+        let xs = section("cross-attention", dev, || {
+            self.attn2
+                .forward(&self.norm2.forward(&xs)?, Some(context))?
+                + &xs
+        })?;
+        section("feed-forward (GEGLU)", dev, || {
+            let h = self.ff_proj.forward(&self.norm3.forward(&xs)?)?;
+            let parts = h.chunk(2, D::Minus1)?;
+            // GEGLU with the exact (erf) GELU, as PyTorch's F.gelu.
+            let h = (&parts[0] * parts[1].gelu_erf()?)?;
+            self.ff_out.forward(&h)? + &xs
+        })
     }
 }
 
@@ -275,21 +287,24 @@ impl SpatialTransformer {
 
     fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = xs.dims4()?;
+        let dev = xs.device();
         let to_tokens = |x: Tensor| x.permute((0, 2, 3, 1))?.reshape((b, h * w, c));
-        let mut x = self.norm.forward(xs)?;
-        x = match &self.proj_in {
-            Projection::Conv(p) => to_tokens(p.forward(&x)?)?,
-            Projection::Linear(p) => p.forward(&to_tokens(x)?)?,
-        };
+        let x = section("group norm (transformer)", dev, || self.norm.forward(xs))?;
+        let mut x = section("transformer proj in/out", dev, || match &self.proj_in {
+            Projection::Conv(p) => to_tokens(p.forward(&x)?),
+            Projection::Linear(p) => p.forward(&to_tokens(x.clone())?),
+        })?;
         for block in &self.blocks {
             x = block.forward(&x, context)?;
         }
         let to_map = |x: Tensor| x.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?.contiguous();
-        let x = match &self.proj_out {
-            Projection::Conv(p) => p.forward(&to_map(x)?)?,
-            Projection::Linear(p) => to_map(p.forward(&x)?)?,
-        };
-        x + xs
+        section("transformer proj in/out", dev, || {
+            let x = match &self.proj_out {
+                Projection::Conv(p) => p.forward(&to_map(x)?)?,
+                Projection::Linear(p) => to_map(p.forward(&x)?)?,
+            };
+            x + xs
+        })
     }
 }
 
@@ -559,7 +574,7 @@ impl UNet {
                 skips.push(x.clone());
             }
             if let Some(down) = &block.resample {
-                x = down.forward(&x)?;
+                x = section("up/down sampling", x.device(), || down.forward(&x))?;
                 skips.push(x.clone());
             }
         }
@@ -571,7 +586,8 @@ impl UNet {
         for block in &self.up {
             for (j, resnet) in block.resnets.iter().enumerate() {
                 let skip = skips.pop().expect("one skip per up resnet");
-                x = resnet.forward(&Tensor::cat(&[&x, &skip], 1)?, &temb)?;
+                let joined = section("skip concat", x.device(), || Tensor::cat(&[&x, &skip], 1))?;
+                x = resnet.forward(&joined, &temb)?;
                 if let Some(attn) = block.attentions.get(j) {
                     x = attn.forward(&x, context)?;
                 }
@@ -583,7 +599,9 @@ impl UNet {
                     Some(s) => (s.dim(2)?, s.dim(3)?),
                     None => (x.dim(2)? * 2, x.dim(3)? * 2),
                 };
-                x = up.forward(&x.upsample_nearest2d(h, w)?)?;
+                x = section("up/down sampling", x.device(), || {
+                    up.forward(&x.upsample_nearest2d(h, w)?)
+                })?;
             }
         }
         let x = self.norm_out.forward(&x)?.silu()?;
