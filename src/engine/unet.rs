@@ -71,13 +71,42 @@ struct AddedEmbedding {
     time_embed_dim: usize,
 }
 
+/// A 1x1 convolution as one batched matrix product ([out, in] x [in, h*w]
+/// per image): no im2col copy, no layout transposes, no cuDNN call.
+struct Conv1x1 {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Conv1x1 {
+    fn new(vb: VarBuilder, cin: usize, cout: usize) -> Result<Self> {
+        let conv = conv(vb, cin, cout, 1, 1, 0)?;
+        Ok(Self {
+            weight: conv.weight().reshape((cout, cin))?,
+            bias: conv
+                .bias()
+                .expect("conv2d has a bias")
+                .reshape((1, cout, 1))?,
+        })
+    }
+}
+
+impl Module for Conv1x1 {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = xs.dims4()?;
+        let flat = xs.reshape((b, c, h * w))?;
+        let out = self.weight.broadcast_left(b)?.matmul(&flat)?;
+        out.broadcast_add(&self.bias)?.reshape((b, (), h, w))
+    }
+}
+
 struct ResnetBlock {
     norm1: GroupNorm,
     conv1: Conv2d,
     time_emb_proj: Linear,
     norm2: GroupNorm,
     conv2: Conv2d,
-    shortcut: Option<Conv2d>,
+    shortcut: Option<Conv1x1>,
     output_scale: f64,
 }
 
@@ -97,7 +126,7 @@ impl ResnetBlock {
             norm2: group_norm(spec.groups, cout, spec.eps, vb.pp("norm2"))?,
             conv2: conv(vb.pp("conv2"), cout, cout, 3, 1, 1)?,
             shortcut: (cin != cout)
-                .then(|| conv(vb.pp("conv_shortcut"), cin, cout, 1, 1, 0))
+                .then(|| Conv1x1::new(vb.pp("conv_shortcut"), cin, cout))
                 .transpose()?,
             output_scale,
         })
@@ -239,7 +268,7 @@ impl TransformerBlock {
 }
 
 enum Projection {
-    Conv(Conv2d),
+    Conv(Conv1x1),
     Linear(Linear),
 }
 
@@ -264,7 +293,7 @@ impl SpatialTransformer {
             Ok(if spec.linear_projection {
                 Projection::Linear(linear(channels, channels, vb.pp(name))?)
             } else {
-                Projection::Conv(conv(vb.pp(name), channels, channels, 1, 1, 0)?)
+                Projection::Conv(Conv1x1::new(vb.pp(name), channels, channels)?)
             })
         };
         Ok(Self {
