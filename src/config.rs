@@ -14,6 +14,9 @@ pub struct Config {
     pub theme: Option<String>,
     /// auto, kitty, sixel, iterm2 or halfblocks.
     pub image_protocol: Option<String>,
+    /// Folders holding models (diffusers folders or single-file checkpoints),
+    /// listed by `atelier models` beside the Hugging Face cache.
+    pub model_dirs: Vec<PathBuf>,
 }
 
 pub fn config_dir() -> Option<PathBuf> {

@@ -152,11 +152,16 @@ fn request(plan: &PlannedRun) -> Result<Request> {
 
 /// Loads the plan's model into the engine (kept if already loaded).
 pub fn load_model(engine: &mut Engine, name: &str) -> Result<ModelRef> {
-    let dir = crate::models::resolve_model(name)?;
-    let model = engine.load(&dir)?;
+    let location = crate::models::resolve(name, engine.dtype() != candle_core::DType::F32)?;
+    let model = match &location {
+        crate::models::ModelLocation::Folder(dir) => engine.load(dir)?,
+        crate::models::ModelLocation::SingleFile { file, base } => {
+            engine.load_single_file(file, base)?
+        }
+    };
     Ok(ModelRef {
         name: name.to_string(),
-        path: dir.display().to_string(),
+        path: location.path().display().to_string(),
         fingerprint: model.fingerprint.clone(),
     })
 }

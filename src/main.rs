@@ -45,6 +45,8 @@ enum Command {
     Note(cli::manage::NoteArgs),
     /// Move runs to the trash.
     Rm(cli::manage::MarkArgs),
+    /// The models on this machine (Hugging Face cache, model folders, checkpoints).
+    Models(cli::models::ModelsArgs),
     /// Measure the engine's speed (random weights of SD 1.5, 2.1, XL, or a model folder).
     Bench(cli::bench::BenchArgs),
     /// The trash: list, restore, empty.
@@ -86,6 +88,7 @@ fn main() {
         Command::Rm(a) => cli::manage::rm(a, g),
         Command::Trash(c) => cli::manage::trash(c, g),
         Command::Bench(a) => cli::bench::run(a),
+        Command::Models(a) => cli::models::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -5,6 +5,7 @@ pub mod compare;
 pub mod gen;
 pub mod history;
 pub mod manage;
+pub mod models;
 pub mod rerun;
 pub mod runner;
 pub mod show;

@@ -11,6 +11,7 @@ pub mod preview;
 pub mod profile;
 pub mod random_weights;
 pub mod scheduler;
+pub mod single_file;
 pub mod source;
 pub mod tokenizer;
 pub mod unet;

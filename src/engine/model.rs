@@ -11,6 +11,7 @@ use super::clip::ClipTextEncoder;
 use super::config::{clip_spec, unet_spec, vae_spec, ClipSpec, ModelLayout, UnetSpec, VaeSpec};
 use super::random_weights::random_var_builder;
 use super::scheduler::SchedulerConfig;
+use super::single_file;
 use super::tokenizer::ClipTokenizer;
 use super::unet::UNet;
 use super::vae::Vae;
@@ -53,6 +54,14 @@ pub enum WeightSource {
     Random,
 }
 
+/// Where `build` takes each network's weights from.
+#[derive(Clone, Copy)]
+enum Weights<'a> {
+    Files,
+    Random,
+    Checkpoint(&'a single_file::Checkpoint),
+}
+
 pub struct Model {
     pub dir: PathBuf,
     /// One encoder (SD 1.x/2.x) or two (SDXL: CLIP ViT-L, then OpenCLIP bigG).
@@ -86,6 +95,40 @@ impl Model {
         dtype: DType,
         source: WeightSource,
     ) -> Result<Self> {
+        let weights = match source {
+            WeightSource::Files => Weights::Files,
+            WeightSource::Random => Weights::Random,
+        };
+        Self::build(dir, device, dtype, weights)
+    }
+
+    /// A single-file (LDM-named) checkpoint, with the configs and tokenizers
+    /// of `base`, a diffusers folder of the same architecture.
+    pub fn load_single_file(
+        file: &Path,
+        base: &Path,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let arch = single_file::detect(file)?;
+        let layout = ModelLayout::open(base)?;
+        let unet = unet_spec(&layout.part("unet"))?;
+        let vae = vae_spec(&layout.part("vae"))?;
+        let checkpoint = single_file::Checkpoint::open(file, arch, &unet, &vae)?;
+        let mut model = Self::build(base, device, dtype, Weights::Checkpoint(&checkpoint))
+            .with_context(|| {
+                format!(
+                    "{} (a {arch:?} checkpoint, configs from {}) does not fit",
+                    file.display(),
+                    base.display()
+                )
+            })?;
+        model.dir = file.to_path_buf();
+        model.fingerprint = fingerprint(&[file.to_path_buf()])?;
+        Ok(model)
+    }
+
+    fn build(dir: &Path, device: &Device, dtype: DType, source: Weights) -> Result<Self> {
         let started = Instant::now();
         let layout = ModelLayout::open(dir)?;
         let half = dtype != DType::F32;
@@ -102,19 +145,25 @@ impl Model {
 
         let mut all_files = Vec::new();
         let mut part = |name: &str, stem: &str, dtype: DType| -> Result<_> {
-            if source == WeightSource::Random {
-                return Ok((random_var_builder(dtype, device), "random weights".into()));
+            match source {
+                Weights::Random => Ok((random_var_builder(dtype, device), "random weights".into())),
+                Weights::Checkpoint(c) => Ok((
+                    c.var_builder(name, dtype, device)?,
+                    format!("the checkpoint's {name}"),
+                )),
+                Weights::Files => {
+                    let files = weight_files(&layout.part(name), stem, half)?;
+                    all_files.extend(files.iter().cloned());
+                    Ok((var_builder(&files, dtype, device)?, describe(&files)))
+                }
             }
-            let files = weight_files(&layout.part(name), stem, half)?;
-            all_files.extend(files.iter().cloned());
-            Ok((var_builder(&files, dtype, device)?, describe(&files)))
         };
 
         let mut text_encoders = Vec::new();
         for ((encoder, tokenizer), spec) in encoder_parts.iter().zip(clip_specs) {
             let tokenizer = match source {
-                WeightSource::Files => ClipTokenizer::load(&layout.part(tokenizer))?,
-                WeightSource::Random => ClipTokenizer::for_benchmarks()?,
+                Weights::Random => ClipTokenizer::for_benchmarks()?,
+                _ => ClipTokenizer::load(&layout.part(tokenizer))?,
             };
             let (vb, files) = part(encoder, "model", dtype)?;
             let encoder = ClipTextEncoder::new(vb, &spec).with_context(|| weights_error(&files))?;
@@ -149,8 +198,8 @@ impl Model {
         let (vb, files) = part("vae", "diffusion_pytorch_model", vae_dtype)?;
         let vae = Vae::new(vb, &vae_spec).with_context(|| weights_error(&files))?;
         let fingerprint = match source {
-            WeightSource::Files => fingerprint(&all_files)?,
-            WeightSource::Random => "random".into(),
+            Weights::Files => fingerprint(&all_files)?,
+            _ => "random".into(),
         };
 
         Ok(Self {

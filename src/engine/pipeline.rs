@@ -209,6 +209,27 @@ impl Engine {
         Ok(self.model.as_ref().expect("just loaded"))
     }
 
+    /// Loads a single-file checkpoint (configs and tokenizers from `base`)
+    /// unless it is the one already loaded.
+    pub fn load_single_file(&mut self, file: &Path, base: &Path) -> Result<&Model> {
+        let same = self.model.as_ref().is_some_and(|m| m.dir == file);
+        if !same {
+            self.model = None;
+            self.clear_caches();
+            self.model = Some(Model::load_single_file(
+                file,
+                base,
+                &self.device,
+                self.dtype,
+            )?);
+        }
+        Ok(self.model.as_ref().expect("just loaded"))
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
     pub fn model(&self) -> Option<&Model> {
         self.model.as_ref()
     }

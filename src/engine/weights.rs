@@ -8,11 +8,10 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
-/// Which weight files a component folder holds, in the order to prefer them.
-/// `stem` is `diffusion_pytorch_model` for the UNet and VAE, `model` for the
-/// text encoder. Half-precision runs prefer the `fp16` variant; full
-/// precision runs prefer the full file and fall back to the variant.
-pub fn weight_files(dir: &Path, stem: &str, prefer_half: bool) -> Result<Vec<PathBuf>> {
+/// The weight file names a component folder may hold, in the order to
+/// prefer them: half-precision runs prefer the `fp16` variant, full
+/// precision the full file (each falls back to the other).
+pub fn weight_candidates(stem: &str, prefer_half: bool) -> Vec<String> {
     let full = [
         format!("{stem}.safetensors"),
         format!("{stem}.safetensors.index.json"),
@@ -22,13 +21,20 @@ pub fn weight_files(dir: &Path, stem: &str, prefer_half: bool) -> Result<Vec<Pat
         format!("{stem}.safetensors.index.fp16.json"),
         format!("{stem}.fp16.safetensors.index.json"),
     ];
-    let order: Vec<&String> = if prefer_half {
-        half.iter().chain(full.iter()).collect()
+    if prefer_half {
+        half.into_iter().chain(full).collect()
     } else {
-        full.iter().chain(half.iter()).collect()
-    };
-    for name in order {
-        let path = dir.join(name);
+        full.into_iter().chain(half).collect()
+    }
+}
+
+/// Which weight files a component folder holds, in the order to prefer them.
+/// `stem` is `diffusion_pytorch_model` for the UNet and VAE, `model` for the
+/// text encoder. Half-precision runs prefer the `fp16` variant; full
+/// precision runs prefer the full file and fall back to the variant.
+pub fn weight_files(dir: &Path, stem: &str, prefer_half: bool) -> Result<Vec<PathBuf>> {
+    for name in weight_candidates(stem, prefer_half) {
+        let path = dir.join(&name);
         if path.is_file() {
             return if name.ends_with(".json") {
                 shards_from_index(&path)
@@ -51,7 +57,8 @@ pub fn weight_files(dir: &Path, stem: &str, prefer_half: bool) -> Result<Vec<Pat
     )
 }
 
-fn shards_from_index(index: &Path) -> Result<Vec<PathBuf>> {
+/// The shard file names a `*.safetensors.index.json` lists.
+pub fn shard_names(index: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(index)
         .with_context(|| format!("cannot read {}", index.display()))?;
     let json: serde_json::Value = serde_json::from_str(&text)
@@ -60,9 +67,16 @@ fn shards_from_index(index: &Path) -> Result<Vec<PathBuf>> {
         .get("weight_map")
         .and_then(|m| m.as_object())
         .with_context(|| format!("{} has no `weight_map`", index.display()))?;
-    let dir = index.parent().unwrap_or(Path::new("."));
     let names: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
-    let shards: Vec<PathBuf> = names.into_iter().map(|n| dir.join(n)).collect();
+    Ok(names.into_iter().map(String::from).collect())
+}
+
+fn shards_from_index(index: &Path) -> Result<Vec<PathBuf>> {
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let shards: Vec<PathBuf> = shard_names(index)?
+        .into_iter()
+        .map(|n| dir.join(n))
+        .collect();
     if let Some(missing) = shards.iter().find(|p| !p.is_file()) {
         bail!(
             "{} names the shard {}, which is missing",

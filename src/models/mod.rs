@@ -1,0 +1,129 @@
+//! Turning `--model DIR|FILE|REPO|ALIAS` into weights on disk: a diffusers
+//! folder, a single-file checkpoint, or a Hugging Face repository found in
+//! the hub cache (downloaded into it when missing).
+
+pub mod cache;
+pub mod download;
+pub mod list;
+pub mod needed;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{bail, Result};
+
+pub use cache::{cached_snapshot, hf_cache_dir};
+pub use download::Hub;
+
+/// Short names for the models people use most.
+pub const ALIASES: &[(&str, &str)] = &[
+    ("sd-turbo", "stabilityai/sd-turbo"),
+    ("sdxl-turbo", "stabilityai/sdxl-turbo"),
+    ("sdxl", "stabilityai/stable-diffusion-xl-base-1.0"),
+    ("sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5"),
+    ("sd21", "stabilityai/stable-diffusion-2-1"),
+    ("sd21-base", "stabilityai/stable-diffusion-2-1-base"),
+];
+
+/// The model out of the box.
+pub const DEFAULT_MODEL: &str = "sd-turbo";
+
+static DOWNLOAD_PROGRESS: AtomicBool = AtomicBool::new(true);
+
+/// Progress bars for downloads go to stderr; the workstation owns the
+/// screen and turns them off.
+pub fn set_download_progress(on: bool) {
+    DOWNLOAD_PROGRESS.store(on, Ordering::Relaxed);
+}
+
+/// Where a model's weights are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelLocation {
+    /// A diffusers-layout folder.
+    Folder(PathBuf),
+    /// One `.safetensors` checkpoint with LDM key names (A1111, ComfyUI,
+    /// civitai); configs and tokenizers come from `base`, a diffusers
+    /// folder of the same architecture.
+    SingleFile { file: PathBuf, base: PathBuf },
+}
+
+impl ModelLocation {
+    pub fn path(&self) -> &Path {
+        match self {
+            ModelLocation::Folder(p) => p,
+            ModelLocation::SingleFile { file, .. } => file,
+        }
+    }
+}
+
+/// The repository an alias names, or the name itself.
+pub fn repo_of(name: &str) -> &str {
+    ALIASES
+        .iter()
+        .find(|(alias, _)| *alias == name)
+        .map(|(_, repo)| *repo)
+        .unwrap_or(name)
+}
+
+/// Resolves a model argument; `prefer_half` picks fp16 variants when
+/// downloading (GPU runs).
+pub fn resolve(name: &str, prefer_half: bool) -> Result<ModelLocation> {
+    let path = Path::new(name);
+    if path.is_dir() {
+        return Ok(ModelLocation::Folder(path.to_path_buf()));
+    }
+    if path.is_file() {
+        let arch = crate::engine::single_file::detect(path)?;
+        let base = Hub::from_env(DOWNLOAD_PROGRESS.load(Ordering::Relaxed))?
+            .fetch_configs(repo_of(arch.base_alias()))?;
+        return Ok(ModelLocation::SingleFile {
+            file: path.to_path_buf(),
+            base,
+        });
+    }
+    let repo = repo_of(name);
+    let looks_like_repo =
+        repo.split('/').count() == 2 && !repo.starts_with('.') && !path.is_absolute();
+    if !looks_like_repo {
+        bail!(
+            "model {name} does not exist; give --model a diffusers folder, a .safetensors \
+             checkpoint, a Hugging Face repository (org/name) or one of: {}",
+            ALIASES
+                .iter()
+                .map(|(a, _)| *a)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let hub = Hub::from_env(DOWNLOAD_PROGRESS.load(Ordering::Relaxed))?;
+    Ok(ModelLocation::Folder(hub.fetch(repo, prefer_half)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_main_snapshot_in_a_cache() {
+        let cache = tempfile::tempdir().unwrap();
+        let root = cache.path().join("models--stabilityai--sd-turbo");
+        std::fs::create_dir_all(root.join("snapshots/abc123/unet")).unwrap();
+        std::fs::create_dir_all(root.join("snapshots/old")).unwrap();
+        std::fs::create_dir_all(root.join("refs")).unwrap();
+        std::fs::write(root.join("refs/main"), "abc123\n").unwrap();
+        assert_eq!(
+            cached_snapshot(cache.path(), "stabilityai/sd-turbo").unwrap(),
+            root.join("snapshots/abc123")
+        );
+        assert!(cached_snapshot(cache.path(), "other/model").is_none());
+    }
+
+    #[test]
+    fn a_missing_path_that_is_no_repo_names_the_choices() {
+        let err = resolve("./no/such/folder", false).unwrap_err().to_string();
+        assert!(
+            err.contains("does not exist") && err.contains("sdxl-turbo"),
+            "{err}"
+        );
+    }
+}
