@@ -212,3 +212,110 @@ fn bad_input_fails_with_a_message_and_writes_nothing() {
     ]);
     assert!(String::from_utf8_lossy(&run.stderr).contains("not an image"));
 }
+
+#[test]
+fn bench_measures_a_model_folder_and_prints_json() {
+    let model = common::sd15_case().join("model");
+    let out = atelier(&[
+        "bench",
+        "--model",
+        model.to_str().unwrap(),
+        "--size",
+        "64",
+        "--steps",
+        "4",
+        "--strength",
+        "0.5",
+        "--repeats",
+        "1",
+        "--device",
+        "cpu",
+        "--json",
+        "--profile",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8_lossy(&out.stdout);
+    let r: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(r["unet_calls"], 2, "int(4 x 0.5) UNet calls");
+    for field in [
+        "unet_step_ms",
+        "vae_encode_ms",
+        "vae_decode_ms",
+        "img2img_s",
+        "peak_memory_mib",
+    ] {
+        assert!(r[field].as_f64().unwrap() > 0.0, "{field}: {r}");
+    }
+    // A new prompt is encoded before the first step; a new seed encodes nothing.
+    let rerun = &r["rerun_first_step_ms"];
+    assert!(
+        rerun["prompt_ms"].as_f64().unwrap() > rerun["seed_ms"].as_f64().unwrap(),
+        "{r}"
+    );
+    assert!(
+        r["unet_profile_ms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p[0] == "conv 3x3"),
+        "{r}"
+    );
+}
+
+#[test]
+fn bench_writes_real_architecture_configs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = atelier(&[
+        "bench",
+        "--arch",
+        "sdxl",
+        "--write-configs",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let unet: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("unet/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        unet["transformer_layers_per_block"],
+        serde_json::json!([1, 2, 10])
+    );
+    assert!(dir.path().join("text_encoder_2/config.json").is_file());
+}
+
+#[test]
+fn models_lists_model_folders_with_their_architecture() {
+    let dir = tempfile::tempdir().unwrap();
+    let sd2 = common::shared_dir().join("parity/cases/sd2v-euler/model");
+    std::os::unix::fs::symlink(&sd2, dir.path().join("tiny-sd2")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_atelier"))
+        .args(["models", "--json", "--dir", dir.path().to_str().unwrap()])
+        .env("HF_HUB_CACHE", dir.path().join("no-cache"))
+        .env("ATELIER_CONFIG_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let models: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(models.len(), 1, "{text}");
+    assert_eq!(models[0]["arch"], "SD 2.x (v)");
+    assert_eq!(models[0]["kind"], "folder");
+    assert!(models[0]["missing"].is_null(), "{text}");
+    assert!(models[0]["size_bytes"].as_u64().unwrap() > 1_000_000);
+}

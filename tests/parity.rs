@@ -7,41 +7,21 @@ mod common;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-use atelier::engine::{Engine, Fit, Request, SourceInput};
+use atelier::engine::Engine;
 use candle_core::{DType, Device, Tensor};
 
 /// Runs one case on the CPU in `dtype`; returns the image and the steps run.
 fn run_case(dir: &Path, dtype: DType) -> (Tensor, usize) {
-    let case = common::read_case(dir);
     let mut engine = Engine::new(Device::Cpu, dtype);
     engine.load(&dir.join("model")).unwrap();
-    let req = Request {
-        source: SourceInput::load(&dir.join("source.png")).unwrap(),
-        prompt: case.prompt.clone(),
-        negative: case.negative_prompt.clone(),
-        strength: case.strength,
-        steps: case.steps,
-        guidance: case.guidance,
-        seed: 0,
-        scheduler: None,
-        width: Some(case.width),
-        height: Some(case.height),
-        crop: None,
-        fit: Fit::Crop,
-        noise_file: Some(dir.join("noise.safetensors")),
-    };
     let out = engine
-        .generate(&req, &mut |_| {}, &AtomicBool::new(false))
+        .generate(
+            &common::request_for_case(dir),
+            &mut |_| {},
+            &AtomicBool::new(false),
+        )
         .unwrap();
     (out.pixels, out.steps_run)
-}
-
-fn expected(dir: &Path) -> Tensor {
-    let mut tensors =
-        candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
-    tensors
-        .remove("image")
-        .expect("expected.safetensors holds `image`")
 }
 
 fn mean_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -68,7 +48,7 @@ fn library_matches_diffusers_on_every_parity_case() {
     for dir in &all_cases() {
         let case = common::read_case(dir);
         let (pixels, steps_run) = run_case(dir, DType::F32);
-        let diff = common::max_abs_diff(&pixels, &expected(dir));
+        let diff = common::max_abs_diff(&pixels, &common::expected_image(dir));
         println!(
             "{}: max abs diff {diff:e}, steps run {steps_run}",
             dir.display()
@@ -100,7 +80,7 @@ fn f16_drift_from_diffusers_is_bounded() {
     let mut failures = Vec::new();
     for dir in &all_cases() {
         let (pixels, _) = run_case(dir, DType::F16);
-        let want = expected(dir);
+        let want = common::expected_image(dir);
         let (max, mean) = (
             common::max_abs_diff(&pixels, &want),
             mean_abs_diff(&pixels, &want),

@@ -221,10 +221,13 @@ fn measure(
         Ok(())
     })?;
 
+    // A rerun is stopped once its first step is done: only the time before
+    // that step is measured.
     let mut first_step = |req: &Request| -> Result<f64> {
+        let stop = AtomicBool::new(false);
         let t = Instant::now();
         let mut first = None;
-        engine.generate(
+        let result = engine.generate(
             req,
             &mut |e| {
                 // When the first UNet step began: what the rerun paid before it.
@@ -233,10 +236,16 @@ fn measure(
                 } = e
                 {
                     first.get_or_insert((t.elapsed().as_secs_f64() - seconds) * 1e3);
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
             },
-            &cancel,
-        )?;
+            &stop,
+        );
+        match result {
+            Ok(_) => {}
+            Err(e) if e.is::<crate::engine::Cancelled>() => {}
+            Err(e) => return Err(e),
+        }
         Ok(first.unwrap_or(f64::NAN))
     };
     first_step(&req)?; // caches warm, as after a first run

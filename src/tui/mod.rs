@@ -134,6 +134,8 @@ fn text_key(key: KeyEvent) -> Option<TextKey> {
 
 pub fn run(global: &crate::cli::Global, args: TuiArgs) -> Result<()> {
     let started = Instant::now();
+    // Download progress bars would draw over the screen.
+    crate::models::set_download_progress(false);
     let root = Project::locate(global.project.as_deref())?;
     let project = Arc::new(Project::open(&root, Access::Write)?);
     let config = crate::config::load()?;

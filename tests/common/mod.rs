@@ -46,6 +46,36 @@ pub fn read_case(dir: &std::path::Path) -> Case {
     serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap()
 }
 
+/// The img2img request a parity case describes (its noise, its size).
+pub fn request_for_case(dir: &std::path::Path) -> atelier::engine::Request {
+    let case = read_case(dir);
+    atelier::engine::Request {
+        source: atelier::engine::SourceInput::load(&dir.join("source.png")).unwrap(),
+        prompt: case.prompt,
+        negative: case.negative_prompt,
+        strength: case.strength,
+        steps: case.steps,
+        guidance: case.guidance,
+        seed: 0,
+        scheduler: None,
+        width: Some(case.width),
+        height: Some(case.height),
+        crop: None,
+        fit: atelier::engine::Fit::Crop,
+        noise_file: Some(dir.join("noise.safetensors")),
+    }
+}
+
+/// diffusers' output for a parity case: f32 [3, h, w].
+pub fn expected_image(dir: &std::path::Path) -> candle_core::Tensor {
+    let mut tensors =
+        candle_core::safetensors::load(dir.join("expected.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    tensors
+        .remove("image")
+        .expect("expected.safetensors holds `image`")
+}
+
 /// A copy of a model folder whose weight files are symlinks, so a test can
 /// edit configs (or replace one weight file) without copying megabytes.
 pub fn linked_model_copy(model: &std::path::Path) -> tempfile::TempDir {
