@@ -259,7 +259,7 @@ fn measure(
             ..req.clone()
         })?,
         strength_ms: first_step(&Request {
-            strength: (s.strength - 0.1).max(0.1),
+            strength: other_strength(s.strength, s.steps),
             ..req.clone()
         })?,
     };
@@ -282,6 +282,16 @@ fn measure(
         peak_memory_mib: memory::peak_mib(device),
         unet_profile_ms,
     })
+}
+
+/// A strength 0.1 away that still runs at least one step.
+fn other_strength(strength: f64, steps: usize) -> f64 {
+    let lower = strength - 0.1;
+    if lower > 0.0 && (steps as f64 * lower) as usize >= 1 {
+        lower
+    } else {
+        (strength + 0.1).min(1.0)
+    }
 }
 
 fn device_name(device: &Device) -> String {
