@@ -141,21 +141,11 @@ fn measure(
     let latents = Tensor::randn(0f32, 1., (2, latent_channels, h, w), device)?.to_dtype(dtype)?;
     let cond = model.encode_prompt("a red fox in the snow")?;
     let context = Tensor::cat(&[&cond.context, &cond.context], 0)?;
-    let added = match &cond.pooled {
-        Some(p) => Some(AddedConditioning {
-            text_embeds: Tensor::cat(&[p, p], 0)?,
-            time_ids: [
-                s.height as f32,
-                s.width as f32,
-                0.,
-                0.,
-                s.height as f32,
-                s.width as f32,
-            ]
-            .repeat(2),
-        }),
-        None => None,
-    };
+    let added = cond
+        .pooled
+        .as_ref()
+        .map(|p| AddedConditioning::for_size(Tensor::cat(&[p, p], 0)?, s.width, s.height))
+        .transpose()?;
     let unet_step_ms = median_ms(device, s.repeats, || {
         model
             .unet

@@ -334,22 +334,9 @@ impl Engine {
         timings.encode_source_s = started.elapsed().as_secs_f64();
 
         let model = self.model.as_ref().expect("model loaded");
-        // SDXL: original size, crop top-left, target size, one row per batch entry.
-        let added = pooled.map(|text_embeds| {
-            let row = [
-                height as f32,
-                width as f32,
-                0.0,
-                0.0,
-                height as f32,
-                width as f32,
-            ];
-            let rows = if guided { 2 } else { 1 };
-            AddedConditioning {
-                text_embeds,
-                time_ids: row.repeat(rows),
-            }
-        });
+        let added = pooled
+            .map(|text_embeds| AddedConditioning::for_size(text_embeds, width, height))
+            .transpose()?;
         let latent_shape = [
             1,
             model.vae_spec.latent_channels,

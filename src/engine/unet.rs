@@ -64,6 +64,20 @@ pub struct AddedConditioning {
     pub time_ids: Vec<f32>,
 }
 
+impl AddedConditioning {
+    /// The conditioning diffusers' SDXL img2img gives an image of this size:
+    /// original size = target size, crop top-left (0, 0), one row per row of
+    /// `text_embeds`.
+    pub fn for_size(text_embeds: Tensor, width: u32, height: u32) -> Result<Self> {
+        let (h, w) = (height as f32, width as f32);
+        let rows = text_embeds.dim(0)?;
+        Ok(Self {
+            text_embeds,
+            time_ids: [h, w, 0.0, 0.0, h, w].repeat(rows),
+        })
+    }
+}
+
 /// `add_embedding`: pooled text and time-id features to the timestep width.
 struct AddedEmbedding {
     linear_1: Linear,
