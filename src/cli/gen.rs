@@ -34,10 +34,10 @@ pub struct GenArgs {
     /// How far the output may move from the source: 0 keeps it, 1 ignores it [default: 0.6].
     #[arg(long)]
     pub strength: Option<f64>,
-    /// Length of the whole schedule [default: 30].
+    /// Length of the whole schedule [default: 30; 4 for turbo models].
     #[arg(long)]
     pub steps: Option<usize>,
-    /// Classifier-free guidance scale; 1 or less turns it off (turbo models) [default: 7.5].
+    /// Classifier-free guidance scale; 1 or less turns it off [default: 7.5; 0 for turbo models].
     #[arg(long)]
     pub guidance: Option<f64>,
     /// Seed of the first image; random (and recorded) when absent.
@@ -157,6 +157,12 @@ pub fn run(args: GenArgs, global: &Global) -> Result<()> {
         .map(|p| p.settings.clone())
         .unwrap_or_default();
     let source = resolve_source(project.as_ref(), &args.source)?;
+    let model = args
+        .model
+        .clone()
+        .or(settings.model.clone())
+        .unwrap_or_else(|| crate::models::DEFAULT_MODEL.to_string());
+    let (model_steps, model_guidance) = crate::models::recommended_steps_guidance(&model);
     let recipe = Recipe {
         prompt: args.prompt.clone(),
         negative: args.negative.clone(),
@@ -164,11 +170,11 @@ pub fn run(args: GenArgs, global: &Global) -> Result<()> {
             .strength
             .or(settings.strength)
             .unwrap_or(DEFAULT_STRENGTH),
-        steps: args.steps.or(settings.steps).unwrap_or(DEFAULT_STEPS),
+        steps: args.steps.or(settings.steps).unwrap_or(model_steps),
         guidance: args
             .guidance
             .or(settings.guidance)
-            .unwrap_or(DEFAULT_GUIDANCE),
+            .unwrap_or(model_guidance),
         seed: args.seed.unwrap_or_else(|| rand::random::<u32>() as u64),
         scheduler: args
             .scheduler
@@ -179,11 +185,7 @@ pub fn run(args: GenArgs, global: &Global) -> Result<()> {
         height: args.height.unwrap_or(0),
         crop: args.crop,
         fit: args.fit,
-        model: args
-            .model
-            .clone()
-            .or(settings.model.clone())
-            .unwrap_or_else(|| crate::models::DEFAULT_MODEL.to_string()),
+        model,
     };
     crate::engine::pipeline::validate_settings(recipe.strength, recipe.steps, recipe.guidance)?;
     let plans = (0..args.count)

@@ -28,6 +28,20 @@ pub const ALIASES: &[(&str, &str)] = &[
 /// The model out of the box.
 pub const DEFAULT_MODEL: &str = "sd-turbo";
 
+/// Steps and guidance that suit a model when the user gives none: distilled
+/// turbo models (sd-turbo, sdxl-turbo) take a few steps without guidance;
+/// the others diffusers' usual 30 steps at guidance 7.5.
+pub fn recommended_steps_guidance(model: &str) -> (usize, f64) {
+    let turbo = [model, repo_of(model)]
+        .iter()
+        .any(|m| m.to_ascii_lowercase().contains("turbo"));
+    if turbo {
+        (4, 0.0)
+    } else {
+        (30, 7.5)
+    }
+}
+
 static DOWNLOAD_PROGRESS: AtomicBool = AtomicBool::new(true);
 
 /// Progress bars for downloads go to stderr; the workstation owns the
@@ -116,6 +130,17 @@ mod tests {
             root.join("snapshots/abc123")
         );
         assert!(cached_snapshot(cache.path(), "other/model").is_none());
+    }
+
+    #[test]
+    fn turbo_models_default_to_few_steps_without_guidance() {
+        assert_eq!(recommended_steps_guidance("sdxl-turbo"), (4, 0.0));
+        assert_eq!(recommended_steps_guidance("stabilityai/sd-turbo"), (4, 0.0));
+        assert_eq!(recommended_steps_guidance("sdxl"), (30, 7.5));
+        assert_eq!(
+            recommended_steps_guidance("/models/dreamshaper_8.safetensors"),
+            (30, 7.5)
+        );
     }
 
     #[test]

@@ -66,14 +66,15 @@ pub struct Editor {
 
 impl Editor {
     pub fn new(model: String) -> Self {
+        let (steps, guidance) = crate::models::recommended_steps_guidance(&model);
         Editor {
             crop: None,
             aspect: 0,
             prompt: String::new(),
             negative: String::new(),
             strength: 0.6,
-            steps: 30,
-            guidance: 7.5,
+            steps,
+            guidance,
             seed: Seed::Random,
             count: 1,
             scheduler: String::new(),
@@ -726,7 +727,14 @@ fn command(s: &mut State, c: Command, effects: &mut Vec<Effect>) {
                 .position(|m| *m == e.model)
                 .map(|i| i + 1)
                 .unwrap_or(0);
-            e.model = models[i % models.len()].clone();
+            let next = models[i % models.len()].clone();
+            // Settings still at the old model's recommendation follow the new
+            // model's (turbo models want a few steps and no guidance).
+            let recommended = crate::models::recommended_steps_guidance;
+            if (e.steps, e.guidance) == recommended(&e.model) {
+                (e.steps, e.guidance) = recommended(&next);
+            }
+            e.model = next;
         }
         Command::NextFit => {
             e.fit = match e.fit {

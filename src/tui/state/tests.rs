@@ -354,9 +354,12 @@ fn size_and_model_presets_cycle() {
     assert_eq!(s.editor.model, "m");
     cmd(&mut s, Command::NextModel);
     assert_eq!(s.editor.model, "sd-turbo");
+    // Untouched settings follow the model's recommendation.
+    assert_eq!((s.editor.steps, s.editor.guidance), (4, 0.0));
     // Through every other alias and back to the project's model.
     for _ in 0..crate::models::ALIASES.len() {
         cmd(&mut s, Command::NextModel);
     }
     assert_eq!(s.editor.model, "m");
+    assert_eq!((s.editor.steps, s.editor.guidance), (30, 7.5));
 }
