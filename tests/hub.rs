@@ -205,6 +205,13 @@ fn downloads_only_what_the_engine_needs_into_the_hub_cache_layout() {
     )
     .unwrap();
 
+    // `atelier models` sees it, complete, with its architecture.
+    let listed = atelier::models::list::list(Some(cache.path()), &[]);
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].name, "org/tiny");
+    assert_eq!(listed[0].arch, "SD 1.x");
+    assert!(listed[0].missing.is_none(), "{:?}", listed[0].missing);
+
     // A second fetch needs no network: the hub is unreachable now.
     let again = hub(cache.path(), "http://127.0.0.1:9", false)
         .fetch("org/tiny", false)
