@@ -189,17 +189,20 @@ impl Model {
         let unet = UNet::new(vb, &unet_spec).with_context(|| weights_error(&files))?;
 
         // As diffusers' pipelines: the SDXL VAE overflows in f16 and is run in
-        // f32 when its config says so; SD 1.x/2.x VAEs run in the model's dtype.
-        let vae_dtype = if vae_spec.force_upcast && unet_spec.addition.is_some() {
-            DType::F32
-        } else {
-            dtype
-        };
+        // f32 when its config says so (bf16 has the range and stays); SD
+        // 1.x/2.x VAEs run in the model's dtype.
+        let vae_dtype =
+            if vae_spec.force_upcast && unet_spec.addition.is_some() && dtype == DType::F16 {
+                DType::F32
+            } else {
+                dtype
+            };
         let (vb, files) = part("vae", "diffusion_pytorch_model", vae_dtype)?;
         let vae = Vae::new(vb, &vae_spec).with_context(|| weights_error(&files))?;
         let fingerprint = match source {
             Weights::Files => fingerprint(&all_files)?,
-            _ => "random".into(),
+            Weights::Random => "random".into(),
+            Weights::Checkpoint(_) => String::new(), // the caller fingerprints the file
         };
 
         Ok(Self {
