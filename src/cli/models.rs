@@ -18,7 +18,16 @@ pub struct ModelsArgs {
 }
 
 pub fn run(args: ModelsArgs) -> Result<()> {
-    let mut folders = crate::config::load()?.model_dirs;
+    let home = directories::BaseDirs::new().map(|b| b.home_dir().to_path_buf());
+    let expand = |p: PathBuf| match (p.strip_prefix("~"), &home) {
+        (Ok(rest), Some(home)) => home.join(rest),
+        _ => p,
+    };
+    let mut folders: Vec<PathBuf> = crate::config::load()?
+        .model_dirs
+        .into_iter()
+        .map(expand)
+        .collect();
     folders.extend(args.dirs);
     let cache = crate::models::hf_cache_dir();
     let models = list(cache.as_deref(), &folders);
