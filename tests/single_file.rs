@@ -149,3 +149,57 @@ fn a_checkpoint_that_does_not_fit_its_base_names_the_tensor() {
         "{err}"
     );
 }
+
+#[test]
+fn gen_takes_a_checkpoint_with_its_base_configs_from_the_hub_cache() {
+    // The base (sd15) in a cache holding only configs and tokenizers, offline.
+    let tmp = tempfile::tempdir().unwrap();
+    let (case, _) = &cases()[0];
+    let model = case.join("model");
+    let snapshot = tmp
+        .path()
+        .join("hub/models--stable-diffusion-v1-5--stable-diffusion-v1-5/snapshots/abc");
+    for rel in atelier::models::cache::relative_files(&model) {
+        if rel.ends_with(".safetensors") {
+            continue;
+        }
+        let dest = snapshot.join(&rel);
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(model.join(&rel), dest).unwrap();
+    }
+    let refs = tmp
+        .path()
+        .join("hub/models--stable-diffusion-v1-5--stable-diffusion-v1-5/refs");
+    std::fs::create_dir_all(&refs).unwrap();
+    std::fs::write(refs.join("main"), "abc").unwrap();
+    let ckpt = tmp.path().join("my-finetune.safetensors");
+    convert(&model, &ckpt);
+
+    let c = common::read_case(case);
+    let out = tmp.path().join("out.safetensors");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_atelier"))
+        .args(["gen", "--model", ckpt.to_str().unwrap()])
+        .args(["--source", case.join("source.png").to_str().unwrap()])
+        .args(["--prompt", &c.prompt, "--negative", &c.negative_prompt])
+        .args([
+            "--strength",
+            &c.strength.to_string(),
+            "--steps",
+            &c.steps.to_string(),
+        ])
+        .args(["--guidance", &c.guidance.to_string()])
+        .args(["--noise", case.join("noise.safetensors").to_str().unwrap()])
+        .args(["--device", "cpu", "--quiet", "--out", out.to_str().unwrap()])
+        .env("HF_HUB_CACHE", tmp.path().join("hub"))
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    let diff = common::max_abs_diff(&got["image"], &common::expected_image(case));
+    assert!(diff < 1e-3, "{diff}");
+}
