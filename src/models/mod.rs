@@ -10,7 +10,7 @@ pub mod needed;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 pub use cache::{cached_snapshot, hf_cache_dir};
 pub use download::Hub;
@@ -110,7 +110,14 @@ pub fn resolve(name: &str, prefer_half: bool) -> Result<ModelLocation> {
         );
     }
     let hub = Hub::from_env(DOWNLOAD_PROGRESS.load(Ordering::Relaxed))?;
-    Ok(ModelLocation::Folder(hub.fetch(repo, prefer_half)?))
+    let dir = hub.fetch(repo, prefer_half).with_context(|| {
+        if repo == name {
+            format!("--model {name}: no such folder or file here, so it was taken as a Hugging Face repository")
+        } else {
+            format!("--model {name} is the alias of {repo}")
+        }
+    })?;
+    Ok(ModelLocation::Folder(dir))
 }
 
 #[cfg(test)]
