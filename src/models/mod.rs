@@ -79,6 +79,35 @@ pub fn repo_of(name: &str) -> &str {
         .unwrap_or(name)
 }
 
+/// The alias whose configs a checkpoint takes. SD 2.x comes as 768 px
+/// v-prediction (`sd21`) or 512 px epsilon (`sd21-base`), which the keys do
+/// not tell apart; A1111's convention does: a `NAME.yaml` beside the file
+/// with `parameterization: "v"` for the former. Without a yaml, v-prediction.
+pub fn checkpoint_base(
+    path: &Path,
+    arch: crate::engine::single_file::CheckpointArch,
+) -> &'static str {
+    use crate::engine::single_file::CheckpointArch;
+    if arch != CheckpointArch::Sd2 {
+        return arch.base_alias();
+    }
+    match std::fs::read_to_string(path.with_extension("yaml")) {
+        Ok(yaml) => {
+            let v = yaml.lines().any(|l| {
+                l.trim()
+                    .strip_prefix("parameterization:")
+                    .is_some_and(|v| v.trim().trim_matches(|c| c == '"' || c == '\'') == "v")
+            });
+            if v {
+                "sd21"
+            } else {
+                "sd21-base"
+            }
+        }
+        Err(_) => "sd21",
+    }
+}
+
 /// Resolves a model argument; `prefer_half` picks fp16 variants when
 /// downloading (GPU runs).
 pub fn resolve(name: &str, prefer_half: bool) -> Result<ModelLocation> {
@@ -89,7 +118,7 @@ pub fn resolve(name: &str, prefer_half: bool) -> Result<ModelLocation> {
     if path.is_file() {
         let arch = crate::engine::single_file::detect(path)?;
         let base = Hub::from_env(DOWNLOAD_PROGRESS.load(Ordering::Relaxed))?
-            .fetch_configs(repo_of(arch.base_alias()))?;
+            .fetch_configs(repo_of(checkpoint_base(path, arch)))?;
         return Ok(ModelLocation::SingleFile {
             file: path.to_path_buf(),
             base,
@@ -148,6 +177,27 @@ mod tests {
             recommended_steps_guidance("/models/dreamshaper_8.safetensors"),
             (30, 7.5)
         );
+    }
+
+    #[test]
+    fn an_sd2_checkpoint_takes_its_base_from_an_a1111_yaml_beside_it() {
+        use crate::engine::single_file::CheckpointArch;
+        let dir = tempfile::tempdir().unwrap();
+        let ckpt = dir.path().join("model.safetensors");
+        assert_eq!(checkpoint_base(&ckpt, CheckpointArch::Sd2), "sd21");
+        std::fs::write(
+            dir.path().join("model.yaml"),
+            "model:\n  params:\n    parameterization: \"v\"\n",
+        )
+        .unwrap();
+        assert_eq!(checkpoint_base(&ckpt, CheckpointArch::Sd2), "sd21");
+        std::fs::write(
+            dir.path().join("model.yaml"),
+            "model:\n  params:\n    linear_start: 0.00085\n",
+        )
+        .unwrap();
+        assert_eq!(checkpoint_base(&ckpt, CheckpointArch::Sd2), "sd21-base");
+        assert_eq!(checkpoint_base(&ckpt, CheckpointArch::Sdxl), "sdxl");
     }
 
     #[test]
