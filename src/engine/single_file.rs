@@ -44,35 +44,16 @@ const XL_TEXT_2: &str = "conditioner.embedders.1.model.";
 
 /// Tensor names and shapes from the file's header, without reading weights.
 fn header(path: &Path) -> Result<HashMap<String, Vec<usize>>> {
-    use std::io::Read;
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len).with_context(|| {
+    let (map, _) = super::weights::read_safetensors_header(path).with_context(|| {
         format!(
-            "{} is too short to be a safetensors checkpoint",
-            path.display()
-        )
-    })?;
-    let len = u64::from_le_bytes(len);
-    let size = file.metadata()?.len();
-    if len == 0 || len > 100 << 20 || len + 8 > size {
-        bail!(
             "{} is not a safetensors checkpoint (a .ckpt pickle must be converted first, \
              e.g. with diffusers or A1111's checkpoint merger)",
             path.display()
-        );
-    }
-    let mut text = vec![0u8; len as usize];
-    file.read_exact(&mut text)?;
-    let json: serde_json::Value = serde_json::from_slice(&text)
-        .with_context(|| format!("{} has a corrupt safetensors header", path.display()))?;
-    let map = json
-        .as_object()
-        .context("safetensors header is not an object")?;
+        )
+    })?;
     Ok(map
-        .iter()
-        .filter(|(k, _)| *k != "__metadata__")
+        .into_iter()
+        .filter(|(k, _)| k != "__metadata__")
         .map(|(k, v)| {
             let shape = v["shape"]
                 .as_array()
@@ -82,7 +63,7 @@ fn header(path: &Path) -> Result<HashMap<String, Vec<usize>>> {
                         .collect()
                 })
                 .unwrap_or_default();
-            (k.clone(), shape)
+            (k, shape)
         })
         .collect())
 }
@@ -146,10 +127,10 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     pub fn open(path: &Path, arch: CheckpointArch, unet: &UnetSpec, vae: &VaeSpec) -> Result<Self> {
-        let keys: Vec<String> = header(path)?.into_keys().collect();
         // SAFETY: mapped read-only; atelier never writes model files.
         let st = unsafe { MmapedSafetensors::new(path) }
             .with_context(|| format!("cannot map {}", path.display()))?;
+        let keys: Vec<String> = st.tensors().into_iter().map(|(name, _)| name).collect();
         let layers = unet.config.layers_per_block;
         let vae_levels = vae.block_out_channels.len();
         let mut parts: HashMap<&'static str, HashMap<String, Source>> = HashMap::new();

@@ -104,7 +104,12 @@ pub fn var_builder(
 
 /// A readable error for a file that is not safetensors at all (truncated
 /// download, an HTML error page saved under the weight's name, ...).
-fn check_safetensors_header(file: &Path) -> Result<()> {
+/// A safetensors file's header: the JSON object naming each tensor (dtype,
+/// shape, data offsets; `__metadata__` included), and how many data bytes
+/// follow it. Reads only the header, never the weights.
+pub fn read_safetensors_header(
+    file: &Path,
+) -> Result<(serde_json::Map<String, serde_json::Value>, u64)> {
     use std::io::Read;
     let mut f =
         std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
@@ -129,23 +134,30 @@ fn check_safetensors_header(file: &Path) -> Result<()> {
         .map_err(|_| corrupt("truncated header".into()))?;
     let json: serde_json::Value =
         serde_json::from_slice(&header).map_err(|e| corrupt(format!("header is not JSON: {e}")))?;
+    match json {
+        serde_json::Value::Object(map) => Ok((map, size - 8 - header_len)),
+        _ => Err(corrupt("header is not a JSON object".into())),
+    }
+}
+
+fn check_safetensors_header(file: &Path) -> Result<()> {
+    let (map, data_len) = read_safetensors_header(file)?;
     // Every tensor's data must lie inside the file.
-    let data_len = size - 8 - header_len;
-    if let Some(map) = json.as_object() {
-        for (name, info) in map {
-            if name == "__metadata__" {
-                continue;
-            }
-            let end = info
-                .get("data_offsets")
-                .and_then(|o| o.get(1))
-                .and_then(|e| e.as_u64())
-                .unwrap_or(0);
-            if end > data_len {
-                return Err(corrupt(format!(
-                    "tensor `{name}` ends at byte {end} of {data_len} data bytes: the file is truncated"
-                )));
-            }
+    for (name, info) in &map {
+        if name == "__metadata__" {
+            continue;
+        }
+        let end = info
+            .get("data_offsets")
+            .and_then(|o| o.get(1))
+            .and_then(|e| e.as_u64())
+            .unwrap_or(0);
+        if end > data_len {
+            bail!(
+                "{} is not a valid safetensors file (tensor `{name}` ends at byte {end} of \
+                 {data_len} data bytes: the file is truncated); download it again",
+                file.display()
+            );
         }
     }
     Ok(())

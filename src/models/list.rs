@@ -161,16 +161,8 @@ fn arch_of(dir: &Path) -> String {
 
 /// The dtype of the first tensor in a safetensors header.
 fn header_dtype(path: &Path) -> Option<String> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path).ok()?;
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len).ok()?;
-    let len = u64::from_le_bytes(len).min(100 << 20) as usize;
-    let mut text = vec![0u8; len];
-    file.read_exact(&mut text).ok()?;
-    let json: serde_json::Value = serde_json::from_slice(&text).ok()?;
-    json.as_object()?
-        .iter()
+    let (map, _) = crate::engine::weights::read_safetensors_header(path).ok()?;
+    map.iter()
         .find(|(k, _)| *k != "__metadata__")
         .and_then(|(_, v)| v["dtype"].as_str())
         .map(|d| d.to_ascii_lowercase())
