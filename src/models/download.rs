@@ -92,17 +92,9 @@ impl Hub {
             .join("snapshots")
             .join(&info.sha);
         for file in &needed {
-            let path = self.fetch_file(&repo, repo_id, &snapshot, file)?;
-            if file.ends_with(".index.json") || file.ends_with(".index.fp16.json") {
-                let folder = file.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
-                for shard in crate::engine::weights::shard_names(&path)? {
-                    let shard = if folder.is_empty() {
-                        shard
-                    } else {
-                        format!("{folder}/{shard}")
-                    };
-                    self.fetch_file(&repo, repo_id, &snapshot, &shard)?;
-                }
+            self.fetch_file(&repo, repo_id, &snapshot, file)?;
+            for shard in shard_files(&snapshot, file)? {
+                self.fetch_file(&repo, repo_id, &snapshot, &shard)?;
             }
         }
         Ok(snapshot)
@@ -116,10 +108,10 @@ impl Hub {
         repo_id: &str,
         snapshot: &Path,
         file: &str,
-    ) -> Result<PathBuf> {
+    ) -> Result<()> {
         let path = snapshot.join(file);
         if path.is_file() {
-            return Ok(path);
+            return Ok(());
         }
         repo.download(file).map_err(|e| self.explain(repo_id, e))?;
         if !path.is_file() {
@@ -128,7 +120,7 @@ impl Hub {
                 snapshot.display()
             );
         }
-        Ok(path)
+        Ok(())
     }
 
     fn explain(&self, repo: &str, e: ApiError) -> anyhow::Error {
@@ -160,16 +152,30 @@ impl Hub {
 pub fn complete(snapshot: &Path, need: Need) -> Result<()> {
     let files = relative_files(snapshot);
     let needed = needed_files(&files, need)?;
-    for index in needed
-        .iter()
-        .filter(|f| f.ends_with(".json") && f.contains(".index"))
-    {
-        let folder = index.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
-        for shard in crate::engine::weights::shard_names(&snapshot.join(index))? {
-            if !snapshot.join(folder).join(&shard).is_file() {
-                bail!("missing: {folder}/{shard}");
-            }
+    for file in &needed {
+        if let Some(missing) = shard_files(snapshot, file)?
+            .into_iter()
+            .find(|shard| !snapshot.join(shard).is_file())
+        {
+            bail!("missing: {missing}");
         }
     }
     Ok(())
+}
+
+/// The shards a sharded-weights index (`*.index.json`, `*.index.fp16.json`)
+/// names, as paths in the repository; none for any other file. The index
+/// must already be in the snapshot.
+fn shard_files(snapshot: &Path, file: &str) -> Result<Vec<String>> {
+    if !(file.ends_with(".index.json") || file.ends_with(".index.fp16.json")) {
+        return Ok(Vec::new());
+    }
+    let folder = file.rsplit_once('/').map(|(d, _)| d);
+    Ok(crate::engine::weights::shard_names(&snapshot.join(file))?
+        .into_iter()
+        .map(|shard| match folder {
+            Some(folder) => format!("{folder}/{shard}"),
+            None => shard,
+        })
+        .collect())
 }
