@@ -199,29 +199,24 @@ impl Engine {
 
     /// Loads the model at `dir` unless it is the one already loaded.
     pub fn load(&mut self, dir: &Path) -> Result<&Model> {
-        let same = self.model.as_ref().is_some_and(|m| m.dir == dir);
-        if !same {
-            self.model = None;
-            self.text_cache.clear();
-            self.latent_cache.clear();
-            self.model = Some(Model::load(dir, &self.device, self.dtype)?);
-        }
-        Ok(self.model.as_ref().expect("just loaded"))
+        let (device, dtype) = (self.device.clone(), self.dtype);
+        self.load_once(dir, || Model::load(dir, &device, dtype))
     }
 
     /// Loads a single-file checkpoint (configs and tokenizers from `base`)
     /// unless it is the one already loaded.
     pub fn load_single_file(&mut self, file: &Path, base: &Path) -> Result<&Model> {
-        let same = self.model.as_ref().is_some_and(|m| m.dir == file);
-        if !same {
+        let (device, dtype) = (self.device.clone(), self.dtype);
+        self.load_once(file, || Model::load_single_file(file, base, &device, dtype))
+    }
+
+    /// Keeps the loaded model if it came from `path`; otherwise drops it and
+    /// its cached encodings first (two models need not fit at once).
+    fn load_once(&mut self, path: &Path, load: impl FnOnce() -> Result<Model>) -> Result<&Model> {
+        if self.model.as_ref().is_none_or(|m| m.dir != path) {
             self.model = None;
             self.clear_caches();
-            self.model = Some(Model::load_single_file(
-                file,
-                base,
-                &self.device,
-                self.dtype,
-            )?);
+            self.model = Some(load()?);
         }
         Ok(self.model.as_ref().expect("just loaded"))
     }
