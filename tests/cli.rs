@@ -14,43 +14,10 @@ fn atelier(args: &[&str]) -> Output {
 }
 
 fn gen_case(case: &Path, out: &Path, extra: &[&str]) -> Output {
-    let c = common::read_case(case);
-    let (model, source, noise) = (
-        case.join("model"),
-        case.join("source.png"),
-        case.join("noise.safetensors"),
-    );
-    let (strength, steps, guidance) = (
-        c.strength.to_string(),
-        c.steps.to_string(),
-        c.guidance.to_string(),
-    );
-    let mut args = vec![
-        "gen",
-        "--model",
-        model.to_str().unwrap(),
-        "--source",
-        source.to_str().unwrap(),
-        "--prompt",
-        &c.prompt,
-        "--negative",
-        &c.negative_prompt,
-        "--strength",
-        &strength,
-        "--steps",
-        &steps,
-        "--guidance",
-        &guidance,
-        "--noise",
-        noise.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--out",
-        out.to_str().unwrap(),
-        "--quiet",
-    ];
-    args.extend_from_slice(extra);
-    atelier(&args)
+    common::gen_case_command(case, &case.join("model"), out)
+        .args(extra)
+        .output()
+        .unwrap()
 }
 
 #[test]

@@ -175,21 +175,8 @@ fn gen_takes_a_checkpoint_with_its_base_configs_from_the_hub_cache() {
     let ckpt = tmp.path().join("my-finetune.safetensors");
     convert(&model, &ckpt);
 
-    let c = common::read_case(case);
     let out = tmp.path().join("out.safetensors");
-    let run = std::process::Command::new(env!("CARGO_BIN_EXE_atelier"))
-        .args(["gen", "--model", ckpt.to_str().unwrap()])
-        .args(["--source", case.join("source.png").to_str().unwrap()])
-        .args(["--prompt", &c.prompt, "--negative", &c.negative_prompt])
-        .args([
-            "--strength",
-            &c.strength.to_string(),
-            "--steps",
-            &c.steps.to_string(),
-        ])
-        .args(["--guidance", &c.guidance.to_string()])
-        .args(["--noise", case.join("noise.safetensors").to_str().unwrap()])
-        .args(["--device", "cpu", "--quiet", "--out", out.to_str().unwrap()])
+    let run = common::gen_case_command(case, &ckpt, &out)
         .env("HF_HUB_CACHE", tmp.path().join("hub"))
         .env("HF_HUB_OFFLINE", "1")
         .output()

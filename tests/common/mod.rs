@@ -66,6 +66,32 @@ pub fn request_for_case(dir: &std::path::Path) -> atelier::engine::Request {
     }
 }
 
+/// `atelier gen` with a parity case's prompts, settings and noise, on the
+/// CPU, writing `out`; `model` is what `--model` gets.
+pub fn gen_case_command(
+    case: &std::path::Path,
+    model: &std::path::Path,
+    out: &std::path::Path,
+) -> std::process::Command {
+    let c = read_case(case);
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_atelier"));
+    cmd.arg("gen")
+        .arg("--model")
+        .arg(model)
+        .arg("--source")
+        .arg(case.join("source.png"))
+        .args(["--prompt", &c.prompt, "--negative", &c.negative_prompt])
+        .args(["--strength", &c.strength.to_string()])
+        .args(["--steps", &c.steps.to_string()])
+        .args(["--guidance", &c.guidance.to_string()])
+        .arg("--noise")
+        .arg(case.join("noise.safetensors"))
+        .args(["--device", "cpu", "--out"])
+        .arg(out)
+        .arg("--quiet");
+    cmd
+}
+
 /// diffusers' output for a parity case: f32 [3, h, w].
 pub fn expected_image(dir: &std::path::Path) -> candle_core::Tensor {
     let mut tensors =
