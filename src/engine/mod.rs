@@ -3,6 +3,8 @@
 
 pub mod clip;
 pub mod config;
+pub mod conv;
+pub mod cpu_conv;
 pub mod device;
 pub mod model;
 pub mod noise;

@@ -5,11 +5,11 @@
 
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{
-    conv2d, group_norm, layer_norm, linear, linear_no_bias, Conv2d, Conv2dConfig, GroupNorm,
-    LayerNorm, Linear, VarBuilder,
+    group_norm, layer_norm, linear, linear_no_bias, GroupNorm, LayerNorm, Linear, VarBuilder,
 };
 
 use super::config::UnetSpec;
+use super::conv::Conv2d;
 use super::profile::section;
 
 fn conv(
@@ -20,12 +20,7 @@ fn conv(
     stride: usize,
     padding: usize,
 ) -> Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding,
-        stride,
-        ..Default::default()
-    };
-    conv2d(cin, cout, k, cfg, vb)
+    Conv2d::new(vb, cin, cout, k, stride, padding)
 }
 
 /// Sinusoidal features of each value (diffusers' `get_timestep_embedding`):
@@ -97,10 +92,7 @@ impl Conv1x1 {
         let conv = conv(vb, cin, cout, 1, 1, 0)?;
         Ok(Self {
             weight: conv.weight().reshape((cout, cin))?,
-            bias: conv
-                .bias()
-                .expect("conv2d has a bias")
-                .reshape((1, cout, 1))?,
+            bias: conv.bias().reshape((1, cout, 1))?,
         })
     }
 }

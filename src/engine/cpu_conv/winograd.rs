@@ -1,0 +1,316 @@
+//! Winograd's F(4x4, 3x3) for 3x3 convolutions with stride 1 and padding 1
+//! (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", with
+//! interpolation points 0, ±1, ±2, ∞).
+//!
+//! Each 4x4 block of output comes from a 6x6 block of input: `Y = Aᵀ[(G g
+//! Gᵀ) ⊙ (Bᵀ d B)]A`. Summed over input channels, the elementwise product
+//! becomes 36 independent matrix products of `[K, C] x [C, tiles]`, which
+//! do 36 multiply-adds per tile and channel pair where the direct
+//! convolution does 144.
+//!
+//! Layout: the transformed input `V` is `[C][36][tiles]` (one contiguous
+//! block per input channel, filled in parallel), the transformed kernel `U`
+//! and the products `M` exist only for a chunk of output channels at a time
+//! (`[36][chunk][C]`, `[36][chunk][tiles]`, per thread), so the kernel's
+//! transform — four times its size — never goes through main memory.
+//! The transforms work on [`LANES`] tiles or channels at once so that they
+//! compile to vector instructions.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use super::{ConvShape, SharedMut};
+
+const LANES: usize = 8;
+type Lane = [f32; LANES];
+
+/// Output channels per task: small enough that `U` and `M` stay in cache
+/// and there are several tasks per thread, large enough for an efficient
+/// product.
+const CHANNEL_CHUNK: usize = 32;
+
+/// Transformed input held at once, in floats (32 MiB): large maps are
+/// done a band of tile rows at a time.
+const INPUT_BUDGET: usize = 8 << 20;
+
+thread_local! {
+    /// Per-thread `U` and `M`, kept between calls.
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Where the tiles of one band are: tile `t` of the band is tile row
+/// `first_row + t / tiles_wide` (rows counted over all images), column
+/// `t % tiles_wide`.
+struct Band {
+    first_row: usize,
+    tiles_high: usize,
+    tiles_wide: usize,
+    /// Real tiles in the band.
+    tiles: usize,
+    /// Tiles rounded up to whole lanes (the tail is zeros).
+    padded: usize,
+}
+
+impl Band {
+    /// (image, output row, output column) of tile `t`'s top-left corner.
+    fn origin(&self, t: usize) -> (usize, usize, usize) {
+        let row = self.first_row + t / self.tiles_wide;
+        (
+            row / self.tiles_high,
+            4 * (row % self.tiles_high),
+            4 * (t % self.tiles_wide),
+        )
+    }
+}
+
+pub(super) fn conv2d(s: &ConvShape, input: &[f32], kernel: &[f32], bias: &[f32]) -> Vec<f32> {
+    assert!(s.kernel == 3 && s.stride == 1 && s.padding == 1);
+    let (c, k) = (s.in_channels, s.out_channels);
+    let tiles_high = s.height.div_ceil(4);
+    let tiles_wide = s.width.div_ceil(4);
+    let rows = s.batch * tiles_high;
+    let band_rows = (INPUT_BUDGET / (36 * c * tiles_wide)).clamp(1, rows);
+
+    let mut out = vec![0f32; s.output_len()];
+    let out_ptr = SharedMut(out.as_mut_ptr());
+    let mut v = Vec::new();
+    for first_row in (0..rows).step_by(band_rows) {
+        let tiles = (band_rows.min(rows - first_row)) * tiles_wide;
+        let band = Band {
+            first_row,
+            tiles_high,
+            tiles_wide,
+            tiles,
+            padded: tiles.next_multiple_of(LANES),
+        };
+        v.resize(c * 36 * band.padded, 0.0);
+        v.par_chunks_mut(36 * band.padded)
+            .enumerate()
+            .for_each(|(ci, vc)| transform_input(s, input, ci, &band, vc));
+
+        let chunks: Vec<usize> = (0..k).step_by(CHANNEL_CHUNK).collect();
+        chunks.par_iter().for_each(|&k0| {
+            let k1 = (k0 + CHANNEL_CHUNK).min(k);
+            SCRATCH.with(|scratch| {
+                let (u, m) = &mut *scratch.borrow_mut();
+                u.resize(36 * (k1 - k0) * c, 0.0);
+                m.resize(36 * (k1 - k0) * band.padded, 0.0);
+                transform_kernel(kernel, c, k0..k1, u);
+                multiply(c, k1 - k0, band.padded, u, &v, m);
+                transform_output(s, &band, k0..k1, bias, m, out_ptr);
+            });
+        });
+    }
+    out
+}
+
+/// `M[ξ] = U[ξ] x V[ξ]` for the 36 positions ξ of the 6x6 tile.
+fn multiply(c: usize, chunk: usize, padded: usize, u: &[f32], v: &[f32], m: &mut [f32]) {
+    for xi in 0..36 {
+        // SAFETY: U[ξ] is [chunk, C] at row stride C, V[ξ] is [C, padded]
+        // at row stride 36 * padded from offset ξ * padded, M[ξ] is
+        // [chunk, padded]; all inside their buffers.
+        unsafe {
+            gemm::gemm(
+                chunk,
+                padded,
+                c,
+                m.as_mut_ptr().add(xi * chunk * padded),
+                1,
+                padded as isize,
+                false,
+                u.as_ptr().add(xi * chunk * c),
+                1,
+                c as isize,
+                v.as_ptr().add(xi * padded),
+                1,
+                (36 * padded) as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    }
+}
+
+/// `V[c][ξ][t] = (Bᵀ d B)[ξ]` for every tile `t` of the band, `d` the 6x6
+/// input block (zero outside the image) under tile `t`, widened by one on
+/// each side.
+fn transform_input(s: &ConvShape, input: &[f32], ci: usize, band: &Band, vc: &mut [f32]) {
+    let (h, w) = (s.height, s.width);
+    for t0 in (0..band.padded).step_by(LANES) {
+        let mut d = [[[0f32; LANES]; 6]; 6];
+        for l in 0..LANES {
+            let t = t0 + l;
+            if t >= band.tiles {
+                break;
+            }
+            let (n, y, x) = band.origin(t);
+            let plane = &input[(n * s.in_channels + ci) * h * w..][..h * w];
+            // The block starts one row and column before the tile.
+            if y >= 1 && y + 5 <= h && x >= 1 && x + 5 <= w {
+                for (i, row) in d.iter_mut().enumerate() {
+                    let src = &plane[(y + i - 1) * w + x - 1..][..6];
+                    for (j, &value) in src.iter().enumerate() {
+                        row[j][l] = value;
+                    }
+                }
+            } else {
+                for (i, row) in d.iter_mut().enumerate() {
+                    let iy = y + i;
+                    if iy == 0 || iy > h {
+                        continue;
+                    }
+                    for (j, cell) in row.iter_mut().enumerate() {
+                        let ix = x + j;
+                        if ix >= 1 && ix <= w {
+                            cell[l] = plane[(iy - 1) * w + ix - 1];
+                        }
+                    }
+                }
+            }
+        }
+        // Bᵀ down each column, then along each row.
+        let mut columns = [[[0f32; LANES]; 6]; 6];
+        for j in 0..6 {
+            let col = input_1d(std::array::from_fn(|i| d[i][j]));
+            for (row, value) in columns.iter_mut().zip(col) {
+                row[j] = value;
+            }
+        }
+        for (i, row) in columns.iter().enumerate() {
+            for (j, value) in input_1d(*row).iter().enumerate() {
+                vc[(i * 6 + j) * band.padded + t0..][..LANES].copy_from_slice(value);
+            }
+        }
+    }
+}
+
+/// `U[ξ][k - k0][c] = (G g Gᵀ)[ξ]` for the 3x3 kernel `g` of every output
+/// channel `k` of the chunk and every input channel `c`.
+fn transform_kernel(kernel: &[f32], c: usize, ks: std::ops::Range<usize>, u: &mut [f32]) {
+    let chunk = ks.len();
+    for (kk, k) in ks.enumerate() {
+        let rows = &kernel[k * c * 9..(k + 1) * c * 9];
+        for c0 in (0..c).step_by(LANES) {
+            let lanes = LANES.min(c - c0);
+            let mut g = [[[0f32; LANES]; 3]; 3];
+            for l in 0..lanes {
+                let taps = &rows[(c0 + l) * 9..][..9];
+                for i in 0..3 {
+                    for j in 0..3 {
+                        g[i][j][l] = taps[i * 3 + j];
+                    }
+                }
+            }
+            let mut columns = [[[0f32; LANES]; 3]; 6];
+            for j in 0..3 {
+                let col = kernel_1d([g[0][j], g[1][j], g[2][j]]);
+                for (row, value) in columns.iter_mut().zip(col) {
+                    row[j] = value;
+                }
+            }
+            for (i, row) in columns.iter().enumerate() {
+                for (j, value) in kernel_1d(*row).iter().enumerate() {
+                    let at = ((i * 6 + j) * chunk + kk) * c + c0;
+                    u[at..at + lanes].copy_from_slice(&value[..lanes]);
+                }
+            }
+        }
+    }
+}
+
+/// `Y = Aᵀ M A + bias` for every tile of the band and output channel of the
+/// chunk, written into the NCHW output (cut at the right and bottom edges).
+fn transform_output(
+    s: &ConvShape,
+    band: &Band,
+    ks: std::ops::Range<usize>,
+    bias: &[f32],
+    m: &[f32],
+    out: SharedMut,
+) {
+    let (h, w) = (s.height, s.width);
+    let chunk = ks.len();
+    for (kk, k) in ks.enumerate() {
+        for t0 in (0..band.padded).step_by(LANES) {
+            let at = |xi: usize| -> Lane {
+                m[(xi * chunk + kk) * band.padded + t0..][..LANES]
+                    .try_into()
+                    .expect("one lane")
+            };
+            let mut rows = [[[0f32; LANES]; 6]; 4];
+            for j in 0..6 {
+                let col = output_1d(std::array::from_fn(|i| at(i * 6 + j)));
+                for (row, value) in rows.iter_mut().zip(col) {
+                    row[j] = value;
+                }
+            }
+            let y4: [[Lane; 4]; 4] = std::array::from_fn(|i| output_1d(rows[i]));
+            for l in 0..LANES {
+                let t = t0 + l;
+                if t >= band.tiles {
+                    break;
+                }
+                let (n, y, x) = band.origin(t);
+                let plane = ((n * s.out_channels + k) * h) * w;
+                for (i, row) in y4.iter().enumerate().take(h - y) {
+                    for (j, value) in row.iter().enumerate().take(w - x) {
+                        // SAFETY: inside the output (the loop bounds stop
+                        // at its edges); each (image, channel) plane is
+                        // written by the one task that owns channel k.
+                        unsafe {
+                            *out.0.add(plane + (y + i) * w + x + j) = value[l] + bias[k];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Bᵀ applied to a column of six lanes.
+#[inline(always)]
+fn input_1d(d: [Lane; 6]) -> [Lane; 6] {
+    [
+        lanes(|l| 4.0 * d[0][l] - 5.0 * d[2][l] + d[4][l]),
+        lanes(|l| -4.0 * (d[1][l] + d[2][l]) + d[3][l] + d[4][l]),
+        lanes(|l| 4.0 * (d[1][l] - d[2][l]) - d[3][l] + d[4][l]),
+        lanes(|l| 2.0 * (d[3][l] - d[1][l]) - d[2][l] + d[4][l]),
+        lanes(|l| 2.0 * (d[1][l] - d[3][l]) - d[2][l] + d[4][l]),
+        lanes(|l| 4.0 * d[1][l] - 5.0 * d[3][l] + d[5][l]),
+    ]
+}
+
+/// G applied to a column of three lanes.
+#[inline(always)]
+fn kernel_1d(g: [Lane; 3]) -> [Lane; 6] {
+    [
+        lanes(|l| g[0][l] / 4.0),
+        lanes(|l| -(g[0][l] + g[1][l] + g[2][l]) / 6.0),
+        lanes(|l| -(g[0][l] - g[1][l] + g[2][l]) / 6.0),
+        lanes(|l| g[0][l] / 24.0 + g[1][l] / 12.0 + g[2][l] / 6.0),
+        lanes(|l| g[0][l] / 24.0 - g[1][l] / 12.0 + g[2][l] / 6.0),
+        g[2],
+    ]
+}
+
+/// Aᵀ applied to a column of six lanes.
+#[inline(always)]
+fn output_1d(m: [Lane; 6]) -> [Lane; 4] {
+    [
+        lanes(|l| m[0][l] + m[1][l] + m[2][l] + m[3][l] + m[4][l]),
+        lanes(|l| m[1][l] - m[2][l] + 2.0 * (m[3][l] - m[4][l])),
+        lanes(|l| m[1][l] + m[2][l] + 4.0 * (m[3][l] + m[4][l])),
+        lanes(|l| m[1][l] - m[2][l] + 8.0 * (m[3][l] - m[4][l]) + m[5][l]),
+    ]
+}
+
+#[inline(always)]
+fn lanes(f: impl Fn(usize) -> f32) -> Lane {
+    std::array::from_fn(f)
+}
