@@ -1,7 +1,11 @@
-//! Convolution as unfold + one matrix product per block of output rows:
-//! `out[K, rows*Wo] = kernel[K, C*kh*kw] x columns[C*kh*kw, rows*Wo]`.
-//! The kernel is the left operand as stored and the product lands in the
-//! NCHW output (row stride Ho*Wo), so nothing is transposed.
+//! Convolution as unfold + one matrix product per band of output rows:
+//! `out[K, band] = kernel[K, C*kh*kw] x columns[C*kh*kw, band]`. The kernel
+//! is the left operand as stored, so it is never copied. A band runs over
+//! output rows of all images at once (rows counted image after image), so
+//! small maps still make one wide product; the product lands in a scratch
+//! `[K, band]` that is copied into the NCHW output with the bias added.
+
+use std::cell::RefCell;
 
 use rayon::prelude::*;
 
@@ -11,43 +15,43 @@ use super::ConvShape;
 /// band of output rows at a time.
 const COLUMN_BUDGET: usize = 4 << 20;
 
+thread_local! {
+    /// The unfolded input and the band's product, kept between calls.
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
 pub(super) fn conv2d(s: &ConvShape, input: &[f32], kernel: &[f32], bias: &[f32]) -> Vec<f32> {
     let (ho, wo) = (s.out_height(), s.out_width());
-    let plane = ho * wo;
     let depth = s.in_channels * s.kernel * s.kernel;
-    let band_rows = (COLUMN_BUDGET / (depth * wo)).clamp(1, ho);
+    let rows = s.batch * ho;
+    let band_rows = (COLUMN_BUDGET / (depth * wo)).clamp(1, rows);
     let mut out = vec![0f32; s.output_len()];
-    let mut columns = Vec::new();
-    for n in 0..s.batch {
-        let image = &input[n * s.in_channels * s.height * s.width..];
-        let out_image = &mut out[n * s.out_channels * plane..(n + 1) * s.out_channels * plane];
-        for y0 in (0..ho).step_by(band_rows) {
-            let y1 = (y0 + band_rows).min(ho);
-            let cols = (y1 - y0) * wo;
+    SCRATCH.with(|scratch| {
+        let (columns, product) = &mut *scratch.borrow_mut();
+        for first in (0..rows).step_by(band_rows) {
+            let band = first..(first + band_rows).min(rows);
+            let cols = band.len() * wo;
             columns.resize(depth * cols, 0.0);
-            unfold(s, image, y0..y1, &mut columns);
-            for (k, row) in out_image.chunks_mut(plane).enumerate() {
-                row[y0 * wo..y1 * wo].fill(bias[k]);
-            }
-            // SAFETY: every pointer covers the extent its strides and sizes
-            // reach: kernel [K, depth], columns [depth, cols], and the K
-            // output rows of `cols` floats at stride `plane`.
+            product.resize(s.out_channels * cols, 0.0);
+            unfold(s, input, band.clone(), columns);
+            // SAFETY: kernel is [K, depth], columns [depth, cols] and
+            // product [K, cols], each contiguous and as long as that.
             unsafe {
                 gemm::gemm(
                     s.out_channels,
                     cols,
                     depth,
-                    out_image.as_mut_ptr().add(y0 * wo),
+                    product.as_mut_ptr(),
                     1,
-                    plane as isize,
-                    true,
+                    cols as isize,
+                    false,
                     kernel.as_ptr(),
                     1,
                     depth as isize,
                     columns.as_ptr(),
                     1,
                     cols as isize,
-                    1.0,
+                    0.0,
                     1.0,
                     false,
                     false,
@@ -55,50 +59,84 @@ pub(super) fn conv2d(s: &ConvShape, input: &[f32], kernel: &[f32], bias: &[f32])
                     gemm::Parallelism::Rayon(rayon::current_num_threads()),
                 );
             }
+            scatter(s, band, product, bias, &mut out);
         }
-    }
+    });
     out
 }
 
-/// Writes `columns[(c, i, j), (y - rows.start) * Wo + x] = input[c, y*s + i
-/// - p, x*s + j - p]` (zero outside the image), one row per thread task.
-fn unfold(s: &ConvShape, image: &[f32], rows: std::ops::Range<usize>, columns: &mut [f32]) {
-    let (h, w, k, wo) = (s.height, s.width, s.kernel, s.out_width());
-    let cols = rows.len() * wo;
+/// Writes `columns[(c, i, j), (g - band.start) * Wo + x] = input[n, c,
+/// y*s + i - p, x*s + j - p]` for the band's global output rows `g = n * Ho
+/// + y` (zero outside the image), a few input channels per thread task.
+fn unfold(s: &ConvShape, input: &[f32], band: std::ops::Range<usize>, columns: &mut [f32]) {
+    let (h, w, k) = (s.height, s.width, s.kernel);
+    let (ho, wo) = (s.out_height(), s.out_width());
+    let cols = band.len() * wo;
     columns
-        .par_chunks_mut(cols)
+        .par_chunks_mut(k * k * cols)
+        .with_min_len(8)
         .enumerate()
-        .for_each(|(r, dst)| {
-            let (c, i, j) = (r / (k * k), r / k % k, r % k);
-            let plane = &image[c * h * w..(c + 1) * h * w];
-            for (y, dst_row) in rows.clone().zip(dst.chunks_mut(wo)) {
-                let iy = (y * s.stride + i) as isize - s.padding as isize;
-                if iy < 0 || iy >= h as isize {
-                    dst_row.fill(0.0);
-                    continue;
-                }
-                let src = &plane[iy as usize * w..(iy as usize + 1) * w];
-                if s.stride == 1 {
-                    // Output x reads input x + j - p: a shifted copy with
-                    // zeros where it falls off either edge.
-                    let shift = j as isize - s.padding as isize;
-                    let first = (-shift).clamp(0, wo as isize) as usize;
-                    let last = (w as isize - shift).clamp(first as isize, wo as isize) as usize;
-                    dst_row[..first].fill(0.0);
-                    dst_row[first..last].copy_from_slice(
-                        &src[(first as isize + shift) as usize..(last as isize + shift) as usize],
-                    );
-                    dst_row[last..].fill(0.0);
-                } else {
-                    for (x, d) in dst_row.iter_mut().enumerate() {
-                        let ix = (x * s.stride + j) as isize - s.padding as isize;
-                        *d = if ix < 0 || ix >= w as isize {
-                            0.0
-                        } else {
-                            src[ix as usize]
-                        };
+        .for_each(|(c, block)| {
+            for (r, dst) in block.chunks_mut(cols).enumerate() {
+                let (i, j) = (r / k, r % k);
+                for (g, dst_row) in band.clone().zip(dst.chunks_mut(wo)) {
+                    let (n, y) = (g / ho, g % ho);
+                    let iy = (y * s.stride + i) as isize - s.padding as isize;
+                    if iy < 0 || iy >= h as isize {
+                        dst_row.fill(0.0);
+                        continue;
                     }
+                    let at = ((n * s.in_channels + c) * h + iy as usize) * w;
+                    unfold_row(s, &input[at..at + w], j, dst_row);
                 }
             }
         });
+}
+
+/// One output row's worth of kernel column `j` from input row `src`.
+fn unfold_row(s: &ConvShape, src: &[f32], j: usize, dst: &mut [f32]) {
+    let (w, wo) = (src.len(), dst.len());
+    if s.stride == 1 {
+        // Output x reads input x + j - p: a shifted copy with zeros where
+        // it falls off either edge.
+        let shift = j as isize - s.padding as isize;
+        let first = (-shift).clamp(0, wo as isize) as usize;
+        let last = (w as isize - shift).clamp(first as isize, wo as isize) as usize;
+        dst[..first].fill(0.0);
+        dst[first..last].copy_from_slice(
+            &src[(first as isize + shift) as usize..(last as isize + shift) as usize],
+        );
+        dst[last..].fill(0.0);
+    } else {
+        for (x, d) in dst.iter_mut().enumerate() {
+            let ix = (x * s.stride + j) as isize - s.padding as isize;
+            *d = if ix < 0 || ix >= w as isize {
+                0.0
+            } else {
+                src[ix as usize]
+            };
+        }
+    }
+}
+
+/// Copies the band's product `[K, band rows * Wo]` into the NCHW output,
+/// adding the bias.
+fn scatter(
+    s: &ConvShape,
+    band: std::ops::Range<usize>,
+    product: &[f32],
+    bias: &[f32],
+    out: &mut [f32],
+) {
+    let (ho, wo) = (s.out_height(), s.out_width());
+    let cols = band.len() * wo;
+    for (k, row) in product.chunks(cols).enumerate() {
+        for (g, src) in band.clone().zip(row.chunks(wo)) {
+            let (n, y) = (g / ho, g % ho);
+            let at = ((n * s.out_channels + k) * ho + y) * wo;
+            for (d, v) in out[at..at + wo].iter_mut().zip(src) {
+                *d = v + bias[k];
+            }
+        }
+    }
 }

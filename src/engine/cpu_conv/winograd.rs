@@ -25,14 +25,18 @@ use super::{ConvShape, SharedMut};
 const LANES: usize = 8;
 type Lane = [f32; LANES];
 
-/// Output channels per task: small enough that `U` and `M` stay in cache
-/// and there are several tasks per thread, large enough for an efficient
-/// product.
-const CHANNEL_CHUNK: usize = 32;
+/// Output channels per task: enough tasks per thread on the UNet's widths,
+/// wide enough for an efficient product (`cargo bench --bench conv`).
+const OUTPUT_CHUNK: usize = 64;
 
-/// Transformed input held at once, in floats (32 MiB): large maps are
-/// done a band of tile rows at a time.
-const INPUT_BUDGET: usize = 8 << 20;
+/// Input channels transformed and multiplied at a time, so that a task's
+/// transformed kernel (`36 * OUTPUT_CHUNK * INPUT_CHUNK` floats, 1.2 MB)
+/// stays in cache between its transform and its products.
+const INPUT_CHUNK: usize = 128;
+
+/// Tiles per band: large maps (the VAE's) are done a band of tile rows at
+/// a time, which bounds the transformed input and each task's products.
+const BAND_TILES: usize = 512;
 
 thread_local! {
     /// Per-thread `U` and `M`, kept between calls.
@@ -70,7 +74,7 @@ pub(super) fn conv2d(s: &ConvShape, input: &[f32], kernel: &[f32], bias: &[f32])
     let tiles_high = s.height.div_ceil(4);
     let tiles_wide = s.width.div_ceil(4);
     let rows = s.batch * tiles_high;
-    let band_rows = (INPUT_BUDGET / (36 * c * tiles_wide)).clamp(1, rows);
+    let band_rows = (BAND_TILES / tiles_wide).clamp(1, rows);
 
     let mut out = vec![0f32; s.output_len()];
     let out_ptr = SharedMut(out.as_mut_ptr());
@@ -89,44 +93,58 @@ pub(super) fn conv2d(s: &ConvShape, input: &[f32], kernel: &[f32], bias: &[f32])
             .enumerate()
             .for_each(|(ci, vc)| transform_input(s, input, ci, &band, vc));
 
-        let chunks: Vec<usize> = (0..k).step_by(CHANNEL_CHUNK).collect();
+        let chunks: Vec<usize> = (0..k).step_by(OUTPUT_CHUNK).collect();
         chunks.par_iter().for_each(|&k0| {
-            let k1 = (k0 + CHANNEL_CHUNK).min(k);
+            let ks = k0..(k0 + OUTPUT_CHUNK).min(k);
             SCRATCH.with(|scratch| {
                 let (u, m) = &mut *scratch.borrow_mut();
-                u.resize(36 * (k1 - k0) * c, 0.0);
-                m.resize(36 * (k1 - k0) * band.padded, 0.0);
-                transform_kernel(kernel, c, k0..k1, u);
-                multiply(c, k1 - k0, band.padded, u, &v, m);
-                transform_output(s, &band, k0..k1, bias, m, out_ptr);
+                m.resize(36 * ks.len() * band.padded, 0.0);
+                for c0 in (0..c).step_by(INPUT_CHUNK) {
+                    let cs = c0..(c0 + INPUT_CHUNK).min(c);
+                    u.resize(36 * ks.len() * cs.len(), 0.0);
+                    transform_kernel(kernel, c, ks.clone(), cs.clone(), u);
+                    multiply(&band, ks.len(), cs, u, &v, m);
+                }
+                transform_output(s, &band, ks, bias, m, out_ptr);
             });
         });
     }
     out
 }
 
-/// `M[ξ] = U[ξ] x V[ξ]` for the 36 positions ξ of the 6x6 tile.
-fn multiply(c: usize, chunk: usize, padded: usize, u: &[f32], v: &[f32], m: &mut [f32]) {
+/// `M[ξ] += U[ξ] x V[ξ][cs]` for the 36 positions ξ of the 6x6 tile, over
+/// the input channels `cs` (the first chunk of them overwrites `M`).
+fn multiply(
+    band: &Band,
+    chunk: usize,
+    cs: std::ops::Range<usize>,
+    u: &[f32],
+    v: &[f32],
+    m: &mut [f32],
+) {
+    let padded = band.padded;
     for xi in 0..36 {
-        // SAFETY: U[ξ] is [chunk, C] at row stride C, V[ξ] is [C, padded]
-        // at row stride 36 * padded from offset ξ * padded, M[ξ] is
-        // [chunk, padded]; all inside their buffers.
+        // Computed as Mᵀ = Vᵀ Uᵀ (tiles as rows), which the gemm crate
+        // runs faster for these shapes. SAFETY: Vᵀ[ξ] is [padded, cs] at
+        // column stride 36 * padded from channel cs.start, Uᵀ[ξ] is [cs,
+        // chunk] at column stride cs.len(), Mᵀ[ξ] is [padded, chunk] at
+        // column stride padded; all inside their buffers.
         unsafe {
             gemm::gemm(
-                chunk,
                 padded,
-                c,
+                chunk,
+                cs.len(),
                 m.as_mut_ptr().add(xi * chunk * padded),
-                1,
                 padded as isize,
-                false,
-                u.as_ptr().add(xi * chunk * c),
                 1,
-                c as isize,
-                v.as_ptr().add(xi * padded),
-                1,
+                cs.start > 0,
+                v.as_ptr().add((cs.start * 36 + xi) * padded),
                 (36 * padded) as isize,
-                0.0,
+                1,
+                u.as_ptr().add(xi * chunk * cs.len()),
+                cs.len() as isize,
+                1,
+                1.0,
                 1.0,
                 false,
                 false,
@@ -190,14 +208,20 @@ fn transform_input(s: &ConvShape, input: &[f32], ci: usize, band: &Band, vc: &mu
     }
 }
 
-/// `U[ξ][k - k0][c] = (G g Gᵀ)[ξ]` for the 3x3 kernel `g` of every output
-/// channel `k` of the chunk and every input channel `c`.
-fn transform_kernel(kernel: &[f32], c: usize, ks: std::ops::Range<usize>, u: &mut [f32]) {
-    let chunk = ks.len();
+/// `U[ξ][k - ks.start][c - cs.start] = (G g Gᵀ)[ξ]` for the 3x3 kernel `g`
+/// of every output channel `k` in `ks` and input channel `c` in `cs`.
+fn transform_kernel(
+    kernel: &[f32],
+    c: usize,
+    ks: std::ops::Range<usize>,
+    cs: std::ops::Range<usize>,
+    u: &mut [f32],
+) {
+    let (chunk, width) = (ks.len(), cs.len());
     for (kk, k) in ks.enumerate() {
-        let rows = &kernel[k * c * 9..(k + 1) * c * 9];
-        for c0 in (0..c).step_by(LANES) {
-            let lanes = LANES.min(c - c0);
+        let rows = &kernel[(k * c + cs.start) * 9..(k * c + cs.end) * 9];
+        for c0 in (0..width).step_by(LANES) {
+            let lanes = LANES.min(width - c0);
             let mut g = [[[0f32; LANES]; 3]; 3];
             for l in 0..lanes {
                 let taps = &rows[(c0 + l) * 9..][..9];
@@ -216,7 +240,7 @@ fn transform_kernel(kernel: &[f32], c: usize, ks: std::ops::Range<usize>, u: &mu
             }
             for (i, row) in columns.iter().enumerate() {
                 for (j, value) in kernel_1d(*row).iter().enumerate() {
-                    let at = ((i * 6 + j) * chunk + kk) * c + c0;
+                    let at = ((i * 6 + j) * chunk + kk) * width + c0;
                     u[at..at + lanes].copy_from_slice(&value[..lanes]);
                 }
             }
@@ -286,15 +310,19 @@ fn input_1d(d: [Lane; 6]) -> [Lane; 6] {
     ]
 }
 
-/// G applied to a column of three lanes.
+/// G applied to a column of three lanes (by reciprocals: a division per
+/// element made this the slowest transform).
 #[inline(always)]
 fn kernel_1d(g: [Lane; 3]) -> [Lane; 6] {
+    const SIXTH: f32 = 1.0 / 6.0;
+    const TWELFTH: f32 = 1.0 / 12.0;
+    const TWENTY_FOURTH: f32 = 1.0 / 24.0;
     [
-        lanes(|l| g[0][l] / 4.0),
-        lanes(|l| -(g[0][l] + g[1][l] + g[2][l]) / 6.0),
-        lanes(|l| -(g[0][l] - g[1][l] + g[2][l]) / 6.0),
-        lanes(|l| g[0][l] / 24.0 + g[1][l] / 12.0 + g[2][l] / 6.0),
-        lanes(|l| g[0][l] / 24.0 - g[1][l] / 12.0 + g[2][l] / 6.0),
+        lanes(|l| 0.25 * g[0][l]),
+        lanes(|l| -SIXTH * (g[0][l] + g[1][l] + g[2][l])),
+        lanes(|l| -SIXTH * (g[0][l] - g[1][l] + g[2][l])),
+        lanes(|l| TWENTY_FOURTH * g[0][l] + TWELFTH * g[1][l] + SIXTH * g[2][l]),
+        lanes(|l| TWENTY_FOURTH * g[0][l] - TWELFTH * g[1][l] + SIXTH * g[2][l]),
         g[2],
     ]
 }
