@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use atelier::engine::cpu_conv::{self, Algorithm, ConvShape};
+use atelier::engine::cpu::conv::{self as cpu_conv, Algorithm, ConvShape};
 use candle_core::{Device, Tensor};
 
 fn median_ms(mut f: impl FnMut()) -> f64 {

@@ -4,7 +4,7 @@
 pub mod clip;
 pub mod config;
 pub mod conv;
-pub mod cpu_conv;
+pub mod cpu;
 pub mod device;
 pub mod model;
 pub mod noise;

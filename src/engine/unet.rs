@@ -10,6 +10,7 @@ use candle_nn::{
 
 use super::config::UnetSpec;
 use super::conv::Conv2d;
+use super::cpu::ops;
 use super::profile::section;
 
 fn conv(
@@ -196,6 +197,14 @@ impl Attention {
         let context = context.unwrap_or(xs);
         let (b, n, dim) = xs.dims3()?;
         let head_dim = dim / self.heads;
+        let scale = (head_dim as f64).powf(-0.5);
+        if ops::applies(xs) {
+            let q = self.to_q.forward(xs)?;
+            let k = self.to_k.forward(context)?;
+            let v = self.to_v.forward(context)?;
+            let out = ops::attention(&q, &k, &v, self.heads, scale as f32)?;
+            return self.to_out.forward(&out);
+        }
         let split = |x: Tensor| -> Result<Tensor> {
             let m = x.dim(1)?;
             x.reshape((b, m, self.heads, head_dim))?
@@ -206,7 +215,6 @@ impl Attention {
         let k = split(self.to_k.forward(context)?)?;
         let v = split(self.to_v.forward(context)?)?;
         let dtype = q.dtype();
-        let scale = (head_dim as f64).powf(-0.5);
         // The scale is folded into q before the product, as fused attention
         // does, so half-precision scores stay far from f16's range limit.
         // SD 2.x asks for f32 scores (`upcast_attention`): honoured in f16.
@@ -265,9 +273,13 @@ impl TransformerBlock {
         })?;
         section("feed-forward (GEGLU)", dev, || {
             let h = self.ff_proj.forward(&self.norm3.forward(&xs)?)?;
-            let parts = h.chunk(2, D::Minus1)?;
             // GEGLU with the exact (erf) GELU, as PyTorch's F.gelu.
-            let h = (&parts[0] * parts[1].gelu_erf()?)?;
+            let h = if ops::applies(&h) {
+                ops::geglu(&h)?
+            } else {
+                let parts = h.chunk(2, D::Minus1)?;
+                (&parts[0] * parts[1].gelu_erf()?)?
+            };
             self.ff_out.forward(&h)? + &xs
         })
     }

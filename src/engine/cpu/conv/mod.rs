@@ -95,13 +95,6 @@ pub fn conv2d_with(
     }
 }
 
-/// Shares a mutable pointer between the threads that write disjoint parts
-/// of one buffer.
-#[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
-unsafe impl Send for SharedMut {}
-unsafe impl Sync for SharedMut {}
-
 /// The straightforward loop nest, the reference the tests hold the fast
 /// paths to.
 #[cfg(test)]

@@ -20,7 +20,8 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::{ConvShape, SharedMut};
+use super::super::SharedMut;
+use super::ConvShape;
 
 const LANES: usize = 8;
 type Lane = [f32; LANES];

@@ -1,0 +1,27 @@
+//! f32 kernels for the CPU where candle's generic ones leave most of the
+//! machine idle: convolutions, attention, GEGLU. Each works on plain
+//! slices; the layers in `engine` call them through candle custom ops when
+//! a tensor is f32 on the CPU and use candle's own ops everywhere else.
+
+pub mod attention;
+pub mod conv;
+pub mod geglu;
+mod math;
+pub mod ops;
+
+/// Shares a mutable pointer between the threads that write disjoint parts
+/// of one buffer.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut(pub(crate) *mut f32);
+// SAFETY: only used where each thread writes a part no other thread reads
+// or writes.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// The pointer (a method, so that closures capture the whole wrapper
+    /// rather than its raw field).
+    pub(crate) fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
