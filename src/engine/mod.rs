@@ -1,6 +1,7 @@
 //! Stable Diffusion img2img on candle, computed as diffusers'
 //! `StableDiffusionImg2ImgPipeline` does.
 
+pub mod blocks;
 pub mod clip;
 pub mod config;
 pub mod conv;

@@ -3,11 +3,12 @@
 //! arithmetic follows diffusers exactly (exact-erf GEGLU, attention upcast,
 //! per-block heads and transformer depths, odd latent sizes).
 
-use candle_core::{DType, Module, Result, Tensor, D};
+use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{
     group_norm, layer_norm, linear, linear_no_bias, GroupNorm, LayerNorm, Linear, VarBuilder,
 };
 
+use super::blocks::{attention, Conv1x1, ResnetBlock};
 use super::config::UnetSpec;
 use super::conv::Conv2d;
 use super::cpu::ops;
@@ -81,91 +82,6 @@ struct AddedEmbedding {
     time_embed_dim: usize,
 }
 
-/// A 1x1 convolution as one batched matrix product ([out, in] x [in, h*w]
-/// per image): no im2col copy, no layout transposes, no cuDNN call.
-struct Conv1x1 {
-    weight: Tensor,
-    bias: Tensor,
-}
-
-impl Conv1x1 {
-    fn new(vb: VarBuilder, cin: usize, cout: usize) -> Result<Self> {
-        let conv = conv(vb, cin, cout, 1, 1, 0)?;
-        Ok(Self {
-            weight: conv.weight().reshape((cout, cin))?,
-            bias: conv.bias().reshape((1, cout, 1))?,
-        })
-    }
-}
-
-impl Module for Conv1x1 {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let (b, c, h, w) = xs.dims4()?;
-        let flat = xs.reshape((b, c, h * w))?;
-        let out = self.weight.broadcast_left(b)?.matmul(&flat)?;
-        out.broadcast_add(&self.bias)?.reshape((b, (), h, w))
-    }
-}
-
-struct ResnetBlock {
-    norm1: GroupNorm,
-    conv1: Conv2d,
-    time_emb_proj: Linear,
-    norm2: GroupNorm,
-    conv2: Conv2d,
-    shortcut: Option<Conv1x1>,
-    output_scale: f64,
-}
-
-impl ResnetBlock {
-    fn new(
-        vb: VarBuilder,
-        cin: usize,
-        cout: usize,
-        temb: usize,
-        spec: &Spec,
-        output_scale: f64,
-    ) -> Result<Self> {
-        Ok(Self {
-            norm1: group_norm(spec.groups, cin, spec.eps, vb.pp("norm1"))?,
-            conv1: conv(vb.pp("conv1"), cin, cout, 3, 1, 1)?,
-            time_emb_proj: linear(temb, cout, vb.pp("time_emb_proj"))?,
-            norm2: group_norm(spec.groups, cout, spec.eps, vb.pp("norm2"))?,
-            conv2: conv(vb.pp("conv2"), cout, cout, 3, 1, 1)?,
-            shortcut: (cin != cout)
-                .then(|| Conv1x1::new(vb.pp("conv_shortcut"), cin, cout))
-                .transpose()?,
-            output_scale,
-        })
-    }
-
-    fn forward(&self, xs: &Tensor, temb: &Tensor) -> Result<Tensor> {
-        let dev = xs.device();
-        let h = section("group norm + silu", dev, || self.norm1.forward(xs)?.silu())?;
-        let h = section("conv 3x3", dev, || self.conv1.forward(&h))?;
-        let h = section("resnet time + add", dev, || {
-            let t = self
-                .time_emb_proj
-                .forward(&temb.silu()?)?
-                .unsqueeze(2)?
-                .unsqueeze(3)?;
-            h.broadcast_add(&t)
-        })?;
-        let h = section("group norm + silu", dev, || self.norm2.forward(&h)?.silu())?;
-        let h = section("conv 3x3", dev, || self.conv2.forward(&h))?;
-        let skip = match &self.shortcut {
-            Some(c) => section("conv 1x1 shortcut", dev, || c.forward(xs))?,
-            None => xs.clone(),
-        };
-        let out = section("resnet time + add", dev, || skip + h)?;
-        if self.output_scale == 1.0 {
-            Ok(out)
-        } else {
-            out / self.output_scale
-        }
-    }
-}
-
 struct Attention {
     to_q: Linear,
     to_k: Linear,
@@ -195,38 +111,10 @@ impl Attention {
 
     fn forward(&self, xs: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
         let context = context.unwrap_or(xs);
-        let (b, n, dim) = xs.dims3()?;
-        let head_dim = dim / self.heads;
-        let scale = (head_dim as f64).powf(-0.5);
-        if ops::applies(xs) {
-            let q = self.to_q.forward(xs)?;
-            let k = self.to_k.forward(context)?;
-            let v = self.to_v.forward(context)?;
-            let out = ops::attention(&q, &k, &v, self.heads, scale as f32)?;
-            return self.to_out.forward(&out);
-        }
-        let split = |x: Tensor| -> Result<Tensor> {
-            let m = x.dim(1)?;
-            x.reshape((b, m, self.heads, head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let q = split(self.to_q.forward(xs)?)?;
-        let k = split(self.to_k.forward(context)?)?;
-        let v = split(self.to_v.forward(context)?)?;
-        let dtype = q.dtype();
-        // The scale is folded into q before the product, as fused attention
-        // does, so half-precision scores stay far from f16's range limit.
-        // SD 2.x asks for f32 scores (`upcast_attention`): honoured in f16.
-        let upcast = self.upcast && dtype == DType::F16;
-        let (q, k) = if upcast {
-            (q.to_dtype(DType::F32)?, k.to_dtype(DType::F32)?)
-        } else {
-            (q, k)
-        };
-        let scores = (q * scale)?.matmul(&k.t()?)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
-        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, dim))?;
+        let q = self.to_q.forward(xs)?;
+        let k = self.to_k.forward(context)?;
+        let v = self.to_v.forward(context)?;
+        let out = attention(&q, &k, &v, self.heads, self.upcast)?;
         self.to_out.forward(&out)
     }
 }
@@ -414,8 +302,9 @@ impl UNet {
                             vb.pp(format!("resnets.{j}")),
                             if j == 0 { cin } else { ch[i] },
                             ch[i],
-                            temb,
-                            &spec,
+                            Some(temb),
+                            spec.groups,
+                            spec.eps,
                             1.0,
                         )
                     })
@@ -462,16 +351,18 @@ impl UNet {
                 mid_vb.pp("resnets.0"),
                 ch[n - 1],
                 ch[n - 1],
-                temb,
-                &spec,
+                Some(temb),
+                spec.groups,
+                spec.eps,
                 mid_scale,
             )?,
             ResnetBlock::new(
                 mid_vb.pp("resnets.1"),
                 ch[n - 1],
                 ch[n - 1],
-                temb,
-                &spec,
+                Some(temb),
+                spec.groups,
+                spec.eps,
                 mid_scale,
             )?,
         ];
@@ -499,8 +390,9 @@ impl UNet {
                             vb.pp(format!("resnets.{j}")),
                             cin + skip,
                             out,
-                            temb,
-                            &spec,
+                            Some(temb),
+                            spec.groups,
+                            spec.eps,
                             1.0,
                         )
                     })
@@ -614,7 +506,7 @@ impl UNet {
         let mut skips = vec![x.clone()];
         for block in &self.down {
             for (j, resnet) in block.resnets.iter().enumerate() {
-                x = resnet.forward(&x, &temb)?;
+                x = resnet.forward(&x, Some(&temb))?;
                 if let Some(attn) = block.attentions.get(j) {
                     x = attn.forward(&x, context)?;
                 }
@@ -626,15 +518,15 @@ impl UNet {
             }
         }
 
-        x = self.mid_resnets[0].forward(&x, &temb)?;
+        x = self.mid_resnets[0].forward(&x, Some(&temb))?;
         x = self.mid_attention.forward(&x, context)?;
-        x = self.mid_resnets[1].forward(&x, &temb)?;
+        x = self.mid_resnets[1].forward(&x, Some(&temb))?;
 
         for block in &self.up {
             for (j, resnet) in block.resnets.iter().enumerate() {
                 let skip = skips.pop().expect("one skip per up resnet");
                 let joined = section("skip concat", x.device(), || Tensor::cat(&[&x, &skip], 1))?;
-                x = resnet.forward(&joined, &temb)?;
+                x = resnet.forward(&joined, Some(&temb))?;
                 if let Some(attn) = block.attentions.get(j) {
                     x = attn.forward(&x, context)?;
                 }

@@ -1,42 +1,176 @@
-//! The KL autoencoder (diffusers' `AutoencoderKL`), assembled from candle's
-//! public blocks. Written here rather than taken whole from
-//! candle-transformers because img2img needs the posterior *mean*, which
-//! candle's `DiagonalGaussianDistribution` keeps private.
+//! The KL autoencoder (diffusers' `AutoencoderKL`), built from the blocks the
+//! UNet uses (so its convolutions and attention take the fast CPU kernels).
+//! img2img needs the posterior *mean*, not a sample.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{conv2d, group_norm, Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
-use candle_transformers::models::stable_diffusion::unet_2d_blocks::{
-    DownEncoderBlock2D, DownEncoderBlock2DConfig, UNetMidBlock2D, UNetMidBlock2DConfig,
-    UpDecoderBlock2D, UpDecoderBlock2DConfig,
-};
+use candle_nn::{group_norm, GroupNorm, Linear, VarBuilder};
 
+use super::blocks::{attention, ResnetBlock};
 use super::config::VaeSpec;
+use super::conv::Conv2d;
 
 const EPS: f64 = 1e-6;
 
-fn mid_block(vb: VarBuilder, channels: usize, groups: usize) -> Result<UNetMidBlock2D> {
-    let cfg = UNetMidBlock2DConfig {
-        resnet_eps: EPS,
-        output_scale_factor: 1.,
-        attn_num_head_channels: None,
-        resnet_groups: Some(groups),
-        ..Default::default()
-    };
-    UNetMidBlock2D::new(vb, channels, None, cfg)
+fn conv3x3(vb: VarBuilder, cin: usize, cout: usize) -> Result<Conv2d> {
+    Conv2d::new(vb, cin, cout, 3, 1, 1)
 }
 
-const PAD1: Conv2dConfig = Conv2dConfig {
-    padding: 1,
-    stride: 1,
-    dilation: 1,
-    groups: 1,
-    cudnn_fwd_algo: None,
-};
+/// A projection stored either as a linear layer or, in older checkpoints,
+/// as a 1x1 convolution `[c, c, 1, 1]`.
+fn projection(vb: VarBuilder, channels: usize) -> Result<Linear> {
+    let weight = match vb.get((channels, channels), "weight") {
+        Ok(w) => w,
+        Err(_) => vb
+            .get((channels, channels, 1, 1), "weight")?
+            .reshape((channels, channels))?,
+    };
+    Ok(Linear::new(weight, Some(vb.get(channels, "bias")?)))
+}
+
+/// The mid block's self-attention: the pixels as tokens, one head over all
+/// channels, residual added (diffusers' `Attention` as `AutoencoderKL`
+/// configures it).
+struct PixelAttention {
+    norm: GroupNorm,
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+}
+
+impl PixelAttention {
+    fn new(vb: VarBuilder, channels: usize, groups: usize) -> Result<Self> {
+        // diffusers renamed these; both spellings are in circulation.
+        let [q, k, v, out] = if vb.contains_tensor("to_q.weight") {
+            ["to_q", "to_k", "to_v", "to_out.0"]
+        } else {
+            ["query", "key", "value", "proj_attn"]
+        };
+        Ok(Self {
+            norm: group_norm(groups, channels, EPS, vb.pp("group_norm"))?,
+            to_q: projection(vb.pp(q), channels)?,
+            to_k: projection(vb.pp(k), channels)?,
+            to_v: projection(vb.pp(v), channels)?,
+            to_out: projection(vb.pp(out), channels)?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = xs.dims4()?;
+        let tokens = self
+            .norm
+            .forward(xs)?
+            .reshape((b, c, h * w))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let q = self.to_q.forward(&tokens)?;
+        let k = self.to_k.forward(&tokens)?;
+        let v = self.to_v.forward(&tokens)?;
+        // diffusers computes the VAE's softmax in f32 (`upcast_softmax`).
+        let out = self.to_out.forward(&attention(&q, &k, &v, 1, true)?)?;
+        out.transpose(1, 2)?.reshape((b, c, h, w))? + xs
+    }
+}
+
+/// Resnet, attention, resnet at the lowest resolution.
+struct MidBlock {
+    first: ResnetBlock,
+    attention: PixelAttention,
+    second: ResnetBlock,
+}
+
+impl MidBlock {
+    fn new(vb: VarBuilder, channels: usize, groups: usize) -> Result<Self> {
+        let resnet = |i: usize| {
+            let vb = vb.pp(format!("resnets.{i}"));
+            ResnetBlock::new(vb, channels, channels, None, groups, EPS, 1.0)
+        };
+        Ok(Self {
+            first: resnet(0)?,
+            attention: PixelAttention::new(vb.pp("attentions.0"), channels, groups)?,
+            second: resnet(1)?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let xs = self.first.forward(xs, None)?;
+        let xs = self.attention.forward(&xs)?;
+        self.second.forward(&xs, None)
+    }
+}
+
+/// `layers` resnets, the first changing the width from `cin` to `cout`.
+fn resnets(
+    vb: VarBuilder,
+    layers: usize,
+    cin: usize,
+    cout: usize,
+    groups: usize,
+) -> Result<Vec<ResnetBlock>> {
+    (0..layers)
+        .map(|j| {
+            let cin = if j == 0 { cin } else { cout };
+            ResnetBlock::new(
+                vb.pp(format!("resnets.{j}")),
+                cin,
+                cout,
+                None,
+                groups,
+                EPS,
+                1.0,
+            )
+        })
+        .collect()
+}
+
+/// An encoder level: resnets, then (except at the last level) a 3x3
+/// convolution of stride 2 over the map padded by one on the right and
+/// bottom only, as diffusers' `Downsample2D(padding=0)`.
+struct EncoderBlock {
+    resnets: Vec<ResnetBlock>,
+    downsample: Option<Conv2d>,
+}
+
+impl EncoderBlock {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let mut xs = xs.clone();
+        for resnet in &self.resnets {
+            xs = resnet.forward(&xs, None)?;
+        }
+        match &self.downsample {
+            Some(conv) => conv.forward(&xs.pad_with_zeros(3, 0, 1)?.pad_with_zeros(2, 0, 1)?),
+            None => Ok(xs),
+        }
+    }
+}
+
+/// A decoder level: resnets, then (except at the last level) nearest 2x
+/// upsampling and a 3x3 convolution.
+struct DecoderBlock {
+    resnets: Vec<ResnetBlock>,
+    upsample: Option<Conv2d>,
+}
+
+impl DecoderBlock {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let mut xs = xs.clone();
+        for resnet in &self.resnets {
+            xs = resnet.forward(&xs, None)?;
+        }
+        match &self.upsample {
+            Some(conv) => {
+                let (_, _, h, w) = xs.dims4()?;
+                conv.forward(&xs.upsample_nearest2d(2 * h, 2 * w)?)
+            }
+            None => Ok(xs),
+        }
+    }
+}
 
 struct Encoder {
     conv_in: Conv2d,
-    down: Vec<DownEncoderBlock2D>,
-    mid: UNetMidBlock2D,
+    down: Vec<EncoderBlock>,
+    mid: MidBlock,
     norm_out: GroupNorm,
     conv_out: Conv2d,
 }
@@ -44,28 +178,26 @@ struct Encoder {
 impl Encoder {
     fn new(vb: VarBuilder, spec: &VaeSpec) -> Result<Self> {
         let ch = &spec.block_out_channels;
+        let groups = spec.norm_num_groups;
         let last = *ch.last().expect("checked non-empty");
-        let conv_in = conv2d(spec.in_channels, ch[0], 3, PAD1, vb.pp("conv_in"))?;
         let down = (0..ch.len())
             .map(|i| {
-                let cfg = DownEncoderBlock2DConfig {
-                    num_layers: spec.layers_per_block,
-                    resnet_eps: EPS,
-                    resnet_groups: spec.norm_num_groups,
-                    add_downsample: i + 1 < ch.len(),
-                    downsample_padding: 0,
-                    ..Default::default()
-                };
-                let in_ch = if i == 0 { ch[0] } else { ch[i - 1] };
-                DownEncoderBlock2D::new(vb.pp(format!("down_blocks.{i}")), in_ch, ch[i], cfg)
+                let vb = vb.pp(format!("down_blocks.{i}"));
+                let cin = if i == 0 { ch[0] } else { ch[i - 1] };
+                Ok(EncoderBlock {
+                    resnets: resnets(vb.clone(), spec.layers_per_block, cin, ch[i], groups)?,
+                    downsample: (i + 1 < ch.len())
+                        .then(|| Conv2d::new(vb.pp("downsamplers.0.conv"), ch[i], ch[i], 3, 2, 0))
+                        .transpose()?,
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            conv_in,
+            conv_in: conv3x3(vb.pp("conv_in"), spec.in_channels, ch[0])?,
             down,
-            mid: mid_block(vb.pp("mid_block"), last, spec.norm_num_groups)?,
-            norm_out: group_norm(spec.norm_num_groups, last, EPS, vb.pp("conv_norm_out"))?,
-            conv_out: conv2d(last, 2 * spec.latent_channels, 3, PAD1, vb.pp("conv_out"))?,
+            mid: MidBlock::new(vb.pp("mid_block"), last, groups)?,
+            norm_out: group_norm(groups, last, EPS, vb.pp("conv_norm_out"))?,
+            conv_out: conv3x3(vb.pp("conv_out"), last, 2 * spec.latent_channels)?,
         })
     }
 
@@ -74,16 +206,15 @@ impl Encoder {
         for block in &self.down {
             xs = block.forward(&xs)?;
         }
-        let xs = self.mid.forward(&xs, None)?;
-        let xs = candle_nn::ops::silu(&self.norm_out.forward(&xs)?)?;
-        self.conv_out.forward(&xs)
+        let xs = self.mid.forward(&xs)?;
+        self.conv_out.forward(&self.norm_out.forward(&xs)?.silu()?)
     }
 }
 
 struct Decoder {
     conv_in: Conv2d,
-    mid: UNetMidBlock2D,
-    up: Vec<UpDecoderBlock2D>,
+    mid: MidBlock,
+    up: Vec<DecoderBlock>,
     norm_out: GroupNorm,
     conv_out: Conv2d,
 }
@@ -91,36 +222,36 @@ struct Decoder {
 impl Decoder {
     fn new(vb: VarBuilder, spec: &VaeSpec) -> Result<Self> {
         let rev: Vec<usize> = spec.block_out_channels.iter().rev().copied().collect();
+        let groups = spec.norm_num_groups;
         let first = spec.block_out_channels[0];
         let up = (0..rev.len())
             .map(|i| {
-                let cfg = UpDecoderBlock2DConfig {
-                    num_layers: spec.layers_per_block + 1,
-                    resnet_eps: EPS,
-                    resnet_groups: spec.norm_num_groups,
-                    add_upsample: i + 1 < rev.len(),
-                    ..Default::default()
-                };
-                let in_ch = if i == 0 { rev[0] } else { rev[i - 1] };
-                UpDecoderBlock2D::new(vb.pp(format!("up_blocks.{i}")), in_ch, rev[i], cfg)
+                let vb = vb.pp(format!("up_blocks.{i}"));
+                let cin = if i == 0 { rev[0] } else { rev[i - 1] };
+                let layers = spec.layers_per_block + 1;
+                Ok(DecoderBlock {
+                    resnets: resnets(vb.clone(), layers, cin, rev[i], groups)?,
+                    upsample: (i + 1 < rev.len())
+                        .then(|| conv3x3(vb.pp("upsamplers.0.conv"), rev[i], rev[i]))
+                        .transpose()?,
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            conv_in: conv2d(spec.latent_channels, rev[0], 3, PAD1, vb.pp("conv_in"))?,
-            mid: mid_block(vb.pp("mid_block"), rev[0], spec.norm_num_groups)?,
+            conv_in: conv3x3(vb.pp("conv_in"), spec.latent_channels, rev[0])?,
+            mid: MidBlock::new(vb.pp("mid_block"), rev[0], groups)?,
             up,
-            norm_out: group_norm(spec.norm_num_groups, first, EPS, vb.pp("conv_norm_out"))?,
-            conv_out: conv2d(first, spec.out_channels, 3, PAD1, vb.pp("conv_out"))?,
+            norm_out: group_norm(groups, first, EPS, vb.pp("conv_norm_out"))?,
+            conv_out: conv3x3(vb.pp("conv_out"), first, spec.out_channels)?,
         })
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let mut xs = self.mid.forward(&self.conv_in.forward(xs)?, None)?;
+        let mut xs = self.mid.forward(&self.conv_in.forward(xs)?)?;
         for block in &self.up {
             xs = block.forward(&xs)?;
         }
-        let xs = candle_nn::ops::silu(&self.norm_out.forward(&xs)?)?;
-        self.conv_out.forward(&xs)
+        self.conv_out.forward(&self.norm_out.forward(&xs)?.silu()?)
     }
 }
 
@@ -135,17 +266,16 @@ pub struct Vae {
 impl Vae {
     pub fn new(vb: VarBuilder, spec: &VaeSpec) -> Result<Self> {
         let l = spec.latent_channels;
-        let cfg = Conv2dConfig::default();
         Ok(Self {
             encoder: Encoder::new(vb.pp("encoder"), spec)?,
             decoder: Decoder::new(vb.pp("decoder"), spec)?,
             quant_conv: spec
                 .use_quant_conv
-                .then(|| conv2d(2 * l, 2 * l, 1, cfg, vb.pp("quant_conv")))
+                .then(|| Conv2d::new(vb.pp("quant_conv"), 2 * l, 2 * l, 1, 1, 0))
                 .transpose()?,
             post_quant_conv: spec
                 .use_post_quant_conv
-                .then(|| conv2d(l, l, 1, cfg, vb.pp("post_quant_conv")))
+                .then(|| Conv2d::new(vb.pp("post_quant_conv"), l, l, 1, 1, 0))
                 .transpose()?,
             latent_channels: l,
         })

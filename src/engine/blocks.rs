@@ -1,0 +1,130 @@
+//! Layers the UNet and the VAE share: the residual block, the 1x1
+//! convolution as a matrix product, and multi-head attention.
+
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::{group_norm, linear, GroupNorm, Linear, VarBuilder};
+
+use super::conv::Conv2d;
+use super::cpu::ops;
+use super::profile::section;
+
+/// A 1x1 convolution as one batched matrix product ([out, in] x [in, h*w]
+/// per image): no im2col copy, no layout transposes, no cuDNN call.
+pub struct Conv1x1 {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Conv1x1 {
+    pub fn new(vb: VarBuilder, cin: usize, cout: usize) -> Result<Self> {
+        let conv = Conv2d::new(vb, cin, cout, 1, 1, 0)?;
+        Ok(Self {
+            weight: conv.weight().reshape((cout, cin))?,
+            bias: conv.bias().reshape((1, cout, 1))?,
+        })
+    }
+}
+
+impl Module for Conv1x1 {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = xs.dims4()?;
+        let flat = xs.reshape((b, c, h * w))?;
+        let out = self.weight.broadcast_left(b)?.matmul(&flat)?;
+        out.broadcast_add(&self.bias)?.reshape((b, (), h, w))
+    }
+}
+
+/// diffusers' `ResnetBlock2D`: two (group norm, SiLU, 3x3 convolution)
+/// with the timestep added in between when there is one (the UNet's, not
+/// the VAE's), a 1x1 shortcut when the width changes.
+pub struct ResnetBlock {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    time_emb_proj: Option<Linear>,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    shortcut: Option<Conv1x1>,
+    output_scale: f64,
+}
+
+impl ResnetBlock {
+    pub fn new(
+        vb: VarBuilder,
+        cin: usize,
+        cout: usize,
+        temb: Option<usize>,
+        groups: usize,
+        eps: f64,
+        output_scale: f64,
+    ) -> Result<Self> {
+        Ok(Self {
+            norm1: group_norm(groups, cin, eps, vb.pp("norm1"))?,
+            conv1: Conv2d::new(vb.pp("conv1"), cin, cout, 3, 1, 1)?,
+            time_emb_proj: temb
+                .map(|t| linear(t, cout, vb.pp("time_emb_proj")))
+                .transpose()?,
+            norm2: group_norm(groups, cout, eps, vb.pp("norm2"))?,
+            conv2: Conv2d::new(vb.pp("conv2"), cout, cout, 3, 1, 1)?,
+            shortcut: (cin != cout)
+                .then(|| Conv1x1::new(vb.pp("conv_shortcut"), cin, cout))
+                .transpose()?,
+            output_scale,
+        })
+    }
+
+    pub fn forward(&self, xs: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
+        let dev = xs.device();
+        let h = section("group norm + silu", dev, || self.norm1.forward(xs)?.silu())?;
+        let h = section("conv 3x3", dev, || self.conv1.forward(&h))?;
+        let h = match (&self.time_emb_proj, temb) {
+            (Some(proj), Some(temb)) => section("resnet time + add", dev, || {
+                let t = proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
+                h.broadcast_add(&t)
+            })?,
+            _ => h,
+        };
+        let h = section("group norm + silu", dev, || self.norm2.forward(&h)?.silu())?;
+        let h = section("conv 3x3", dev, || self.conv2.forward(&h))?;
+        let skip = match &self.shortcut {
+            Some(c) => section("conv 1x1 shortcut", dev, || c.forward(xs))?,
+            None => xs.clone(),
+        };
+        let out = section("resnet time + add", dev, || skip + h)?;
+        if self.output_scale == 1.0 {
+            Ok(out)
+        } else {
+            out / self.output_scale
+        }
+    }
+}
+
+/// `softmax(q kᵀ / √head_dim) v` per head for q `[batch, n, heads·head_dim]`
+/// and k, v `[batch, m, heads·head_dim]`, in q's layout. f32 on the CPU
+/// runs the fused kernel; elsewhere the scale is folded into q before the
+/// product, as fused attention does, so that half-precision scores stay
+/// far from f16's range limit, and `upcast` (SD 2.x's `upcast_attention`)
+/// computes f16 scores in f32.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, upcast: bool) -> Result<Tensor> {
+    let (b, n, dim) = q.dims3()?;
+    let head_dim = dim / heads;
+    let scale = (head_dim as f64).powf(-0.5);
+    if ops::applies(q) {
+        return ops::attention(q, k, v, heads, scale as f32);
+    }
+    let split = |x: &Tensor| -> Result<Tensor> {
+        let m = x.dim(1)?;
+        x.reshape((b, m, heads, head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
+    };
+    let (q, k, v) = (split(q)?, split(k)?, split(v)?);
+    let dtype = q.dtype();
+    let (q, k) = if upcast && dtype == DType::F16 {
+        (q.to_dtype(DType::F32)?, k.to_dtype(DType::F32)?)
+    } else {
+        (q, k)
+    };
+    let scores = (q * scale)?.matmul(&k.t()?)?;
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
+    probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, dim))
+}
