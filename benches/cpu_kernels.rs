@@ -1,0 +1,165 @@
+//! atelier's CPU kernels against candle's ops on the shapes of SD 1.5's
+//! UNet (batch 2, as with classifier-free guidance) and VAE at 256 px, same
+//! process, same inputs, median of 5 after a warm-up: the 3x3 convolutions
+//! (candle's `conv2d` vs atelier's im2col and Winograd) and attention
+//! (candle's matmul + softmax + matmul with the heads split out, as the
+//! generic path runs it, vs the fused kernel).
+//!
+//!     cargo bench --bench cpu_kernels
+//!
+//! GFLOP/s counts a direct convolution's work (2·K·C·9 per output pixel)
+//! for every column, so Winograd's column shows its effective rate.
+
+use std::time::Instant;
+
+use atelier::engine::cpu::attention::{self, AttentionShape};
+use atelier::engine::cpu::conv::{self as cpu_conv, Algorithm, ConvShape};
+use candle_core::{Device, Tensor};
+
+fn median_ms(mut f: impl FnMut()) -> f64 {
+    f();
+    let mut times: Vec<f64> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[2]
+}
+
+fn main() -> candle_core::Result<()> {
+    convolutions()?;
+    attentions()
+}
+
+fn attentions() -> candle_core::Result<()> {
+    let dev = Device::Cpu;
+    println!(
+        "\n{:<44} {:>16} {:>16}",
+        "attention (batch, queries x keys, heads x dim)", "candle ms", "fused ms"
+    );
+    for (batch, queries, keys, heads, head_dim) in [
+        (2, 1024, 1024, 8, 40),
+        (2, 256, 256, 8, 80),
+        (2, 64, 64, 8, 160),
+        (2, 1024, 77, 8, 40),
+        (1, 1024, 1024, 1, 512),
+    ] {
+        let dim = heads * head_dim;
+        let q = Tensor::randn(0f32, 1., (batch, queries, dim), &dev)?;
+        let k = Tensor::randn(0f32, 1., (batch, keys, dim), &dev)?;
+        let v = Tensor::randn(0f32, 1., (batch, keys, dim), &dev)?;
+        let (qv, kv, vv) = (
+            q.flatten_all()?.to_vec1::<f32>()?,
+            k.flatten_all()?.to_vec1::<f32>()?,
+            v.flatten_all()?.to_vec1::<f32>()?,
+        );
+        let flop = 4.0 * (batch * heads * queries * keys * head_dim) as f64 / 1e6;
+        let rate = |ms: f64| format!("{ms:8.1} ({:4.0}/s)", flop / ms);
+        // What `blocks::attention` runs off the CPU, here on the CPU.
+        let candle = median_ms(|| {
+            let split = |x: &Tensor| {
+                let m = x.dim(1)?;
+                x.reshape((batch, m, heads, head_dim))?
+                    .transpose(1, 2)?
+                    .contiguous()
+            };
+            let run = || -> candle_core::Result<Tensor> {
+                let scale = (head_dim as f64).powf(-0.5);
+                let scores = (split(&q)? * scale)?.matmul(&split(&k)?.t()?)?;
+                let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+                probs
+                    .matmul(&split(&v)?)?
+                    .transpose(1, 2)?
+                    .reshape((batch, queries, dim))
+            };
+            run().expect("candle attention");
+        });
+        let shape = AttentionShape {
+            batch,
+            queries,
+            keys,
+            heads,
+            head_dim,
+        };
+        let scale = (head_dim as f32).powf(-0.5);
+        let fused = median_ms(|| {
+            attention::attention(&shape, &qv, &kv, &vv, scale);
+        });
+        println!(
+            "{:<44} {:>16} {:>16}",
+            format!("{batch}, {queries} x {keys}, {heads} x {head_dim}"),
+            rate(candle),
+            rate(fused),
+        );
+    }
+    Ok(())
+}
+
+fn convolutions() -> candle_core::Result<()> {
+    let dev = Device::Cpu;
+    println!(
+        "{:<34} {:>16} {:>16} {:>16}",
+        "shape (batch, C->K, map)", "candle ms", "im2col ms", "winograd ms"
+    );
+    for (batch, c, k, size, stride) in [
+        (2, 320, 320, 32, 1),
+        (2, 960, 320, 32, 1),
+        (2, 640, 640, 16, 1),
+        (2, 1920, 640, 16, 1),
+        (2, 1280, 1280, 8, 1),
+        (2, 2560, 1280, 8, 1),
+        (2, 1280, 1280, 4, 1),
+        (2, 320, 320, 32, 2),
+        (1, 128, 128, 256, 1),
+        (1, 512, 512, 64, 1),
+    ] {
+        let shape = ConvShape {
+            batch,
+            in_channels: c,
+            height: size,
+            width: size,
+            out_channels: k,
+            kernel: 3,
+            stride,
+            padding: 1,
+        };
+        let xs = Tensor::randn(0f32, 1., (batch, c, size, size), &dev)?;
+        let w = Tensor::randn(0f32, 0.05, (k, c, 3, 3), &dev)?;
+        let b = Tensor::randn(0f32, 1., k, &dev)?;
+        let (xv, wv, bv) = (
+            xs.flatten_all()?.to_vec1::<f32>()?,
+            w.flatten_all()?.to_vec1::<f32>()?,
+            b.to_vec1::<f32>()?,
+        );
+        let flop = 2.0 * (batch * k * c * 9 * shape.out_height() * shape.out_width()) as f64 / 1e6;
+        let rate = |ms: f64| format!("{ms:8.1} ({:4.0}/s)", flop / ms);
+        let candle = median_ms(|| {
+            xs.conv2d(&w, 1, stride, 1, 1)
+                .and_then(|o| o.broadcast_add(&b.reshape((1, k, 1, 1))?))
+                .expect("candle conv2d");
+        });
+        let im2col = median_ms(|| {
+            cpu_conv::conv2d_with(Algorithm::Im2col, &shape, &xv, &wv, &bv);
+        });
+        let winograd = (stride == 1).then(|| {
+            median_ms(|| {
+                cpu_conv::conv2d_with(Algorithm::Winograd, &shape, &xv, &wv, &bv);
+            })
+        });
+        let chosen = match cpu_conv::algorithm(&shape) {
+            Algorithm::Im2col => "im2col",
+            Algorithm::Winograd => "winograd",
+        };
+        println!(
+            "{:<34} {:>16} {:>16} {:>16}  used: {chosen}",
+            format!("{batch}, {c}->{k}, {size}x{size} /{stride}"),
+            rate(candle),
+            rate(im2col),
+            winograd.map(rate).unwrap_or_else(|| "-".into()),
+        );
+    }
+    Ok(())
+}
