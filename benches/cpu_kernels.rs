@@ -1,7 +1,7 @@
 //! atelier's CPU kernels against candle's ops on the shapes of SD 1.5's
 //! UNet (batch 2, as with classifier-free guidance) and VAE at 256 px, same
 //! process, same inputs, median of 5 after a warm-up: the 3x3 convolutions
-//! (candle's `conv2d` vs atelier's im2col and Winograd) and attention
+//! (candle's `conv2d` vs atelier's im2col, Winograd F(2x2) and F(4x4)) and attention
 //! (candle's matmul + softmax + matmul with the heads split out, as the
 //! generic path runs it, vs the fused kernel).
 //!
@@ -101,8 +101,8 @@ fn attentions() -> candle_core::Result<()> {
 fn convolutions() -> candle_core::Result<()> {
     let dev = Device::Cpu;
     println!(
-        "{:<34} {:>16} {:>16} {:>16}",
-        "shape (batch, C->K, map)", "candle ms", "im2col ms", "winograd ms"
+        "{:<34} {:>16} {:>16} {:>16} {:>16}",
+        "shape (batch, C->K, map)", "candle ms", "im2col ms", "F(2x2) ms", "F(4x4) ms"
     );
     for (batch, c, k, size, stride) in [
         (2, 320, 320, 32, 1),
@@ -144,21 +144,22 @@ fn convolutions() -> candle_core::Result<()> {
         let im2col = median_ms(|| {
             cpu_conv::conv2d_with(Algorithm::Im2col, &shape, &xv, &wv, &bv);
         });
-        let winograd = (stride == 1).then(|| {
-            median_ms(|| {
-                cpu_conv::conv2d_with(Algorithm::Winograd, &shape, &xv, &wv, &bv);
-            })
-        });
-        let chosen = match cpu_conv::algorithm(&shape) {
-            Algorithm::Im2col => "im2col",
-            Algorithm::Winograd => "winograd",
+        let winograd = |algorithm| {
+            let ms = (stride == 1).then(|| {
+                median_ms(|| {
+                    cpu_conv::conv2d_with(algorithm, &shape, &xv, &wv, &bv);
+                })
+            });
+            ms.map(rate).unwrap_or_else(|| "-".into())
         };
         println!(
-            "{:<34} {:>16} {:>16} {:>16}  used: {chosen}",
+            "{:<34} {:>16} {:>16} {:>16} {:>16}  used: {:?}",
             format!("{batch}, {c}->{k}, {size}x{size} /{stride}"),
             rate(candle),
             rate(im2col),
-            winograd.map(rate).unwrap_or_else(|| "-".into()),
+            winograd(Algorithm::WinogradF2),
+            winograd(Algorithm::WinogradF4),
+            cpu_conv::algorithm(&shape),
         );
     }
     Ok(())

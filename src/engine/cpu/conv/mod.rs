@@ -6,8 +6,9 @@
 //! thread at every call. Here the kernel is used as stored (`[K, C*kh*kw]` is
 //! already the left operand), the input is unfolded per channel in parallel,
 //! and the product writes straight into the NCHW output with the bias in it.
-//! 3x3 convolutions over maps with enough 4x4 tiles go through Winograd's
-//! F(4x4, 3x3) instead, which needs a quarter of the multiplications.
+//! 3x3 convolutions over maps with enough tiles go through Winograd's
+//! F(4x4, 3x3) or F(2x2, 3x3) instead, which need a quarter or 4/9 of the
+//! multiplications.
 
 mod im2col;
 mod winograd;
@@ -51,22 +52,33 @@ impl ConvShape {
 /// The algorithm [`conv2d`] uses for a shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Algorithm {
-    /// Unfold the input, one matrix product per image.
+    /// Unfold the input, one matrix product per band of rows.
     Im2col,
+    /// Winograd F(2x2, 3x3).
+    WinogradF2,
     /// Winograd F(4x4, 3x3).
-    Winograd,
+    WinogradF4,
 }
 
-/// Winograd pays a transform of every weight per call (four times the
-/// kernel's size), so it only wins when the product runs over enough tiles;
-/// below this many 4x4 output tiles (all images together) the unfolded
-/// product is faster. Measured with `atelier bench --profile` on SD 1.5.
-const WINOGRAD_MIN_TILES: usize = 24;
+/// Winograd pays a transform of every weight per call (4x or 16/9 the
+/// kernel's size, read back from cache), so it only wins when the product
+/// runs over enough tiles (all images together). Below these counts the
+/// next algorithm down was faster in `cargo bench --bench cpu_kernels`: on
+/// SD 1.5 at 256 px with guidance, F4 takes the 32x32 and 16x16 maps, F2
+/// the 8x8 ones, im2col the 4x4 ones (where reading the weights dominates).
+const F4_MIN_TILES: usize = 24;
+const F2_MIN_TILES: usize = 32;
 
 pub fn algorithm(shape: &ConvShape) -> Algorithm {
-    let tiles = shape.batch * shape.out_height().div_ceil(4) * shape.out_width().div_ceil(4);
-    if shape.kernel == 3 && shape.stride == 1 && shape.padding == 1 && tiles >= WINOGRAD_MIN_TILES {
-        Algorithm::Winograd
+    let tiles = |side: usize| {
+        shape.batch * shape.out_height().div_ceil(side) * shape.out_width().div_ceil(side)
+    };
+    if shape.kernel != 3 || shape.stride != 1 || shape.padding != 1 {
+        Algorithm::Im2col
+    } else if tiles(4) >= F4_MIN_TILES {
+        Algorithm::WinogradF4
+    } else if tiles(2) >= F2_MIN_TILES {
+        Algorithm::WinogradF2
     } else {
         Algorithm::Im2col
     }
@@ -78,7 +90,7 @@ pub fn conv2d(shape: &ConvShape, input: &[f32], kernel: &[f32], bias: &[f32]) ->
 }
 
 /// [`conv2d`] with the algorithm chosen by the caller (for tests and
-/// benchmarks; Winograd only takes 3x3, stride 1, padding 1).
+/// benchmarks; Winograd takes only 3x3, stride 1, padding 1).
 pub fn conv2d_with(
     algorithm: Algorithm,
     shape: &ConvShape,
@@ -91,7 +103,8 @@ pub fn conv2d_with(
     assert_eq!(bias.len(), shape.out_channels, "bias size");
     match algorithm {
         Algorithm::Im2col => im2col::conv2d(shape, input, kernel, bias),
-        Algorithm::Winograd => winograd::conv2d(shape, input, kernel, bias),
+        Algorithm::WinogradF2 => winograd::conv2d::<winograd::F2>(shape, input, kernel, bias),
+        Algorithm::WinogradF4 => winograd::conv2d::<winograd::F4>(shape, input, kernel, bias),
     }
 }
 
@@ -213,21 +226,32 @@ mod tests {
             shape(1, 2, 1, 1, 3),
             shape(1, 2, 3, 2, 3),
         ] {
-            let err = relative_error(s, Algorithm::Winograd);
-            assert!(err < 1e-5, "{s:?}: {err}");
+            for algorithm in [Algorithm::WinogradF2, Algorithm::WinogradF4] {
+                let err = relative_error(s, algorithm);
+                assert!(err < 1e-5, "{s:?} {algorithm:?}: {err}");
+            }
         }
     }
 
     #[test]
     fn winograd_stays_accurate_over_many_channels() {
         // The UNet's widest 3x3 convolution sums 2560 channels.
-        let err = relative_error(shape(1, 2560, 8, 8, 4), Algorithm::Winograd);
-        assert!(err < 2e-5, "{err}");
+        for algorithm in [Algorithm::WinogradF2, Algorithm::WinogradF4] {
+            let err = relative_error(shape(1, 2560, 8, 8, 4), algorithm);
+            assert!(err < 2e-5, "{algorithm:?}: {err}");
+        }
     }
 
     #[test]
     fn the_choice_follows_the_shape() {
-        assert_eq!(algorithm(&shape(2, 320, 32, 32, 320)), Algorithm::Winograd);
+        assert_eq!(
+            algorithm(&shape(2, 320, 32, 32, 320)),
+            Algorithm::WinogradF4
+        );
+        assert_eq!(
+            algorithm(&shape(2, 1280, 8, 8, 1280)),
+            Algorithm::WinogradF2
+        );
         assert_eq!(algorithm(&shape(2, 1280, 4, 4, 1280)), Algorithm::Im2col);
         let strided = ConvShape {
             stride: 2,

@@ -1,18 +1,19 @@
-//! Winograd's F(4x4, 3x3) for 3x3 convolutions with stride 1 and padding 1
-//! (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", with
-//! interpolation points 0, ±1, ±2, ∞).
+//! Winograd's F(4x4, 3x3) and F(2x2, 3x3) for 3x3 convolutions with stride
+//! 1 and padding 1 (Lavin & Gray, "Fast Algorithms for Convolutional Neural
+//! Networks"; F(4x4) with interpolation points 0, ±1, ±2, ∞).
 //!
-//! Each 4x4 block of output comes from a 6x6 block of input: `Y = Aᵀ[(G g
-//! Gᵀ) ⊙ (Bᵀ d B)]A`. Summed over input channels, the elementwise product
-//! becomes 36 independent matrix products of `[K, C] x [C, tiles]`, which
-//! do 36 multiply-adds per tile and channel pair where the direct
-//! convolution does 144.
+//! Each m x m block of output comes from an (m+2) x (m+2) block of input:
+//! `Y = Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A`. Summed over input channels, the
+//! elementwise product becomes (m+2)² independent matrix products of `[K,
+//! C] x [C, tiles]`: F(4x4) does 36 multiply-adds per tile and channel pair
+//! where the direct convolution does 144, F(2x2) 16 where it does 36.
 //!
-//! Layout: the transformed input `V` is `[C][36][tiles]` (one contiguous
-//! block per input channel, filled in parallel), the transformed kernel `U`
-//! and the products `M` exist only for a chunk of output channels at a time
-//! (`[36][chunk][C]`, `[36][chunk][tiles]`, per thread), so the kernel's
-//! transform — four times its size — never goes through main memory.
+//! Layout (P = (m+2)² positions): the transformed input `V` is
+//! `[C][P][tiles]` (one contiguous block per input channel, filled in
+//! parallel), the transformed kernel `U` and the products `M` exist only
+//! for a chunk of output channels at a time (`[P][chunk][C]`,
+//! `[P][chunk][tiles]`, per thread), so the kernel's transform — up to
+//! four times its size — never goes through main memory.
 //! The transforms work on [`LANES`] tiles or channels at once so that they
 //! compile to vector instructions.
 
@@ -26,12 +27,36 @@ use super::ConvShape;
 const LANES: usize = 8;
 type Lane = [f32; LANES];
 
+/// One member of the family F(m x m, 3x3). The 1-D transforms take and
+/// return fixed arrays of the largest member's sizes; entries past `IN`
+/// (or `OUT`) are unused.
+pub(super) trait Variant {
+    /// Output tile side m.
+    const OUT: usize;
+    /// Input block side m + 2.
+    const IN: usize;
+    /// Bᵀ applied to a column of `IN` lanes.
+    fn input_1d(d: [Lane; 6]) -> [Lane; 6];
+    /// G applied to a column of three lanes.
+    fn kernel_1d(g: [Lane; 3]) -> [Lane; 6];
+    /// Aᵀ applied to a column of `IN` lanes.
+    fn output_1d(m: [Lane; 6]) -> [Lane; 4];
+}
+
+/// F(4x4, 3x3): 4x fewer multiplications, transforms of a 6x6 block.
+pub(super) struct F4;
+
+/// F(2x2, 3x3): 2.25x fewer multiplications, but four times as many tiles
+/// on a map as F4, and the kernel transform is only 16/9 of the kernel —
+/// the better trade on small maps with many channels.
+pub(super) struct F2;
+
 /// Output channels per task: enough tasks per thread on the UNet's widths,
-/// wide enough for an efficient product (`cargo bench --bench conv`).
+/// wide enough for an efficient product (`cargo bench --bench cpu_kernels`).
 const OUTPUT_CHUNK: usize = 64;
 
 /// Input channels transformed and multiplied at a time, so that a task's
-/// transformed kernel (`36 * OUTPUT_CHUNK * INPUT_CHUNK` floats, 1.2 MB)
+/// transformed kernel (`36 * OUTPUT_CHUNK * INPUT_CHUNK` floats, 1.2 MB at most)
 /// stays in cache between its transform and its products.
 const INPUT_CHUNK: usize = 128;
 
@@ -48,6 +73,8 @@ thread_local! {
 /// `first_row + t / tiles_wide` (rows counted over all images), column
 /// `t % tiles_wide`.
 struct Band {
+    /// Output tile side.
+    side: usize,
     first_row: usize,
     tiles_high: usize,
     tiles_wide: usize,
@@ -63,17 +90,23 @@ impl Band {
         let row = self.first_row + t / self.tiles_wide;
         (
             row / self.tiles_high,
-            4 * (row % self.tiles_high),
-            4 * (t % self.tiles_wide),
+            self.side * (row % self.tiles_high),
+            self.side * (t % self.tiles_wide),
         )
     }
 }
 
-pub(super) fn conv2d(s: &ConvShape, input: &[f32], kernel: &[f32], bias: &[f32]) -> Vec<f32> {
+pub(super) fn conv2d<V: Variant>(
+    s: &ConvShape,
+    input: &[f32],
+    kernel: &[f32],
+    bias: &[f32],
+) -> Vec<f32> {
     assert!(s.kernel == 3 && s.stride == 1 && s.padding == 1);
     let (c, k) = (s.in_channels, s.out_channels);
-    let tiles_high = s.height.div_ceil(4);
-    let tiles_wide = s.width.div_ceil(4);
+    let positions = V::IN * V::IN;
+    let tiles_high = s.height.div_ceil(V::OUT);
+    let tiles_wide = s.width.div_ceil(V::OUT);
     let rows = s.batch * tiles_high;
     let band_rows = (BAND_TILES / tiles_wide).clamp(1, rows);
 
@@ -83,40 +116,42 @@ pub(super) fn conv2d(s: &ConvShape, input: &[f32], kernel: &[f32], bias: &[f32])
     for first_row in (0..rows).step_by(band_rows) {
         let tiles = (band_rows.min(rows - first_row)) * tiles_wide;
         let band = Band {
+            side: V::OUT,
             first_row,
             tiles_high,
             tiles_wide,
             tiles,
             padded: tiles.next_multiple_of(LANES),
         };
-        v.resize(c * 36 * band.padded, 0.0);
-        v.par_chunks_mut(36 * band.padded)
+        v.resize(c * positions * band.padded, 0.0);
+        v.par_chunks_mut(positions * band.padded)
             .enumerate()
-            .for_each(|(ci, vc)| transform_input(s, input, ci, &band, vc));
+            .for_each(|(ci, vc)| transform_input::<V>(s, input, ci, &band, vc));
 
         let chunks: Vec<usize> = (0..k).step_by(OUTPUT_CHUNK).collect();
         chunks.par_iter().for_each(|&k0| {
             let ks = k0..(k0 + OUTPUT_CHUNK).min(k);
             SCRATCH.with(|scratch| {
                 let (u, m) = &mut *scratch.borrow_mut();
-                m.resize(36 * ks.len() * band.padded, 0.0);
+                m.resize(positions * ks.len() * band.padded, 0.0);
                 for c0 in (0..c).step_by(INPUT_CHUNK) {
                     let cs = c0..(c0 + INPUT_CHUNK).min(c);
-                    u.resize(36 * ks.len() * cs.len(), 0.0);
-                    transform_kernel(kernel, c, ks.clone(), cs.clone(), u);
-                    multiply(&band, ks.len(), cs, u, &v, m);
+                    u.resize(positions * ks.len() * cs.len(), 0.0);
+                    transform_kernel::<V>(kernel, c, ks.clone(), cs.clone(), u);
+                    multiply(&band, positions, ks.len(), cs, u, &v, m);
                 }
-                transform_output(s, &band, ks, bias, m, out_ptr);
+                transform_output::<V>(s, &band, ks, bias, m, out_ptr);
             });
         });
     }
     out
 }
 
-/// `M[ξ] += U[ξ] x V[ξ][cs]` for the 36 positions ξ of the 6x6 tile, over
+/// `M[ξ] += U[ξ] x V[ξ][cs]` for the positions ξ of the input block, over
 /// the input channels `cs` (the first chunk of them overwrites `M`).
 fn multiply(
     band: &Band,
+    positions: usize,
     chunk: usize,
     cs: std::ops::Range<usize>,
     u: &[f32],
@@ -124,10 +159,10 @@ fn multiply(
     m: &mut [f32],
 ) {
     let padded = band.padded;
-    for xi in 0..36 {
+    for xi in 0..positions {
         // Computed as Mᵀ = Vᵀ Uᵀ (tiles as rows), which the gemm crate
         // runs faster for these shapes. SAFETY: Vᵀ[ξ] is [padded, cs] at
-        // column stride 36 * padded from channel cs.start, Uᵀ[ξ] is [cs,
+        // column stride P * padded from channel cs.start, Uᵀ[ξ] is [cs,
         // chunk] at column stride cs.len(), Mᵀ[ξ] is [padded, chunk] at
         // column stride padded; all inside their buffers.
         unsafe {
@@ -139,8 +174,8 @@ fn multiply(
                 padded as isize,
                 1,
                 cs.start > 0,
-                v.as_ptr().add((cs.start * 36 + xi) * padded),
-                (36 * padded) as isize,
+                v.as_ptr().add((cs.start * positions + xi) * padded),
+                (positions * padded) as isize,
                 1,
                 u.as_ptr().add(xi * chunk * cs.len()),
                 cs.len() as isize,
@@ -156,11 +191,17 @@ fn multiply(
     }
 }
 
-/// `V[c][ξ][t] = (Bᵀ d B)[ξ]` for every tile `t` of the band, `d` the 6x6
-/// input block (zero outside the image) under tile `t`, widened by one on
-/// each side.
-fn transform_input(s: &ConvShape, input: &[f32], ci: usize, band: &Band, vc: &mut [f32]) {
-    let (h, w) = (s.height, s.width);
+/// `V[c][ξ][t] = (Bᵀ d B)[ξ]` for every tile `t` of the band, `d` the input
+/// block (zero outside the image) under tile `t`, widened by one on each
+/// side.
+fn transform_input<V: Variant>(
+    s: &ConvShape,
+    input: &[f32],
+    ci: usize,
+    band: &Band,
+    vc: &mut [f32],
+) {
+    let (h, w, side) = (s.height, s.width, V::IN);
     for t0 in (0..band.padded).step_by(LANES) {
         let mut d = [[[0f32; LANES]; 6]; 6];
         for l in 0..LANES {
@@ -171,20 +212,20 @@ fn transform_input(s: &ConvShape, input: &[f32], ci: usize, band: &Band, vc: &mu
             let (n, y, x) = band.origin(t);
             let plane = &input[(n * s.in_channels + ci) * h * w..][..h * w];
             // The block starts one row and column before the tile.
-            if y >= 1 && y + 5 <= h && x >= 1 && x + 5 <= w {
-                for (i, row) in d.iter_mut().enumerate() {
-                    let src = &plane[(y + i - 1) * w + x - 1..][..6];
+            if y >= 1 && y + side - 1 <= h && x >= 1 && x + side - 1 <= w {
+                for (i, row) in d.iter_mut().enumerate().take(side) {
+                    let src = &plane[(y + i - 1) * w + x - 1..][..side];
                     for (j, &value) in src.iter().enumerate() {
                         row[j][l] = value;
                     }
                 }
             } else {
-                for (i, row) in d.iter_mut().enumerate() {
+                for (i, row) in d.iter_mut().enumerate().take(side) {
                     let iy = y + i;
                     if iy == 0 || iy > h {
                         continue;
                     }
-                    for (j, cell) in row.iter_mut().enumerate() {
+                    for (j, cell) in row.iter_mut().enumerate().take(side) {
                         let ix = x + j;
                         if ix >= 1 && ix <= w {
                             cell[l] = plane[(iy - 1) * w + ix - 1];
@@ -195,15 +236,15 @@ fn transform_input(s: &ConvShape, input: &[f32], ci: usize, band: &Band, vc: &mu
         }
         // Bᵀ down each column, then along each row.
         let mut columns = [[[0f32; LANES]; 6]; 6];
-        for j in 0..6 {
-            let col = input_1d(std::array::from_fn(|i| d[i][j]));
-            for (row, value) in columns.iter_mut().zip(col) {
+        for j in 0..side {
+            let col = V::input_1d(std::array::from_fn(|i| d[i][j]));
+            for (row, value) in columns.iter_mut().zip(col).take(side) {
                 row[j] = value;
             }
         }
-        for (i, row) in columns.iter().enumerate() {
-            for (j, value) in input_1d(*row).iter().enumerate() {
-                vc[(i * 6 + j) * band.padded + t0..][..LANES].copy_from_slice(value);
+        for (i, row) in columns.iter().enumerate().take(side) {
+            for (j, value) in V::input_1d(*row).iter().enumerate().take(side) {
+                vc[(i * side + j) * band.padded + t0..][..LANES].copy_from_slice(value);
             }
         }
     }
@@ -211,7 +252,7 @@ fn transform_input(s: &ConvShape, input: &[f32], ci: usize, band: &Band, vc: &mu
 
 /// `U[ξ][k - ks.start][c - cs.start] = (G g Gᵀ)[ξ]` for the 3x3 kernel `g`
 /// of every output channel `k` in `ks` and input channel `c` in `cs`.
-fn transform_kernel(
+fn transform_kernel<V: Variant>(
     kernel: &[f32],
     c: usize,
     ks: std::ops::Range<usize>,
@@ -234,14 +275,14 @@ fn transform_kernel(
             }
             let mut columns = [[[0f32; LANES]; 3]; 6];
             for j in 0..3 {
-                let col = kernel_1d([g[0][j], g[1][j], g[2][j]]);
-                for (row, value) in columns.iter_mut().zip(col) {
+                let col = V::kernel_1d([g[0][j], g[1][j], g[2][j]]);
+                for (row, value) in columns.iter_mut().zip(col).take(V::IN) {
                     row[j] = value;
                 }
             }
-            for (i, row) in columns.iter().enumerate() {
-                for (j, value) in kernel_1d(*row).iter().enumerate() {
-                    let at = ((i * 6 + j) * chunk + kk) * width + c0;
+            for (i, row) in columns.iter().enumerate().take(V::IN) {
+                for (j, value) in V::kernel_1d(*row).iter().enumerate().take(V::IN) {
+                    let at = ((i * V::IN + j) * chunk + kk) * width + c0;
                     u[at..at + lanes].copy_from_slice(&value[..lanes]);
                 }
             }
@@ -251,7 +292,7 @@ fn transform_kernel(
 
 /// `Y = Aᵀ M A + bias` for every tile of the band and output channel of the
 /// chunk, written into the NCHW output (cut at the right and bottom edges).
-fn transform_output(
+fn transform_output<V: Variant>(
     s: &ConvShape,
     band: &Band,
     ks: std::ops::Range<usize>,
@@ -269,13 +310,19 @@ fn transform_output(
                     .expect("one lane")
             };
             let mut rows = [[[0f32; LANES]; 6]; 4];
-            for j in 0..6 {
-                let col = output_1d(std::array::from_fn(|i| at(i * 6 + j)));
-                for (row, value) in rows.iter_mut().zip(col) {
+            for j in 0..V::IN {
+                let col = V::output_1d(std::array::from_fn(|i| {
+                    if i < V::IN {
+                        at(i * V::IN + j)
+                    } else {
+                        [0.0; LANES]
+                    }
+                }));
+                for (row, value) in rows.iter_mut().zip(col).take(V::OUT) {
                     row[j] = value;
                 }
             }
-            let y4: [[Lane; 4]; 4] = std::array::from_fn(|i| output_1d(rows[i]));
+            let y4: [[Lane; 4]; 4] = std::array::from_fn(|i| V::output_1d(rows[i]));
             for l in 0..LANES {
                 let t = t0 + l;
                 if t >= band.tiles {
@@ -283,8 +330,8 @@ fn transform_output(
                 }
                 let (n, y, x) = band.origin(t);
                 let plane = ((n * s.out_channels + k) * h) * w;
-                for (i, row) in y4.iter().enumerate().take(h - y) {
-                    for (j, value) in row.iter().enumerate().take(w - x) {
+                for (i, row) in y4.iter().enumerate().take(V::OUT.min(h - y)) {
+                    for (j, value) in row.iter().enumerate().take(V::OUT.min(w - x)) {
                         // SAFETY: inside the output (the loop bounds stop
                         // at its edges); each (image, channel) plane is
                         // written by the one task that owns channel k.
@@ -298,45 +345,90 @@ fn transform_output(
     }
 }
 
-/// Bᵀ applied to a column of six lanes.
-#[inline(always)]
-fn input_1d(d: [Lane; 6]) -> [Lane; 6] {
-    [
-        lanes(|l| 4.0 * d[0][l] - 5.0 * d[2][l] + d[4][l]),
-        lanes(|l| -4.0 * (d[1][l] + d[2][l]) + d[3][l] + d[4][l]),
-        lanes(|l| 4.0 * (d[1][l] - d[2][l]) - d[3][l] + d[4][l]),
-        lanes(|l| 2.0 * (d[3][l] - d[1][l]) - d[2][l] + d[4][l]),
-        lanes(|l| 2.0 * (d[1][l] - d[3][l]) - d[2][l] + d[4][l]),
-        lanes(|l| 4.0 * d[1][l] - 5.0 * d[3][l] + d[5][l]),
-    ]
+impl Variant for F4 {
+    const OUT: usize = 4;
+    const IN: usize = 6;
+
+    #[inline(always)]
+    fn input_1d(d: [Lane; 6]) -> [Lane; 6] {
+        [
+            lanes(|l| 4.0 * d[0][l] - 5.0 * d[2][l] + d[4][l]),
+            lanes(|l| -4.0 * (d[1][l] + d[2][l]) + d[3][l] + d[4][l]),
+            lanes(|l| 4.0 * (d[1][l] - d[2][l]) - d[3][l] + d[4][l]),
+            lanes(|l| 2.0 * (d[3][l] - d[1][l]) - d[2][l] + d[4][l]),
+            lanes(|l| 2.0 * (d[1][l] - d[3][l]) - d[2][l] + d[4][l]),
+            lanes(|l| 4.0 * d[1][l] - 5.0 * d[3][l] + d[5][l]),
+        ]
+    }
+
+    /// By reciprocals: a division per element made this the slowest
+    /// transform.
+    #[inline(always)]
+    fn kernel_1d(g: [Lane; 3]) -> [Lane; 6] {
+        const SIXTH: f32 = 1.0 / 6.0;
+        const TWELFTH: f32 = 1.0 / 12.0;
+        const TWENTY_FOURTH: f32 = 1.0 / 24.0;
+        [
+            lanes(|l| 0.25 * g[0][l]),
+            lanes(|l| -SIXTH * (g[0][l] + g[1][l] + g[2][l])),
+            lanes(|l| -SIXTH * (g[0][l] - g[1][l] + g[2][l])),
+            lanes(|l| TWENTY_FOURTH * g[0][l] + TWELFTH * g[1][l] + SIXTH * g[2][l]),
+            lanes(|l| TWENTY_FOURTH * g[0][l] - TWELFTH * g[1][l] + SIXTH * g[2][l]),
+            g[2],
+        ]
+    }
+
+    #[inline(always)]
+    fn output_1d(m: [Lane; 6]) -> [Lane; 4] {
+        [
+            lanes(|l| m[0][l] + m[1][l] + m[2][l] + m[3][l] + m[4][l]),
+            lanes(|l| m[1][l] - m[2][l] + 2.0 * (m[3][l] - m[4][l])),
+            lanes(|l| m[1][l] + m[2][l] + 4.0 * (m[3][l] + m[4][l])),
+            lanes(|l| m[1][l] - m[2][l] + 8.0 * (m[3][l] - m[4][l]) + m[5][l]),
+        ]
+    }
 }
 
-/// G applied to a column of three lanes (by reciprocals: a division per
-/// element made this the slowest transform).
-#[inline(always)]
-fn kernel_1d(g: [Lane; 3]) -> [Lane; 6] {
-    const SIXTH: f32 = 1.0 / 6.0;
-    const TWELFTH: f32 = 1.0 / 12.0;
-    const TWENTY_FOURTH: f32 = 1.0 / 24.0;
-    [
-        lanes(|l| 0.25 * g[0][l]),
-        lanes(|l| -SIXTH * (g[0][l] + g[1][l] + g[2][l])),
-        lanes(|l| -SIXTH * (g[0][l] - g[1][l] + g[2][l])),
-        lanes(|l| TWENTY_FOURTH * g[0][l] + TWELFTH * g[1][l] + SIXTH * g[2][l]),
-        lanes(|l| TWENTY_FOURTH * g[0][l] - TWELFTH * g[1][l] + SIXTH * g[2][l]),
-        g[2],
-    ]
-}
+impl Variant for F2 {
+    const OUT: usize = 2;
+    const IN: usize = 4;
 
-/// Aᵀ applied to a column of six lanes.
-#[inline(always)]
-fn output_1d(m: [Lane; 6]) -> [Lane; 4] {
-    [
-        lanes(|l| m[0][l] + m[1][l] + m[2][l] + m[3][l] + m[4][l]),
-        lanes(|l| m[1][l] - m[2][l] + 2.0 * (m[3][l] - m[4][l])),
-        lanes(|l| m[1][l] + m[2][l] + 4.0 * (m[3][l] + m[4][l])),
-        lanes(|l| m[1][l] - m[2][l] + 8.0 * (m[3][l] - m[4][l]) + m[5][l]),
-    ]
+    #[inline(always)]
+    fn input_1d(d: [Lane; 6]) -> [Lane; 6] {
+        const ZERO: Lane = [0.0; LANES];
+        [
+            lanes(|l| d[0][l] - d[2][l]),
+            lanes(|l| d[1][l] + d[2][l]),
+            lanes(|l| d[2][l] - d[1][l]),
+            lanes(|l| d[1][l] - d[3][l]),
+            ZERO,
+            ZERO,
+        ]
+    }
+
+    #[inline(always)]
+    fn kernel_1d(g: [Lane; 3]) -> [Lane; 6] {
+        const ZERO: Lane = [0.0; LANES];
+        [
+            g[0],
+            lanes(|l| 0.5 * (g[0][l] + g[1][l] + g[2][l])),
+            lanes(|l| 0.5 * (g[0][l] - g[1][l] + g[2][l])),
+            g[2],
+            ZERO,
+            ZERO,
+        ]
+    }
+
+    #[inline(always)]
+    fn output_1d(m: [Lane; 6]) -> [Lane; 4] {
+        const ZERO: Lane = [0.0; LANES];
+        [
+            lanes(|l| m[0][l] + m[1][l] + m[2][l]),
+            lanes(|l| m[1][l] - m[2][l] - m[3][l]),
+            ZERO,
+            ZERO,
+        ]
+    }
 }
 
 #[inline(always)]
