@@ -4,11 +4,9 @@
 //! per-block heads and transformer depths, odd latent sizes).
 
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{
-    group_norm, layer_norm, linear, linear_no_bias, GroupNorm, LayerNorm, Linear, VarBuilder,
-};
+use candle_nn::{group_norm, layer_norm, GroupNorm, LayerNorm, VarBuilder};
 
-use super::blocks::{attention, Conv1x1, ResnetBlock};
+use super::blocks::{attention, linear, linear_no_bias, Conv1x1, Linear, ResnetBlock};
 use super::config::UnetSpec;
 use super::conv::Conv2d;
 use super::cpu::ops;

@@ -3,9 +3,9 @@
 //! img2img needs the posterior *mean*, not a sample.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{group_norm, GroupNorm, Linear, VarBuilder};
+use candle_nn::{group_norm, GroupNorm, VarBuilder};
 
-use super::blocks::{attention, ResnetBlock};
+use super::blocks::{attention, Linear, ResnetBlock};
 use super::config::VaeSpec;
 use super::conv::Conv2d;
 
