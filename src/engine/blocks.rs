@@ -1,8 +1,9 @@
-//! Layers the UNet and the VAE share: the linear layer, the residual
-//! block, the 1x1 convolution as a matrix product, and multi-head attention.
+//! Layers the UNet and the VAE share: the linear layer, group norm, the
+//! residual block, the 1x1 convolution as a matrix product, and multi-head
+//! attention.
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{group_norm, GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::conv::Conv2d;
 use super::cpu::ops;
@@ -45,6 +46,50 @@ pub fn linear(cin: usize, cout: usize, vb: VarBuilder) -> Result<Linear> {
 pub fn linear_no_bias(cin: usize, cout: usize, vb: VarBuilder) -> Result<Linear> {
     let l = candle_nn::linear_no_bias(cin, cout, vb)?;
     Ok(Linear::new(l.weight().clone(), None))
+}
+
+/// Group norm that runs the fused CPU kernel for f32 on the CPU (and
+/// candle's elsewhere), with SiLU folded in where a block asks for it.
+pub struct GroupNorm {
+    inner: candle_nn::GroupNorm,
+    weight: Tensor,
+    bias: Tensor,
+    groups: usize,
+    eps: f64,
+}
+
+/// `weight` and `bias` [channels] from `vb`, as `candle_nn::group_norm`.
+pub fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<GroupNorm> {
+    let weight = vb.get_with_hints(channels, "weight", candle_nn::Init::Const(1.))?;
+    let bias = vb.get_with_hints(channels, "bias", candle_nn::Init::Const(0.))?;
+    Ok(GroupNorm {
+        inner: candle_nn::GroupNorm::new(weight.clone(), bias.clone(), channels, groups, eps)?,
+        weight,
+        bias,
+        groups,
+        eps,
+    })
+}
+
+impl GroupNorm {
+    /// `silu(group_norm(xs))`.
+    pub fn forward_silu(&self, xs: &Tensor) -> Result<Tensor> {
+        if ops::applies(xs) {
+            ops::group_norm(xs, self.groups, &self.weight, &self.bias, self.eps, true)
+        } else {
+            self.inner.forward(xs)?.silu()
+        }
+    }
+}
+
+impl Module for GroupNorm {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if ops::applies(xs) {
+            ops::group_norm(xs, self.groups, &self.weight, &self.bias, self.eps, false)
+        } else {
+            self.inner.forward(xs)
+        }
+    }
 }
 
 /// A 1x1 convolution as one batched matrix product ([out, in] x [in, h*w]
@@ -113,7 +158,7 @@ impl ResnetBlock {
 
     pub fn forward(&self, xs: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
         let dev = xs.device();
-        let h = section("group norm + silu", dev, || self.norm1.forward(xs)?.silu())?;
+        let h = section("group norm + silu", dev, || self.norm1.forward_silu(xs))?;
         let h = section("conv 3x3", dev, || self.conv1.forward(&h))?;
         let h = match (&self.time_emb_proj, temb) {
             (Some(proj), Some(temb)) => section("resnet time + add", dev, || {
@@ -122,7 +167,7 @@ impl ResnetBlock {
             })?,
             _ => h,
         };
-        let h = section("group norm + silu", dev, || self.norm2.forward(&h)?.silu())?;
+        let h = section("group norm + silu", dev, || self.norm2.forward_silu(&h))?;
         let h = section("conv 3x3", dev, || self.conv2.forward(&h))?;
         let skip = match &self.shortcut {
             Some(c) => section("conv 1x1 shortcut", dev, || c.forward(xs))?,

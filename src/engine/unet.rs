@@ -4,9 +4,11 @@
 //! per-block heads and transformer depths, odd latent sizes).
 
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{group_norm, layer_norm, GroupNorm, LayerNorm, VarBuilder};
+use candle_nn::{layer_norm, LayerNorm, VarBuilder};
 
-use super::blocks::{attention, linear, linear_no_bias, Conv1x1, Linear, ResnetBlock};
+use super::blocks::{
+    attention, group_norm, linear, linear_no_bias, Conv1x1, GroupNorm, Linear, ResnetBlock,
+};
 use super::config::UnetSpec;
 use super::conv::Conv2d;
 use super::cpu::ops;
@@ -541,7 +543,7 @@ impl UNet {
                 })?;
             }
         }
-        let x = self.norm_out.forward(&x)?.silu()?;
+        let x = self.norm_out.forward_silu(&x)?;
         self.conv_out.forward(&x)
     }
 }

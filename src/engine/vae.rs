@@ -3,9 +3,9 @@
 //! img2img needs the posterior *mean*, not a sample.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{group_norm, GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
 
-use super::blocks::{attention, Linear, ResnetBlock};
+use super::blocks::{attention, group_norm, GroupNorm, Linear, ResnetBlock};
 use super::config::VaeSpec;
 use super::conv::Conv2d;
 
@@ -207,7 +207,7 @@ impl Encoder {
             xs = block.forward(&xs)?;
         }
         let xs = self.mid.forward(&xs)?;
-        self.conv_out.forward(&self.norm_out.forward(&xs)?.silu()?)
+        self.conv_out.forward(&self.norm_out.forward_silu(&xs)?)
     }
 }
 
@@ -251,7 +251,7 @@ impl Decoder {
         for block in &self.up {
             xs = block.forward(&xs)?;
         }
-        self.conv_out.forward(&self.norm_out.forward(&xs)?.silu()?)
+        self.conv_out.forward(&self.norm_out.forward_silu(&xs)?)
     }
 }
 

@@ -7,6 +7,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape
 use super::attention::{self, AttentionShape};
 use super::conv::{self, ConvShape};
 use super::geglu;
+use super::group_norm::{self, GroupShape};
 
 /// Whether the CPU kernels take this tensor: f32 on the CPU.
 pub fn applies(xs: &Tensor) -> bool {
@@ -37,6 +38,69 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f32) -
 /// GEGLU over the last dimension: `[.., 2n]` to `[.., n]`.
 pub fn geglu(h: &Tensor) -> Result<Tensor> {
     h.contiguous()?.apply_op1_no_bwd(&Geglu)
+}
+
+/// Group norm (`[batch, channels, ...]`) with its affine transform, then
+/// SiLU when `silu`.
+pub fn group_norm(
+    xs: &Tensor,
+    groups: usize,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    silu: bool,
+) -> Result<Tensor> {
+    xs.contiguous()?.apply_op3_no_bwd(
+        weight,
+        bias,
+        &GroupNorm {
+            groups,
+            eps: eps as f32,
+            silu,
+        },
+    )
+}
+
+struct GroupNorm {
+    groups: usize,
+    eps: f32,
+    silu: bool,
+}
+
+impl CustomOp3 for GroupNorm {
+    fn name(&self) -> &'static str {
+        "atelier-cpu-group-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        weight: &CpuStorage,
+        weight_layout: &Layout,
+        bias: &CpuStorage,
+        bias_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dims = x_layout.shape().dims();
+        if dims.len() < 2 || !dims[1].is_multiple_of(self.groups) {
+            candle_core::bail!("group norm: {:?} in {} groups", dims, self.groups);
+        }
+        let shape = GroupShape {
+            batch: dims[0],
+            channels: dims[1],
+            spatial: dims[2..].iter().product(),
+            groups: self.groups,
+        };
+        let out = group_norm::group_norm(
+            &shape,
+            slice(x, x_layout)?,
+            slice(weight, weight_layout)?,
+            slice(bias, bias_layout)?,
+            self.eps,
+            self.silu,
+        );
+        Ok((CpuStorage::F32(out), x_layout.shape().clone()))
+    }
 }
 
 struct Conv {
