@@ -109,6 +109,15 @@ impl Conv1x1 {
     }
 }
 
+impl Conv1x1 {
+    /// The same product as a linear layer over `[.., cin]` tokens.
+    pub fn into_linear(self) -> Linear {
+        let cout = self.bias.elem_count();
+        let bias = self.bias.reshape(cout).expect("bias [1, cout, 1]");
+        Linear::new(self.weight, Some(bias))
+    }
+}
+
 impl Module for Conv1x1 {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = xs.dims4()?;

@@ -173,18 +173,13 @@ impl TransformerBlock {
     }
 }
 
-enum Projection {
-    Conv(Conv1x1),
-    Linear(Linear),
-}
-
 /// diffusers' `Transformer2DModel`: norm, project in, transformer blocks,
 /// project out, residual.
 struct SpatialTransformer {
     norm: GroupNorm,
-    proj_in: Projection,
+    proj_in: Linear,
     blocks: Vec<TransformerBlock>,
-    proj_out: Projection,
+    proj_out: Linear,
 }
 
 impl SpatialTransformer {
@@ -195,12 +190,14 @@ impl SpatialTransformer {
         depth: usize,
         spec: &Spec,
     ) -> Result<Self> {
-        let proj = |name: &str| -> Result<Projection> {
-            Ok(if spec.linear_projection {
-                Projection::Linear(linear(channels, channels, vb.pp(name))?)
+        // SD 1.x stores the projections as 1x1 convolutions: the same
+        // product, applied here to the pixels as tokens.
+        let proj = |name: &str| -> Result<Linear> {
+            if spec.linear_projection {
+                linear(channels, channels, vb.pp(name))
             } else {
-                Projection::Conv(Conv1x1::new(vb.pp(name), channels, channels)?)
-            })
+                Conv1x1::new(vb.pp(name), channels, channels).map(Conv1x1::into_linear)
+            }
         };
         Ok(Self {
             norm: group_norm(spec.groups, channels, 1e-6, vb.pp("norm"))?,
@@ -225,20 +222,15 @@ impl SpatialTransformer {
         let dev = xs.device();
         let to_tokens = |x: Tensor| x.permute((0, 2, 3, 1))?.reshape((b, h * w, c));
         let x = section("group norm (transformer)", dev, || self.norm.forward(xs))?;
-        let mut x = section("transformer proj in/out", dev, || match &self.proj_in {
-            Projection::Conv(p) => to_tokens(p.forward(&x)?),
-            Projection::Linear(p) => p.forward(&to_tokens(x.clone())?),
+        let mut x = section("transformer proj in/out", dev, || {
+            self.proj_in.forward(&to_tokens(x.clone())?)
         })?;
         for block in &self.blocks {
             x = block.forward(&x, context)?;
         }
         let to_map = |x: Tensor| x.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?.contiguous();
         section("transformer proj in/out", dev, || {
-            let x = match &self.proj_out {
-                Projection::Conv(p) => p.forward(&to_map(x)?)?,
-                Projection::Linear(p) => to_map(p.forward(&x)?)?,
-            };
-            x + xs
+            to_map(self.proj_out.forward(&x)?)? + xs
         })
     }
 }
