@@ -173,12 +173,17 @@ impl CustomOp3 for Attention {
     ) -> Result<(CpuStorage, Shape)> {
         let (batch, queries, dim) = q_layout.shape().dims3()?;
         let (kb, keys, kdim) = k_layout.shape().dims3()?;
-        if kb != batch || kdim != dim || v_layout.shape() != k_layout.shape() {
+        if kb != batch
+            || kdim != dim
+            || v_layout.shape() != k_layout.shape()
+            || !dim.is_multiple_of(self.heads)
+        {
             candle_core::bail!(
-                "attention: q {:?}, k {:?} and v {:?} do not fit",
+                "attention: q {:?}, k {:?} and v {:?} do not fit {} heads",
                 q_layout.shape(),
                 k_layout.shape(),
-                v_layout.shape()
+                v_layout.shape(),
+                self.heads
             );
         }
         let shape = AttentionShape {
@@ -209,6 +214,9 @@ impl CustomOp1 for Geglu {
     fn cpu_fwd(&self, h: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let mut dims = layout.shape().dims().to_vec();
         let last = dims.last_mut().expect("geglu takes at least one dimension");
+        if !last.is_multiple_of(2) {
+            candle_core::bail!("geglu: the last dimension of {:?} is odd", layout.shape());
+        }
         *last /= 2;
         let out = geglu::geglu(slice(h, layout)?, *last);
         Ok((CpuStorage::F32(out), dims.into()))
