@@ -107,9 +107,7 @@ impl Conv1x1 {
             bias: conv.bias().reshape((1, cout, 1))?,
         })
     }
-}
 
-impl Conv1x1 {
     /// The same product as a linear layer over `[.., cin]` tokens.
     pub fn into_linear(self) -> Linear {
         let cout = self.bias.elem_count();

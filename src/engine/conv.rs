@@ -9,8 +9,6 @@ use super::cpu::ops;
 
 pub struct Conv2d {
     inner: candle_nn::Conv2d,
-    weight: Tensor,
-    bias: Tensor,
     stride: usize,
     padding: usize,
 }
@@ -31,31 +29,26 @@ impl Conv2d {
             stride,
             ..Default::default()
         };
-        let inner = candle_nn::conv2d(cin, cout, kernel, cfg, vb)?;
-        let weight = inner.weight().clone();
-        let bias = inner.bias().expect("conv2d reads a bias").clone();
         Ok(Self {
-            inner,
-            weight,
-            bias,
+            inner: candle_nn::conv2d(cin, cout, kernel, cfg, vb)?,
             stride,
             padding,
         })
     }
 
     pub fn weight(&self) -> &Tensor {
-        &self.weight
+        self.inner.weight()
     }
 
     pub fn bias(&self) -> &Tensor {
-        &self.bias
+        self.inner.bias().expect("candle_nn::conv2d reads a bias")
     }
 }
 
 impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         if ops::applies(xs) {
-            ops::conv2d(xs, &self.weight, &self.bias, self.stride, self.padding)
+            ops::conv2d(xs, self.weight(), self.bias(), self.stride, self.padding)
         } else {
             self.inner.forward(xs)
         }

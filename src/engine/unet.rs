@@ -14,17 +14,6 @@ use super::conv::Conv2d;
 use super::cpu::ops;
 use super::profile::section;
 
-fn conv(
-    vb: VarBuilder,
-    cin: usize,
-    cout: usize,
-    k: usize,
-    stride: usize,
-    padding: usize,
-) -> Result<Conv2d> {
-    Conv2d::new(vb, cin, cout, k, stride, padding)
-}
-
 /// Sinusoidal features of each value (diffusers' `get_timestep_embedding`):
 /// [values.len(), dim].
 fn sinusoidal_features(
@@ -317,7 +306,7 @@ impl UNet {
                 };
                 let resample = (i + 1 < n)
                     .then(|| {
-                        conv(
+                        Conv2d::new(
                             vb.pp("downsamplers.0.conv"),
                             ch[i],
                             ch[i],
@@ -404,7 +393,7 @@ impl UNet {
                     None => vec![],
                 };
                 let resample = (i + 1 < n)
-                    .then(|| conv(vb.pp("upsamplers.0.conv"), out, out, 3, 1, 1))
+                    .then(|| Conv2d::new(vb.pp("upsamplers.0.conv"), out, out, 3, 1, 1))
                     .transpose()?;
                 Ok(Block {
                     resnets,
@@ -415,7 +404,7 @@ impl UNet {
             .collect::<Result<Vec<_>>>()?;
 
         Ok(Self {
-            conv_in: conv(vb.pp("conv_in"), unet.in_channels, ch[0], 3, 1, 1)?,
+            conv_in: Conv2d::new(vb.pp("conv_in"), unet.in_channels, ch[0], 3, 1, 1)?,
             time_linear_1: linear(ch[0], temb, vb.pp("time_embedding.linear_1"))?,
             time_linear_2: linear(temb, temb, vb.pp("time_embedding.linear_2"))?,
             added: match unet.addition {
@@ -431,7 +420,7 @@ impl UNet {
             mid_attention,
             up,
             norm_out: group_norm(spec.groups, ch[0], cfg.norm_eps, vb.pp("conv_norm_out"))?,
-            conv_out: conv(vb.pp("conv_out"), ch[0], unet.out_channels, 3, 1, 1)?,
+            conv_out: Conv2d::new(vb.pp("conv_out"), ch[0], unet.out_channels, 3, 1, 1)?,
             base_channels: ch[0],
             flip_sin_to_cos: cfg.flip_sin_to_cos,
             freq_shift: cfg.freq_shift,

@@ -5,7 +5,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::blocks::{attention, group_norm, GroupNorm, Linear, ResnetBlock};
+use super::blocks::{attention, group_norm, linear, Conv1x1, GroupNorm, Linear, ResnetBlock};
 use super::config::VaeSpec;
 use super::conv::Conv2d;
 
@@ -18,13 +18,8 @@ fn conv3x3(vb: VarBuilder, cin: usize, cout: usize) -> Result<Conv2d> {
 /// A projection stored either as a linear layer or, in older checkpoints,
 /// as a 1x1 convolution `[c, c, 1, 1]`.
 fn projection(vb: VarBuilder, channels: usize) -> Result<Linear> {
-    let weight = match vb.get((channels, channels), "weight") {
-        Ok(w) => w,
-        Err(_) => vb
-            .get((channels, channels, 1, 1), "weight")?
-            .reshape((channels, channels))?,
-    };
-    Ok(Linear::new(weight, Some(vb.get(channels, "bias")?)))
+    linear(channels, channels, vb.clone())
+        .or_else(|_| Ok(Conv1x1::new(vb, channels, channels)?.into_linear()))
 }
 
 /// The mid block's self-attention: the pixels as tokens, one head over all
