@@ -91,11 +91,7 @@ fn count_makes_numbered_variations_each_reproducible_alone() {
         ])
     };
     let run = base("5", "2", &tmp.path().join("v.png"));
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    common::ok(&run);
     assert!(tmp.path().join("v-1.png").is_file() && tmp.path().join("v-2.png").is_file());
     assert!(base("6", "1", &tmp.path().join("alone.png"))
         .status
@@ -200,11 +196,7 @@ fn bench_measures_a_model_folder_and_prints_json() {
         "--json",
         "--profile",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::ok(&out);
     let line = String::from_utf8_lossy(&out.stdout);
     let r: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
     assert_eq!(r["unet_calls"], 2, "int(4 x 0.5) UNet calls");
@@ -243,11 +235,7 @@ fn bench_writes_real_architecture_configs() {
         "--write-configs",
         dir.path().to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::ok(&out);
     let unet: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("unet/config.json")).unwrap(),
     )
@@ -270,11 +258,7 @@ fn models_lists_model_folders_with_their_architecture() {
         .env("ATELIER_CONFIG_DIR", dir.path())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::ok(&out);
     let text = String::from_utf8_lossy(&out.stdout);
     let models: Vec<serde_json::Value> = text
         .lines()

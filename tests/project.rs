@@ -16,16 +16,6 @@ fn atelier_in(dir: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn err(out: Output) -> String {
     assert!(
         !out.status.success(),
@@ -39,7 +29,7 @@ fn err(out: Output) -> String {
 fn project() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let case = common::sd15_case();
-    ok(atelier_in(
+    common::ok(&atelier_in(
         dir.path(),
         &["init", ".", "--model", case.join("model").to_str().unwrap()],
     ));
@@ -62,7 +52,7 @@ fn gen(dir: &Path, source: &str, extra: &[&str]) -> String {
         "--quiet",
     ];
     args.extend_from_slice(extra);
-    ok(atelier_in(dir, &args))
+    common::ok(&atelier_in(dir, &args))
 }
 
 fn pixels(path: &Path) -> Vec<u8> {
@@ -115,7 +105,7 @@ fn commands_find_the_project_from_a_subfolder_or_say_there_is_none() {
     gen(dir.path(), source.to_str().unwrap(), &[]);
     let sub = dir.path().join("notes/deep");
     std::fs::create_dir_all(&sub).unwrap();
-    assert!(ok(atelier_in(&sub, &["history"])).contains("#1"));
+    assert!(common::ok(&atelier_in(&sub, &["history"])).contains("#1"));
     let elsewhere = tempfile::tempdir().unwrap();
     let e = err(atelier_in(elsewhere.path(), &["history"]));
     assert!(
@@ -139,8 +129,8 @@ fn commands_find_the_project_from_a_subfolder_or_say_there_is_none() {
 fn rerun_without_changes_reproduces_the_bytes_and_with_changes_records_a_child() {
     let (dir, source) = project();
     gen(dir.path(), source.to_str().unwrap(), &[]);
-    ok(atelier_in(dir.path(), &["rerun", "1", "--quiet"]));
-    ok(atelier_in(
+    common::ok(&atelier_in(dir.path(), &["rerun", "1", "--quiet"]));
+    common::ok(&atelier_in(
         dir.path(),
         &[
             "rerun",
@@ -227,7 +217,7 @@ fn history_filters_sorts_and_prints_json() {
     let (dir, source) = project();
     let s = source.to_str().unwrap();
     gen(dir.path(), s, &[]);
-    ok(atelier_in(
+    common::ok(&atelier_in(
         dir.path(),
         &[
             "gen",
@@ -245,16 +235,16 @@ fn history_filters_sorts_and_prints_json() {
         ],
     ));
     gen(dir.path(), "#1", &[]);
-    ok(atelier_in(dir.path(), &["star", "2"]));
-    ok(atelier_in(dir.path(), &["tag", "3", "+keeper"]));
-    let table = ok(atelier_in(dir.path(), &["history"]));
+    common::ok(&atelier_in(dir.path(), &["star", "2"]));
+    common::ok(&atelier_in(dir.path(), &["tag", "3", "+keeper"]));
+    let table = common::ok(&atelier_in(dir.path(), &["history"]));
     assert_eq!(table.lines().count(), 4, "{table}");
     assert!(table.lines().next().unwrap().contains("SEED"));
     let only = |args: &[&str]| -> Vec<u64> {
         let mut a = vec!["history", "--json"];
         a.extend_from_slice(args);
         let json: serde_json::Value =
-            serde_json::from_str(&ok(atelier_in(dir.path(), &a))).unwrap();
+            serde_json::from_str(&common::ok(&atelier_in(dir.path(), &a))).unwrap();
         json.as_array()
             .unwrap()
             .iter()
@@ -273,7 +263,7 @@ fn history_filters_sorts_and_prints_json() {
     assert_eq!(only(&["--since", "1h"]), vec![1, 2, 3]);
     assert_eq!(only(&["--since", "2999-01-01"]), Vec::<u64>::new());
     let json: serde_json::Value =
-        serde_json::from_str(&ok(atelier_in(dir.path(), &["history", "--json"]))).unwrap();
+        serde_json::from_str(&common::ok(&atelier_in(dir.path(), &["history", "--json"]))).unwrap();
     let run = &json[2];
     for key in [
         "id",
@@ -309,14 +299,14 @@ fn an_unreadable_record_is_reported_with_its_path_and_skipped() {
     .unwrap();
     let out = atelier_in(dir.path(), &["history"]);
     let (stdout, stderr) = (
-        ok(out.clone()),
+        common::ok(&out.clone()),
         String::from_utf8_lossy(&out.stderr).to_string(),
     );
     assert!(stdout.contains("#2") && !stdout.contains("#1 "), "{stdout}");
     assert!(stderr.contains("runs/000001/run.toml"), "{stderr}");
     // Writers open it too, and new ids never collide with the damaged one.
     gen(dir.path(), source.to_str().unwrap(), &[]);
-    assert!(ok(atelier_in(dir.path(), &["history"])).contains("#3"));
+    assert!(common::ok(&atelier_in(dir.path(), &["history"])).contains("#3"));
     assert!(err(atelier_in(dir.path(), &["show", "1"])).contains("damaged"));
 }
 
@@ -331,10 +321,10 @@ fn a_second_writer_is_told_who_holds_the_project_and_readers_still_work() {
             && e.contains(&format!("pid {}", std::process::id())),
         "{e}"
     );
-    assert!(ok(atelier_in(dir.path(), &["history"])).contains("#1"));
-    ok(atelier_in(dir.path(), &["show", "1", "--no-image"]));
+    assert!(common::ok(&atelier_in(dir.path(), &["history"])).contains("#1"));
+    common::ok(&atelier_in(dir.path(), &["show", "1", "--no-image"]));
     drop(holder);
-    ok(atelier_in(dir.path(), &["star", "1"]));
+    common::ok(&atelier_in(dir.path(), &["star", "1"]));
 }
 
 #[test]
@@ -420,7 +410,7 @@ fn writers_killed_at_random_moments_never_leave_a_half_written_record() {
 fn sweep_queues_a_grid_and_draws_a_labelled_sheet() {
     let (dir, source) = project();
     gen(dir.path(), source.to_str().unwrap(), &[]);
-    let out = ok(atelier_in(
+    let out = common::ok(&atelier_in(
         dir.path(),
         &[
             "sweep",
@@ -456,11 +446,11 @@ fn sweep_queues_a_grid_and_draws_a_labelled_sheet() {
 fn compare_labels_the_settings_that_differ() {
     let (dir, source) = project();
     gen(dir.path(), source.to_str().unwrap(), &[]);
-    ok(atelier_in(
+    common::ok(&atelier_in(
         dir.path(),
         &["rerun", "1", "--set", "strength=0.75", "--quiet"],
     ));
-    let out = ok(atelier_in(
+    let out = common::ok(&atelier_in(
         dir.path(),
         &["compare", "1", "2", "--out", "cmp.png"],
     ));
@@ -481,12 +471,12 @@ fn export_then_import_keeps_the_recipe_and_a1111_pngs_import_too() {
         &["--negative", "blurry, dark"],
     );
     let out = tempfile::tempdir().unwrap();
-    ok(atelier_in(
+    common::ok(&atelier_in(
         dir.path(),
         &["export", "1", "--to", out.path().to_str().unwrap()],
     ));
     let exported = out.path().join("atelier-1.png");
-    assert!(ok(atelier_in(
+    assert!(common::ok(&atelier_in(
         dir.path(),
         &["import", exported.to_str().unwrap()]
     ))
@@ -501,7 +491,10 @@ fn export_then_import_keeps_the_recipe_and_a1111_pngs_import_too() {
     let img = image::RgbImage::from_pixel(64, 64, image::Rgb([200, 100, 50]));
     let params = "a lighthouse, \"quoted\"\nNegative prompt: fog,\nrain\nSteps: 12, Sampler: Euler a, CFG scale: 5.5, Seed: 77, Size: 64x64, Model hash: abc, Model: dreamshaper, Denoising strength: 0.35, Version: v1.9.4";
     atelier::png_meta::write_png(&a1111, &img, &[("parameters", params)]).unwrap();
-    ok(atelier_in(dir.path(), &["import", a1111.to_str().unwrap()]));
+    common::ok(&atelier_in(
+        dir.path(),
+        &["import", a1111.to_str().unwrap()],
+    ));
     let r = Project::open(dir.path(), Access::Read)
         .unwrap()
         .record(3)
@@ -532,10 +525,10 @@ fn stars_tags_notes_and_the_trash() {
     let (dir, source) = project();
     gen(dir.path(), source.to_str().unwrap(), &[]);
     gen(dir.path(), source.to_str().unwrap(), &[]);
-    ok(atelier_in(dir.path(), &["star", "1"]));
-    ok(atelier_in(dir.path(), &["tag", "1", "+hero", "+maybe"]));
-    ok(atelier_in(dir.path(), &["tag", "1", "-maybe"]));
-    ok(atelier_in(dir.path(), &["note", "1", "the keeper"]));
+    common::ok(&atelier_in(dir.path(), &["star", "1"]));
+    common::ok(&atelier_in(dir.path(), &["tag", "1", "+hero", "+maybe"]));
+    common::ok(&atelier_in(dir.path(), &["tag", "1", "-maybe"]));
+    common::ok(&atelier_in(dir.path(), &["note", "1", "the keeper"]));
     let r = Project::open(dir.path(), Access::Read)
         .unwrap()
         .record(1)
@@ -543,15 +536,15 @@ fn stars_tags_notes_and_the_trash() {
     assert!(r.starred);
     assert_eq!(r.tags, vec!["hero"]);
     assert_eq!(r.note, "the keeper");
-    ok(atelier_in(dir.path(), &["rm", "2"]));
-    assert!(!ok(atelier_in(dir.path(), &["history"])).contains("#2"));
-    assert!(ok(atelier_in(dir.path(), &["trash", "list"])).contains("#2"));
+    common::ok(&atelier_in(dir.path(), &["rm", "2"]));
+    assert!(!common::ok(&atelier_in(dir.path(), &["history"])).contains("#2"));
+    assert!(common::ok(&atelier_in(dir.path(), &["trash", "list"])).contains("#2"));
     // A deleted id is never reused.
     gen(dir.path(), source.to_str().unwrap(), &[]);
-    assert!(ok(atelier_in(dir.path(), &["history"])).contains("#3"));
-    ok(atelier_in(dir.path(), &["trash", "restore", "2"]));
-    assert!(ok(atelier_in(dir.path(), &["history"])).contains("#2"));
-    ok(atelier_in(dir.path(), &["rm", "2"]));
-    assert!(ok(atelier_in(dir.path(), &["trash", "empty"])).contains("deleted 1"));
+    assert!(common::ok(&atelier_in(dir.path(), &["history"])).contains("#3"));
+    common::ok(&atelier_in(dir.path(), &["trash", "restore", "2"]));
+    assert!(common::ok(&atelier_in(dir.path(), &["history"])).contains("#2"));
+    common::ok(&atelier_in(dir.path(), &["rm", "2"]));
+    assert!(common::ok(&atelier_in(dir.path(), &["trash", "empty"])).contains("deleted 1"));
     assert!(!dir.path().join("trash/000002").exists());
 }

@@ -181,11 +181,7 @@ fn gen_takes_a_checkpoint_with_its_base_configs_from_the_hub_cache() {
         .env("HF_HUB_OFFLINE", "1")
         .output()
         .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    common::ok(&run);
     let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
     let diff = common::max_abs_diff(&got["image"], &common::expected_image(case));
     assert!(diff < 1e-3, "{diff}");

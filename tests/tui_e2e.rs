@@ -139,11 +139,7 @@ fn iterate_compare_and_quit_in_tmux() {
             .args(args)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::ok(&out);
     };
     run(&["init", ".", "--model", case.join("model").to_str().unwrap()]);
     run(&[

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::process::Output;
 
 /// The shared folder beside the repository (parity cases, fixtures);
 /// `ATELIER_SHARED` overrides it.
@@ -138,4 +139,16 @@ pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
         .and_then(|d| d.max(0))
         .and_then(|d| d.to_scalar::<f32>())
         .expect("tensors of the same shape")
+}
+
+/// Asserts that a command succeeded (showing its output if not) and
+/// returns its standard output.
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
 }
