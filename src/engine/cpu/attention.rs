@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::math::exp;
-use super::SharedMut;
+use super::{vectorized, SharedMut};
 
 /// Query rows per task: their scores (`QUERY_BLOCK * m` floats, 0.5 MiB at
 /// 1024 keys) stay in the core's cache; 32 and 64 were slower, 256 no
@@ -123,6 +123,14 @@ pub fn attention(s: &AttentionShape, q: &[f32], k: &[f32], v: &[f32], scale: f32
 /// The max and the sum are kept per lane of [`LANES`] so that both loops
 /// vectorise (a single running float sum has to be added in order).
 fn exp_shifted(row: &mut [f32]) -> f32 {
+    vectorized(
+        #[inline(always)]
+        || exp_shifted_in_place(row),
+    )
+}
+
+#[inline(always)]
+fn exp_shifted_in_place(row: &mut [f32]) -> f32 {
     const LANES: usize = 16;
     let mut chunks = row.chunks_exact_mut(LANES);
     let mut maxes = [f32::NEG_INFINITY; LANES];

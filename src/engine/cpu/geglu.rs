@@ -6,6 +6,7 @@
 use rayon::prelude::*;
 
 use super::math::erf;
+use super::vectorized;
 
 /// `out[r, j] = h[r, j] · gelu(h[r, half + j])` for rows of width `2 · half`.
 pub fn geglu(h: &[f32], half: usize) -> Vec<f32> {
@@ -15,12 +16,21 @@ pub fn geglu(h: &[f32], half: usize) -> Vec<f32> {
         .zip(h.par_chunks(2 * half))
         .with_min_len(16)
         .for_each(|(dst, row)| {
-            let (a, b) = row.split_at(half);
-            for ((d, &a), &b) in dst.iter_mut().zip(a).zip(b) {
-                *d = a * 0.5 * b * (1.0 + erf(b * std::f32::consts::FRAC_1_SQRT_2));
-            }
+            vectorized(
+                #[inline(always)]
+                || gate_row(dst, row),
+            )
         });
     out
+}
+
+/// `dst[j] = a[j] · gelu(b[j])` for `row = [a | b]`.
+#[inline(always)]
+fn gate_row(dst: &mut [f32], row: &[f32]) {
+    let (a, b) = row.split_at(dst.len());
+    for ((d, &a), &b) in dst.iter_mut().zip(a).zip(b) {
+        *d = a * 0.5 * b * (1.0 + erf(b * std::f32::consts::FRAC_1_SQRT_2));
+    }
 }
 
 #[cfg(test)]

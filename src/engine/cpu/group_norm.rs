@@ -5,6 +5,7 @@
 use rayon::prelude::*;
 
 use super::math::exp;
+use super::vectorized;
 
 /// Sums are kept per lane of this many floats so that they vectorise.
 const LANES: usize = 16;
@@ -39,32 +40,49 @@ pub fn group_norm(
         .zip(x.par_chunks(len))
         .enumerate()
         .for_each(|(bg, (dst, src))| {
-            let mean = sum(src) / len as f32;
-            let var = sum_sq_dev(src, mean) / len as f32;
-            let rstd = 1.0 / (var + eps).sqrt();
             let first = (bg % s.groups) * per_group;
-            for (c, (dst, src)) in dst
-                .chunks_mut(s.spatial)
-                .zip(src.chunks(s.spatial))
-                .enumerate()
-            {
-                let scale = rstd * weight[first + c];
-                let shift = bias[first + c] - mean * scale;
-                if silu {
-                    for (d, &v) in dst.iter_mut().zip(src) {
-                        let y = v * scale + shift;
-                        *d = y / (1.0 + exp(-y));
-                    }
-                } else {
-                    for (d, &v) in dst.iter_mut().zip(src) {
-                        *d = v * scale + shift;
-                    }
-                }
-            }
+            let (weight, bias) = (&weight[first..][..per_group], &bias[first..][..per_group]);
+            vectorized(
+                #[inline(always)]
+                || normalize_group(src, dst, s.spatial, weight, bias, eps, silu),
+            )
         });
     out
 }
 
+/// One group: `src` and `dst` are its channels' planes of `spatial`
+/// values, `weight` and `bias` its channels' affine transform.
+#[inline(always)]
+fn normalize_group(
+    src: &[f32],
+    dst: &mut [f32],
+    spatial: usize,
+    weight: &[f32],
+    bias: &[f32],
+    eps: f32,
+    silu: bool,
+) {
+    let len = src.len() as f32;
+    let mean = sum(src) / len;
+    let var = sum_sq_dev(src, mean) / len;
+    let rstd = 1.0 / (var + eps).sqrt();
+    for (c, (dst, src)) in dst.chunks_mut(spatial).zip(src.chunks(spatial)).enumerate() {
+        let scale = rstd * weight[c];
+        let shift = bias[c] - mean * scale;
+        if silu {
+            for (d, &v) in dst.iter_mut().zip(src) {
+                let y = v * scale + shift;
+                *d = y / (1.0 + exp(-y));
+            }
+        } else {
+            for (d, &v) in dst.iter_mut().zip(src) {
+                *d = v * scale + shift;
+            }
+        }
+    }
+}
+
+#[inline(always)]
 fn sum(xs: &[f32]) -> f32 {
     let mut lanes = [0f32; LANES];
     let mut chunks = xs.chunks_exact(LANES);
@@ -76,6 +94,7 @@ fn sum(xs: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
 }
 
+#[inline(always)]
 fn sum_sq_dev(xs: &[f32], mean: f32) -> f32 {
     let mut lanes = [0f32; LANES];
     let mut chunks = xs.chunks_exact(LANES);

@@ -1,5 +1,6 @@
 //! f32 kernels for the CPU where candle's generic ones leave most of the
-//! machine idle: convolutions, attention, GEGLU, group norm. Each works on plain
+//! machine idle: convolutions, attention,
+//! GEGLU, group norm. Each works on plain
 //! slices; the layers in `engine` call them through candle custom ops when
 //! a tensor is f32 on the CPU and use candle's own ops everywhere else.
 
@@ -25,4 +26,15 @@ impl SharedMut {
     pub(crate) fn ptr(self) -> *mut f32 {
         self.0
     }
+}
+
+/// Runs `f` compiled for the widest vector instructions this CPU has
+/// (AVX-512, or AVX2 with FMA, on x86-64), chosen at run time: the crate
+/// itself is built for baseline x86-64, whose loops are 4 floats wide.
+/// `f` and what it calls must be inlined into it (`#[inline(always)]`) to
+/// take the wider instructions; work handed to other threads inside `f`
+/// does not.
+#[inline(always)]
+pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    pulp::Arch::new().dispatch(f)
 }

@@ -21,7 +21,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::super::SharedMut;
+use super::super::{vectorized, SharedMut};
 use super::ConvShape;
 
 const LANES: usize = 8;
@@ -86,6 +86,7 @@ struct Band {
 
 impl Band {
     /// (image, output row, output column) of tile `t`'s top-left corner.
+    #[inline(always)]
     fn origin(&self, t: usize) -> (usize, usize, usize) {
         let row = self.first_row + t / self.tiles_wide;
         (
@@ -201,6 +202,20 @@ fn transform_input<V: Variant>(
     band: &Band,
     vc: &mut [f32],
 ) {
+    vectorized(
+        #[inline(always)]
+        || transform_input_lanes::<V>(s, input, ci, band, vc),
+    )
+}
+
+#[inline(always)]
+fn transform_input_lanes<V: Variant>(
+    s: &ConvShape,
+    input: &[f32],
+    ci: usize,
+    band: &Band,
+    vc: &mut [f32],
+) {
     let (h, w, side) = (s.height, s.width, V::IN);
     for t0 in (0..band.padded).step_by(LANES) {
         let mut d = [[[0f32; LANES]; 6]; 6];
@@ -259,6 +274,20 @@ fn transform_kernel<V: Variant>(
     cs: std::ops::Range<usize>,
     u: &mut [f32],
 ) {
+    vectorized(
+        #[inline(always)]
+        || transform_kernel_lanes::<V>(kernel, c, ks, cs, u),
+    )
+}
+
+#[inline(always)]
+fn transform_kernel_lanes<V: Variant>(
+    kernel: &[f32],
+    c: usize,
+    ks: std::ops::Range<usize>,
+    cs: std::ops::Range<usize>,
+    u: &mut [f32],
+) {
     let (chunk, width) = (ks.len(), cs.len());
     for (kk, k) in ks.enumerate() {
         let rows = &kernel[(k * c + cs.start) * 9..(k * c + cs.end) * 9];
@@ -283,7 +312,13 @@ fn transform_kernel<V: Variant>(
             for (i, row) in columns.iter().enumerate().take(V::IN) {
                 for (j, value) in V::kernel_1d(*row).iter().enumerate().take(V::IN) {
                     let at = ((i * V::IN + j) * chunk + kk) * width + c0;
-                    u[at..at + lanes].copy_from_slice(&value[..lanes]);
+                    // A whole lane as a fixed-size copy: a copy of
+                    // `lanes` floats is a call to memmove.
+                    if lanes == LANES {
+                        u[at..at + LANES].copy_from_slice(value);
+                    } else {
+                        u[at..at + lanes].copy_from_slice(&value[..lanes]);
+                    }
                 }
             }
         }
@@ -293,6 +328,21 @@ fn transform_kernel<V: Variant>(
 /// `Y = Aᵀ M A + bias` for every tile of the band and output channel of the
 /// chunk, written into the NCHW output (cut at the right and bottom edges).
 fn transform_output<V: Variant>(
+    s: &ConvShape,
+    band: &Band,
+    ks: std::ops::Range<usize>,
+    bias: &[f32],
+    m: &[f32],
+    out: SharedMut,
+) {
+    vectorized(
+        #[inline(always)]
+        || transform_output_lanes::<V>(s, band, ks, bias, m, out),
+    )
+}
+
+#[inline(always)]
+fn transform_output_lanes<V: Variant>(
     s: &ConvShape,
     band: &Band,
     ks: std::ops::Range<usize>,
