@@ -3,7 +3,8 @@
 //! process, same inputs, median of 5 after a warm-up: the 3x3 convolutions
 //! (candle's `conv2d` vs atelier's im2col, Winograd F(2x2) and F(4x4)) and attention
 //! (candle's matmul + softmax + matmul with the heads split out, as the
-//! generic path runs it, vs the fused kernel).
+//! generic path runs it, vs the fused kernel), and the linear layers
+//! (candle's, weight `[out, in]`, vs the CPU kernel's, weight `[in, out]`).
 //!
 //!     cargo bench --bench cpu_kernels
 //!
@@ -12,9 +13,10 @@
 
 use std::time::Instant;
 
+use atelier::engine::blocks;
 use atelier::engine::cpu::attention::{self, AttentionShape};
 use atelier::engine::cpu::conv::{self as cpu_conv, Algorithm, ConvShape};
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Module, Tensor};
 
 fn median_ms(mut f: impl FnMut()) -> f64 {
     f();
@@ -31,7 +33,47 @@ fn median_ms(mut f: impl FnMut()) -> f64 {
 
 fn main() -> candle_core::Result<()> {
     convolutions()?;
-    attentions()
+    attentions()?;
+    linears()
+}
+
+fn linears() -> candle_core::Result<()> {
+    let dev = Device::Cpu;
+    println!(
+        "\n{:<44} {:>16} {:>16}",
+        "linear (tokens, in -> out)", "candle ms", "atelier ms"
+    );
+    for (rows, inputs, outputs) in [
+        (2048, 320, 2560),
+        (2048, 1280, 320),
+        (2048, 320, 320),
+        (512, 640, 5120),
+        (512, 2560, 640),
+        (128, 1280, 10240),
+        (128, 5120, 1280),
+        (128, 1280, 1280),
+    ] {
+        let x = Tensor::randn(0f32, 1., (rows, inputs), &dev)?;
+        let w = Tensor::randn(0f32, 0.05, (outputs, inputs), &dev)?;
+        let b = Tensor::randn(0f32, 1., outputs, &dev)?;
+        let candle_linear = candle_nn::Linear::new(w.clone(), Some(b.clone()));
+        let cpu_linear = blocks::Linear::new(w, Some(b))?;
+        let flop = 2.0 * (rows * inputs * outputs) as f64 / 1e6;
+        let rate = |ms: f64| format!("{ms:8.1} ({:4.0}/s)", flop / ms);
+        let candle = median_ms(|| {
+            candle_linear.forward(&x).expect("candle linear");
+        });
+        let atelier = median_ms(|| {
+            cpu_linear.forward(&x).expect("atelier linear");
+        });
+        println!(
+            "{:<44} {:>16} {:>16}",
+            format!("{rows}, {inputs} -> {outputs}"),
+            rate(candle),
+            rate(atelier),
+        );
+    }
+    Ok(())
 }
 
 fn attentions() -> candle_core::Result<()> {

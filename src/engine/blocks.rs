@@ -9,27 +9,111 @@ use super::conv::Conv2d;
 use super::cpu::ops;
 use super::profile::section;
 
-/// A linear layer that folds the leading dimensions of its input into one
-/// before the product: one `[batch * tokens, in] x [in, out]` product
-/// instead of one per batch entry, which the CPU runs a third faster on the
-/// UNet's shapes (190 vs 143 GFLOP/s for 2x1024x320 -> 2560).
-pub struct Linear(candle_nn::Linear);
+/// A linear layer. f32 on the CPU keeps its weight transposed (`[in,
+/// out]`, see `cpu::linear` for why) and runs the CPU kernel; elsewhere it
+/// is candle's layer, with the leading dimensions of the input folded into
+/// one first: one `[batch * tokens, in] x [in, out]` product instead of one
+/// per batch entry.
+pub enum Linear {
+    Candle(candle_nn::Linear),
+    CpuF32 {
+        weight_t: Tensor,
+        bias: Option<Tensor>,
+    },
+}
 
 impl Linear {
-    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self(candle_nn::Linear::new(weight, bias))
+    /// `weight` [out, in], `bias` [out].
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        if ops::applies(&weight) {
+            let weight_t = weight.t()?.contiguous()?;
+            Ok(Self::CpuF32 { weight_t, bias })
+        } else {
+            Ok(Self::Candle(candle_nn::Linear::new(weight, bias)))
+        }
+    }
+}
+
+impl Linear {
+    /// `forward(xs) + residual`, the sum made by the product on the CPU.
+    pub fn forward_add(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::CpuF32 { weight_t, bias } => {
+                ops::linear(xs, weight_t, bias.as_ref(), Some(residual))
+            }
+            Self::Candle(_) => self.forward(xs)? + residual,
+        }
+    }
+
+    /// The layer at every pixel of `map` `[batch, in, h, w]`: `[batch, out,
+    /// h, w]`, plus `residual` if given (a map of that shape).
+    pub fn forward_on_map(&self, map: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        match self {
+            Self::CpuF32 { weight_t, bias } => {
+                ops::linear_on_map(map, weight_t, bias.as_ref(), residual)
+            }
+            Self::Candle(linear) => {
+                let (b, c, h, w) = map.dims4()?;
+                let flat = map.reshape((b, c, h * w))?;
+                let mut out = linear.weight().broadcast_left(b)?.matmul(&flat)?;
+                if let Some(bias) = linear.bias() {
+                    out = out.broadcast_add(&bias.reshape((1, (), 1))?)?;
+                }
+                let out = out.reshape((b, (), h, w))?;
+                match residual {
+                    Some(residual) => out + residual,
+                    None => Ok(out),
+                }
+            }
+        }
+    }
+
+    /// The pixels of `map` `[batch, in, h, w]` as tokens: `[batch, h·w,
+    /// out]` (read in place on the CPU, permuted elsewhere).
+    pub fn forward_from_map(&self, map: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::CpuF32 { weight_t, bias } => ops::linear_from_map(map, weight_t, bias.as_ref()),
+            Self::Candle(_) => {
+                let (b, c, h, w) = map.dims4()?;
+                self.forward(&map.permute((0, 2, 3, 1))?.reshape((b, h * w, c))?)
+            }
+        }
+    }
+
+    /// Tokens `[batch, h·w, in]` back to a map `[batch, out, h, w]` plus
+    /// `residual`, a map of that shape (written in place on the CPU,
+    /// permuted elsewhere).
+    pub fn forward_to_map_add(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::CpuF32 { weight_t, bias } => {
+                ops::linear_to_map(xs, weight_t, bias.as_ref(), residual)
+            }
+            Self::Candle(_) => {
+                let (b, c, h, w) = residual.dims4()?;
+                self.forward(xs)?
+                    .reshape((b, h, w, c))?
+                    .permute((0, 3, 1, 2))?
+                    + residual
+            }
+        }
     }
 }
 
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let linear = match self {
+            Self::CpuF32 { weight_t, bias } => {
+                return ops::linear(xs, weight_t, bias.as_ref(), None)
+            }
+            Self::Candle(linear) => linear,
+        };
         let dims = xs.dims();
         if dims.len() <= 2 {
-            return self.0.forward(xs);
+            return linear.forward(xs);
         }
         let (lead, last) = dims.split_at(dims.len() - 1);
         let rows: usize = lead.iter().product();
-        let out = self.0.forward(&xs.reshape((rows, last[0]))?)?;
+        let out = linear.forward(&xs.reshape((rows, last[0]))?)?;
         let mut shape = lead.to_vec();
         shape.push(out.dim(1)?);
         out.reshape(shape)
@@ -39,13 +123,13 @@ impl Module for Linear {
 /// `weight` [out, in] and `bias` [out] from `vb`.
 pub fn linear(cin: usize, cout: usize, vb: VarBuilder) -> Result<Linear> {
     let l = candle_nn::linear(cin, cout, vb)?;
-    Ok(Linear::new(l.weight().clone(), l.bias().cloned()))
+    Linear::new(l.weight().clone(), l.bias().cloned())
 }
 
 /// `weight` [out, in] from `vb`, no bias.
 pub fn linear_no_bias(cin: usize, cout: usize, vb: VarBuilder) -> Result<Linear> {
     let l = candle_nn::linear_no_bias(cin, cout, vb)?;
-    Ok(Linear::new(l.weight().clone(), None))
+    Linear::new(l.weight().clone(), None)
 }
 
 /// Group norm that runs the fused CPU kernel for f32 on the CPU (and
@@ -92,36 +176,32 @@ impl Module for GroupNorm {
     }
 }
 
-/// A 1x1 convolution as one batched matrix product ([out, in] x [in, h*w]
-/// per image): no im2col copy, no layout transposes, no cuDNN call.
-pub struct Conv1x1 {
-    weight: Tensor,
-    bias: Tensor,
-}
+/// A 1x1 convolution: the linear layer applied at every pixel, as one
+/// matrix product per image (no im2col copy, no layout transposes, no
+/// cuDNN call).
+pub struct Conv1x1(Linear);
 
 impl Conv1x1 {
     pub fn new(vb: VarBuilder, cin: usize, cout: usize) -> Result<Self> {
         let conv = Conv2d::new(vb, cin, cout, 1, 1, 0)?;
-        Ok(Self {
-            weight: conv.weight().reshape((cout, cin))?,
-            bias: conv.bias().reshape((1, cout, 1))?,
-        })
+        let weight = conv.weight().reshape((cout, cin))?;
+        Ok(Self(Linear::new(weight, Some(conv.bias().clone()))?))
     }
 
     /// The same product as a linear layer over `[.., cin]` tokens.
     pub fn into_linear(self) -> Linear {
-        let cout = self.bias.elem_count();
-        let bias = self.bias.reshape(cout).expect("bias [1, cout, 1]");
-        Linear::new(self.weight, Some(bias))
+        self.0
+    }
+
+    /// `forward(xs) + residual`, the sum made by the product on the CPU.
+    pub fn forward_add(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        self.0.forward_on_map(xs, Some(residual))
     }
 }
 
 impl Module for Conv1x1 {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let (b, c, h, w) = xs.dims4()?;
-        let flat = xs.reshape((b, c, h * w))?;
-        let out = self.weight.broadcast_left(b)?.matmul(&flat)?;
-        out.broadcast_add(&self.bias)?.reshape((b, (), h, w))
+        self.0.forward_on_map(xs, None)
     }
 }
 
@@ -176,11 +256,10 @@ impl ResnetBlock {
         };
         let h = section("group norm + silu", dev, || self.norm2.forward_silu(&h))?;
         let h = section("conv 3x3", dev, || self.conv2.forward(&h))?;
-        let skip = match &self.shortcut {
-            Some(c) => section("conv 1x1 shortcut", dev, || c.forward(xs))?,
-            None => xs.clone(),
+        let out = match &self.shortcut {
+            Some(c) => section("conv 1x1 shortcut", dev, || c.forward_add(xs, &h))?,
+            None => section("resnet time + add", dev, || xs + h)?,
         };
-        let out = section("resnet time + add", dev, || skip + h)?;
         if self.output_scale == 1.0 {
             Ok(out)
         } else {

@@ -5,7 +5,9 @@
 //! (end-of-text) output through `text_projection` (`CLIPTextModelWithProjection`).
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{embedding, layer_norm, Embedding, LayerNorm, VarBuilder};
+
+use super::blocks::{linear, linear_no_bias, Linear};
 
 use super::config::{ClipActivation, ClipSpec};
 
@@ -110,9 +112,11 @@ impl ClipTextEncoder {
     /// in transformers 4 checkpoints and at the root in transformers 5 ones.
     pub fn new(vb: VarBuilder, spec: &ClipSpec) -> Result<Self> {
         let projection = match spec.projection_dim {
-            Some(dim) if vb.contains_tensor("text_projection.weight") => Some(
-                candle_nn::linear_no_bias(spec.hidden_size, dim, vb.pp("text_projection"))?,
-            ),
+            Some(dim) if vb.contains_tensor("text_projection.weight") => Some(linear_no_bias(
+                spec.hidden_size,
+                dim,
+                vb.pp("text_projection"),
+            )?),
             _ => None,
         };
         let vb = if vb.contains_tensor("text_model.embeddings.token_embedding.weight") {

@@ -98,13 +98,20 @@ impl Attention {
         })
     }
 
-    fn forward(&self, xs: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
+    /// Attention over `xs` (to `context` if given, else to itself), plus
+    /// `residual`.
+    fn forward_add(
+        &self,
+        xs: &Tensor,
+        context: Option<&Tensor>,
+        residual: &Tensor,
+    ) -> Result<Tensor> {
         let context = context.unwrap_or(xs);
         let q = self.to_q.forward(xs)?;
         let k = self.to_k.forward(context)?;
         let v = self.to_v.forward(context)?;
         let out = attention(&q, &k, &v, self.heads, self.upcast)?;
-        self.to_out.forward(&out)
+        self.to_out.forward_add(&out, residual)
     }
 }
 
@@ -141,12 +148,11 @@ impl TransformerBlock {
     fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
         let dev = xs.device();
         let xs = section("self-attention", dev, || {
-            self.attn1.forward(&self.norm1.forward(xs)?, None)? + xs
+            self.attn1.forward_add(&self.norm1.forward(xs)?, None, xs)
         })?;
         let xs = section("cross-attention", dev, || {
             self.attn2
-                .forward(&self.norm2.forward(&xs)?, Some(context))?
-                + &xs
+                .forward_add(&self.norm2.forward(&xs)?, Some(context), &xs)
         })?;
         section("feed-forward (GEGLU)", dev, || {
             let h = self.ff_proj.forward(&self.norm3.forward(&xs)?)?;
@@ -157,7 +163,7 @@ impl TransformerBlock {
                 let parts = h.chunk(2, D::Minus1)?;
                 (&parts[0] * parts[1].gelu_erf()?)?
             };
-            self.ff_out.forward(&h)? + &xs
+            self.ff_out.forward_add(&h, &xs)
         })
     }
 }
@@ -185,7 +191,7 @@ impl SpatialTransformer {
             if spec.linear_projection {
                 linear(channels, channels, vb.pp(name))
             } else {
-                Conv1x1::new(vb.pp(name), channels, channels).map(Conv1x1::into_linear)
+                Ok(Conv1x1::new(vb.pp(name), channels, channels)?.into_linear())
             }
         };
         Ok(Self {
@@ -207,19 +213,16 @@ impl SpatialTransformer {
     }
 
     fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let (b, c, h, w) = xs.dims4()?;
         let dev = xs.device();
-        let to_tokens = |x: Tensor| x.permute((0, 2, 3, 1))?.reshape((b, h * w, c));
         let x = section("group norm (transformer)", dev, || self.norm.forward(xs))?;
         let mut x = section("transformer proj in/out", dev, || {
-            self.proj_in.forward(&to_tokens(x.clone())?)
+            self.proj_in.forward_from_map(&x)
         })?;
         for block in &self.blocks {
             x = block.forward(&x, context)?;
         }
-        let to_map = |x: Tensor| x.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?.contiguous();
         section("transformer proj in/out", dev, || {
-            to_map(self.proj_out.forward(&x)?)? + xs
+            self.proj_out.forward_to_map_add(&x, xs)
         })
     }
 }

@@ -62,8 +62,8 @@ impl PixelAttention {
         let k = self.to_k.forward(&tokens)?;
         let v = self.to_v.forward(&tokens)?;
         // diffusers computes the VAE's softmax in f32 (`upcast_softmax`).
-        let out = self.to_out.forward(&attention(&q, &k, &v, 1, true)?)?;
-        out.transpose(1, 2)?.reshape((b, c, h, w))? + xs
+        self.to_out
+            .forward_to_map_add(&attention(&q, &k, &v, 1, true)?, xs)
     }
 }
 

@@ -1,13 +1,14 @@
 //! f32 kernels for the CPU where candle's generic ones leave most of the
-//! machine idle: convolutions, attention,
-//! GEGLU, group norm. Each works on plain
-//! slices; the layers in `engine` call them through candle custom ops when
-//! a tensor is f32 on the CPU and use candle's own ops everywhere else.
+//! machine idle: convolutions, linear layers, attention, GEGLU, group norm.
+//! Each works on plain slices; the layers in `engine` call them through
+//! candle custom ops when a tensor is f32 on the CPU and use candle's own
+//! ops everywhere else.
 
 pub mod attention;
 pub mod conv;
 pub mod geglu;
 pub mod group_norm;
+pub mod linear;
 mod math;
 pub mod ops;
 

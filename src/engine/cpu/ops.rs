@@ -2,12 +2,15 @@
 //! Callers check the device and dtype first (see [`applies`]) and keep
 //! candle's own ops for everything else.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor,
+};
 
 use super::attention::{self, AttentionShape};
 use super::conv::{self, ConvShape};
 use super::geglu;
 use super::group_norm::{self, GroupShape};
+use super::linear::{self, Arrangement, LinearShape};
 
 /// Whether the CPU kernels take this tensor: f32 on the CPU.
 pub fn applies(xs: &Tensor) -> bool {
@@ -33,6 +36,68 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f32) -
         &v.contiguous()?,
         &Attention { heads, scale },
     )
+}
+
+/// `xs·W + bias (+ residual)` over the last dimension of `xs`, `weight_t`
+/// being W stored as `[in, out]`.
+pub fn linear(
+    xs: &Tensor,
+    weight_t: &Tensor,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
+    let op = Linear {
+        input: Arrangement::Tokens,
+        output: Arrangement::Tokens,
+        residual: residual.map(Tensor::contiguous).transpose()?,
+    };
+    op.apply(xs, weight_t, bias)
+}
+
+/// [`linear`] at every pixel of a map `[batch, in, h, w]`: `[batch, out,
+/// h, w]`, plus `residual` (that shape) if given; read and written in place.
+pub fn linear_on_map(
+    xs: &Tensor,
+    weight_t: &Tensor,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
+    let op = Linear {
+        input: Arrangement::Channels,
+        output: Arrangement::Channels,
+        residual: residual.map(Tensor::contiguous).transpose()?,
+    };
+    let (b, c, h, w) = xs.dims4()?;
+    op.apply(&xs.reshape((b, c, h * w))?, weight_t, bias)?
+        .reshape((b, (), h, w))
+}
+
+/// [`linear`] from the pixels of a map `[batch, in, h, w]` as tokens to
+/// `[batch, h·w, out]`, read in place.
+pub fn linear_from_map(xs: &Tensor, weight_t: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let op = Linear {
+        input: Arrangement::Channels,
+        output: Arrangement::Tokens,
+        residual: None,
+    };
+    let (b, c, h, w) = xs.dims4()?;
+    op.apply(&xs.reshape((b, c, h * w))?, weight_t, bias)
+}
+
+/// [`linear`] from tokens `[batch, h·w, in]` to the pixels of `residual`'s
+/// map `[batch, out, h, w]`, plus `residual`, written in place.
+pub fn linear_to_map(
+    xs: &Tensor,
+    weight_t: &Tensor,
+    bias: Option<&Tensor>,
+    residual: &Tensor,
+) -> Result<Tensor> {
+    let op = Linear {
+        input: Arrangement::Tokens,
+        output: Arrangement::Channels,
+        residual: Some(residual.contiguous()?),
+    };
+    op.apply(xs, weight_t, bias)?.reshape(residual.shape())
 }
 
 /// GEGLU over the last dimension: `[.., 2n]` to `[.., n]`.
@@ -201,6 +266,125 @@ impl CustomOp3 for Attention {
             self.scale,
         );
         Ok((CpuStorage::F32(out), q_layout.shape().clone()))
+    }
+}
+
+struct Linear {
+    input: Arrangement,
+    output: Arrangement,
+    /// Added to the output; in the output's arrangement.
+    residual: Option<Tensor>,
+}
+
+impl Linear {
+    fn apply(&self, xs: &Tensor, weight_t: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let xs = xs.contiguous()?;
+        match bias {
+            Some(bias) => xs.apply_op3_no_bwd(weight_t, bias, self),
+            None => xs.apply_op2_no_bwd(weight_t, self),
+        }
+    }
+
+    /// `x` is `[batch, rows, in]` as tokens or `[batch, in, rows]` as a map's
+    /// channels; the output `[batch, rows, out]` or `[batch, out, rows]`.
+    fn run(
+        &self,
+        x: (&CpuStorage, &Layout),
+        weight_t: (&CpuStorage, &Layout),
+        bias: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (inputs, outputs) = weight_t.1.shape().dims2()?;
+        let dims = x.1.shape().dims();
+        let (batch, rows, x_inputs) = match (self.input, dims) {
+            (Arrangement::Tokens, [lead @ .., rows, features]) => {
+                (lead.iter().product(), *rows, *features)
+            }
+            (Arrangement::Channels, [batch, features, rows]) => (*batch, *rows, *features),
+            _ => (0, 0, 0),
+        };
+        let out_dims: Vec<usize> = match (self.input, self.output) {
+            (Arrangement::Tokens, Arrangement::Tokens) => {
+                [&dims[..dims.len() - 1], &[outputs]].concat()
+            }
+            (_, Arrangement::Tokens) => vec![batch, rows, outputs],
+            (_, Arrangement::Channels) => vec![batch, outputs, rows],
+        };
+        let residual = self.residual.as_ref().map(|r| r.storage_and_layout());
+        let bias_fits = bias.is_none_or(|b| b.1.shape().dims() == [outputs]);
+        let residual_fits = residual
+            .as_ref()
+            .is_none_or(|r| r.1.shape().elem_count() == batch * rows * outputs);
+        if x_inputs != inputs || rows == 0 || !bias_fits || !residual_fits {
+            candle_core::bail!(
+                "linear: input {:?} does not fit weight [in, out] {:?}, bias {:?} and residual {:?}",
+                x.1.shape(),
+                weight_t.1.shape(),
+                bias.map(|b| b.1.shape()),
+                residual.as_ref().map(|r| r.1.shape()),
+            );
+        }
+        let residual = match &residual {
+            Some((storage, layout)) => match &**storage {
+                Storage::Cpu(cpu) => Some(slice(cpu, layout)?),
+                _ => candle_core::bail!("linear: the residual is not on the CPU"),
+            },
+            None => None,
+        };
+        let shape = LinearShape {
+            batch,
+            rows,
+            inputs,
+            outputs,
+            input: self.input,
+            output: self.output,
+        };
+        let bias = bias.map(|(s, l)| slice(s, l)).transpose()?;
+        let out = linear::linear(
+            &shape,
+            slice(x.0, x.1)?,
+            slice(weight_t.0, weight_t.1)?,
+            bias,
+            residual,
+        );
+        Ok((CpuStorage::F32(out), out_dims.into()))
+    }
+}
+
+impl CustomOp2 for Linear {
+    fn name(&self) -> &'static str {
+        "atelier-cpu-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        weight_t: &CpuStorage,
+        weight_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.run((x, x_layout), (weight_t, weight_layout), None)
+    }
+}
+
+impl CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "atelier-cpu-linear-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        weight_t: &CpuStorage,
+        weight_layout: &Layout,
+        bias: &CpuStorage,
+        bias_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.run(
+            (x, x_layout),
+            (weight_t, weight_layout),
+            Some((bias, bias_layout)),
+        )
     }
 }
 
