@@ -64,10 +64,13 @@ pub enum Algorithm {
 /// kernel's size, read back from cache), so it only wins when the product
 /// runs over enough tiles (all images together). Below these counts the
 /// next algorithm down was faster in `cargo bench --bench cpu_kernels`: on
-/// SD 1.5 at 256 px with guidance, F4 takes the 32x32 and 16x16 maps, F2
-/// the 8x8 ones, im2col the 4x4 ones (where reading the weights dominates).
+/// SD 1.5 at 256 px with guidance, F4 takes the 32x32 and 16x16 maps and
+/// im2col the 8x8 and 4x4 ones (1280 channels, where reading the weights
+/// dominates: at 8x8, F2 took 22.3 ms to im2col's 18.4 once the products
+/// ran on AVX-512). F2 is left for maps of 64 to 95 2x2 tiles (a 16x16 map
+/// without guidance).
 const F4_MIN_TILES: usize = 24;
-const F2_MIN_TILES: usize = 32;
+const F2_MIN_TILES: usize = 64;
 
 pub fn algorithm(shape: &ConvShape) -> Algorithm {
     let tiles = |side: usize| {
@@ -248,8 +251,9 @@ mod tests {
             algorithm(&shape(2, 320, 32, 32, 320)),
             Algorithm::WinogradF4
         );
+        assert_eq!(algorithm(&shape(2, 1280, 8, 8, 1280)), Algorithm::Im2col);
         assert_eq!(
-            algorithm(&shape(2, 1280, 8, 8, 1280)),
+            algorithm(&shape(1, 640, 16, 16, 640)),
             Algorithm::WinogradF2
         );
         assert_eq!(algorithm(&shape(2, 1280, 4, 4, 1280)), Algorithm::Im2col);
