@@ -1,7 +1,7 @@
 //! atelier's CPU kernels against candle's ops on the shapes of SD 1.5's
 //! UNet (batch 2, as with classifier-free guidance) and VAE at 256 px, same
 //! process, same inputs, median of 5 after a warm-up: the 3x3 convolutions
-//! (candle's `conv2d` vs atelier's im2col, Winograd F(2x2) and F(4x4)) and attention
+//! (candle's `conv2d` vs atelier's im2col and Winograd F(4x4)) and attention
 //! (candle's matmul + softmax + matmul with the heads split out, as the
 //! generic path runs it, vs the fused kernel), and the linear layers
 //! (candle's, weight `[out, in]`, vs the CPU kernel's, weight `[in, out]`).
@@ -143,8 +143,8 @@ fn attentions() -> candle_core::Result<()> {
 fn convolutions() -> candle_core::Result<()> {
     let dev = Device::Cpu;
     println!(
-        "{:<34} {:>16} {:>16} {:>16} {:>16}",
-        "shape (batch, C->K, map)", "candle ms", "im2col ms", "F(2x2) ms", "F(4x4) ms"
+        "{:<34} {:>16} {:>16} {:>16}",
+        "shape (batch, C->K, map)", "candle ms", "im2col ms", "F(4x4) ms"
     );
     for (batch, c, k, size, stride) in [
         (2, 320, 320, 32, 1),
@@ -197,11 +197,10 @@ fn convolutions() -> candle_core::Result<()> {
             ms.map(rate).unwrap_or_else(|| "-".into())
         };
         println!(
-            "{:<34} {:>16} {:>16} {:>16} {:>16}  used: {:?}",
+            "{:<34} {:>16} {:>16} {:>16}  used: {:?}",
             format!("{batch}, {c}->{k}, {size}x{size} /{stride}"),
             rate(candle),
             rate(im2col),
-            winograd(Algorithm::WinogradF2),
             winograd(Algorithm::WinogradF4),
             cpu_conv::algorithm(&shape),
         );

@@ -7,8 +7,7 @@
 //! already the left operand), the input is unfolded per channel in parallel,
 //! and the product writes straight into the NCHW output with the bias in it.
 //! 3x3 convolutions over maps with enough tiles go through Winograd's
-//! F(4x4, 3x3) or F(2x2, 3x3) instead, which need a quarter or 4/9 of the
-//! multiplications.
+//! F(4x4, 3x3) instead, which needs a quarter of the multiplications.
 
 mod im2col;
 mod winograd;
@@ -54,23 +53,18 @@ impl ConvShape {
 pub enum Algorithm {
     /// Unfold the input, one matrix product per band of rows.
     Im2col,
-    /// Winograd F(2x2, 3x3).
-    WinogradF2,
     /// Winograd F(4x4, 3x3).
     WinogradF4,
 }
 
-/// Winograd pays a transform of every weight per call (4x or 16/9 the
-/// kernel's size, read back from cache), so it only wins when the product
-/// runs over enough tiles (all images together). Below these counts the
-/// next algorithm down was faster in `cargo bench --bench cpu_kernels`: on
-/// SD 1.5 at 256 px with guidance, F4 takes the 32x32 and 16x16 maps and
-/// im2col the 8x8 and 4x4 ones (1280 channels, where reading the weights
-/// dominates: at 8x8, F2 took 22.3 ms to im2col's 18.4 once the products
-/// ran on AVX-512). F2 is left for maps of 64 to 95 2x2 tiles (a 16x16 map
-/// without guidance).
-const F4_MIN_TILES: usize = 24;
-const F2_MIN_TILES: usize = 64;
+/// Winograd pays a transform of every weight per call (4x the kernel's
+/// size), so it only wins when the product runs over enough 4x4 tiles (all
+/// images together). Below this count im2col was faster in `cargo bench
+/// --bench cpu_kernels`: on SD 1.5 at 256 px, F4 takes the 32x32 and 16x16
+/// maps (with or without guidance) and im2col the 8x8 and 4x4 ones (1280
+/// channels, where reading the weights dominates: at 8x8 with guidance
+/// im2col took 20.9 ms, F4 26.8).
+const F4_MIN_TILES: usize = 16;
 
 pub fn algorithm(shape: &ConvShape) -> Algorithm {
     let tiles = |side: usize| {
@@ -80,8 +74,6 @@ pub fn algorithm(shape: &ConvShape) -> Algorithm {
         Algorithm::Im2col
     } else if tiles(4) >= F4_MIN_TILES {
         Algorithm::WinogradF4
-    } else if tiles(2) >= F2_MIN_TILES {
-        Algorithm::WinogradF2
     } else {
         Algorithm::Im2col
     }
@@ -106,7 +98,6 @@ pub fn conv2d_with(
     assert_eq!(bias.len(), shape.out_channels, "bias size");
     match algorithm {
         Algorithm::Im2col => im2col::conv2d(shape, input, kernel, bias),
-        Algorithm::WinogradF2 => winograd::conv2d::<winograd::F2>(shape, input, kernel, bias),
         Algorithm::WinogradF4 => winograd::conv2d::<winograd::F4>(shape, input, kernel, bias),
     }
 }
@@ -229,20 +220,16 @@ mod tests {
             shape(1, 2, 1, 1, 3),
             shape(1, 2, 3, 2, 3),
         ] {
-            for algorithm in [Algorithm::WinogradF2, Algorithm::WinogradF4] {
-                let err = relative_error(s, algorithm);
-                assert!(err < 1e-5, "{s:?} {algorithm:?}: {err}");
-            }
+            let err = relative_error(s, Algorithm::WinogradF4);
+            assert!(err < 1e-5, "{s:?}: {err}");
         }
     }
 
     #[test]
     fn winograd_stays_accurate_over_many_channels() {
         // The UNet's widest 3x3 convolution sums 2560 channels.
-        for algorithm in [Algorithm::WinogradF2, Algorithm::WinogradF4] {
-            let err = relative_error(shape(1, 2560, 8, 8, 4), algorithm);
-            assert!(err < 2e-5, "{algorithm:?}: {err}");
-        }
+        let err = relative_error(shape(1, 2560, 8, 8, 4), Algorithm::WinogradF4);
+        assert!(err < 2e-5, "{err}");
     }
 
     #[test]
@@ -254,7 +241,7 @@ mod tests {
         assert_eq!(algorithm(&shape(2, 1280, 8, 8, 1280)), Algorithm::Im2col);
         assert_eq!(
             algorithm(&shape(1, 640, 16, 16, 640)),
-            Algorithm::WinogradF2
+            Algorithm::WinogradF4
         );
         assert_eq!(algorithm(&shape(2, 1280, 4, 4, 1280)), Algorithm::Im2col);
         let strided = ConvShape {

@@ -1,12 +1,14 @@
-//! Winograd's F(4x4, 3x3) and F(2x2, 3x3) for 3x3 convolutions with stride
-//! 1 and padding 1 (Lavin & Gray, "Fast Algorithms for Convolutional Neural
-//! Networks"; F(4x4) with interpolation points 0, ±1, ±2, ∞).
+//! Winograd's F(4x4, 3x3) for 3x3 convolutions with stride 1 and padding 1
+//! (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks";
+//! interpolation points 0, ±1, ±2, ∞).
 //!
 //! Each m x m block of output comes from an (m+2) x (m+2) block of input:
 //! `Y = Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A`. Summed over input channels, the
 //! elementwise product becomes (m+2)² independent matrix products of `[K,
 //! C] x [C, tiles]`: F(4x4) does 36 multiply-adds per tile and channel pair
-//! where the direct convolution does 144, F(2x2) 16 where it does 36.
+//! where the direct convolution does 144. (F(2x2, 3x3) was here too; once
+//! the kernel transform became a matrix product, F4 or im2col beat it on
+//! every shape the UNet and VAE have.)
 //!
 //! Layout (P = (m+2)² positions): the transformed input `V` is
 //! `[C][P][tiles]` (one contiguous block per input channel, filled in
@@ -27,9 +29,8 @@ use super::ConvShape;
 const LANES: usize = 8;
 type Lane = [f32; LANES];
 
-/// One member of the family F(m x m, 3x3). The 1-D transforms take and
-/// return fixed arrays of the largest member's sizes; entries past `IN`
-/// (or `OUT`) are unused.
+/// One member of the family F(m x m, 3x3): its tile sizes and 1-D
+/// transforms, apart from the machinery that applies them.
 pub(super) trait Variant {
     /// Output tile side m.
     const OUT: usize;
@@ -45,11 +46,6 @@ pub(super) trait Variant {
 
 /// F(4x4, 3x3): 4x fewer multiplications, transforms of a 6x6 block.
 pub(super) struct F4;
-
-/// F(2x2, 3x3): 2.25x fewer multiplications, but four times as many tiles
-/// on a map as F4, and the kernel transform is only 16/9 of the kernel —
-/// the better trade on small maps with many channels.
-pub(super) struct F2;
 
 /// Output channels per task: enough tasks per thread on the UNet's widths,
 /// wide enough for an efficient product (`cargo bench --bench cpu_kernels`).
@@ -130,6 +126,7 @@ pub(super) fn conv2d<V: Variant>(
             .for_each(|(ci, vc)| transform_input::<V>(s, input, ci, &band, vc));
 
         let chunks: Vec<usize> = (0..k).step_by(OUTPUT_CHUNK).collect();
+        let t = kernel_matrix::<V>();
         chunks.par_iter().for_each(|&k0| {
             let ks = k0..(k0 + OUTPUT_CHUNK).min(k);
             SCRATCH.with(|scratch| {
@@ -138,7 +135,7 @@ pub(super) fn conv2d<V: Variant>(
                 for c0 in (0..c).step_by(INPUT_CHUNK) {
                     let cs = c0..(c0 + INPUT_CHUNK).min(c);
                     u.resize(positions * ks.len() * cs.len(), 0.0);
-                    transform_kernel::<V>(kernel, c, ks.clone(), cs.clone(), u);
+                    transform_kernel(&t, positions, kernel, c, ks.clone(), cs.clone(), u);
                     multiply(&band, positions, ks.len(), cs, u, &v, m);
                 }
                 transform_output::<V>(s, &band, ks, bias, m, out_ptr);
@@ -265,23 +262,38 @@ fn transform_input_lanes<V: Variant>(
     }
 }
 
-/// `U[ξ][k - ks.start][c - cs.start] = (G g Gᵀ)[ξ]` for the 3x3 kernel `g`
-/// of every output channel `k` in `ks` and input channel `c` in `cs`.
-fn transform_kernel<V: Variant>(
-    kernel: &[f32],
-    c: usize,
-    ks: std::ops::Range<usize>,
-    cs: std::ops::Range<usize>,
-    u: &mut [f32],
-) {
-    vectorized(
-        #[inline(always)]
-        || transform_kernel_lanes::<V>(kernel, c, ks, cs, u),
-    )
+/// `G ⊗ G` as an `[IN², 9]` row-major matrix: `(G g Gᵀ)[ξ] = Σₜ T[ξ][t] ·
+/// g[t]` for a 3x3 kernel `g` read as 9 taps. Built from the variant's 1-D
+/// transform applied to unit vectors.
+fn kernel_matrix<V: Variant>() -> Vec<f32> {
+    // g_col[a][i] = G[i][a].
+    let g_col: [[f32; 6]; 3] = std::array::from_fn(|a| {
+        let mut unit = [[0f32; LANES]; 3];
+        unit[a][0] = 1.0;
+        V::kernel_1d(unit).map(|lane| lane[0])
+    });
+    let mut t = vec![0f32; V::IN * V::IN * 9];
+    for i in 0..V::IN {
+        for j in 0..V::IN {
+            for a in 0..3 {
+                for b in 0..3 {
+                    t[(i * V::IN + j) * 9 + a * 3 + b] = g_col[a][i] * g_col[b][j];
+                }
+            }
+        }
+    }
+    t
 }
 
-#[inline(always)]
-fn transform_kernel_lanes<V: Variant>(
+/// `U[ξ][k - ks.start][c - cs.start] = (G g Gᵀ)[ξ]` for the 3x3 kernel `g`
+/// of every output channel `k` in `ks` and input channel `c` in `cs`: per
+/// output channel one `[IN², 9] x [9, cs]` product with [`kernel_matrix`]
+/// (the taps of consecutive input channels are 9 floats apart, which the
+/// product reads in place; gathering them into lanes by hand took as long
+/// as the convolution's own products on 16x16 maps).
+fn transform_kernel(
+    t: &[f32],
+    positions: usize,
     kernel: &[f32],
     c: usize,
     ks: std::ops::Range<usize>,
@@ -289,38 +301,35 @@ fn transform_kernel_lanes<V: Variant>(
     u: &mut [f32],
 ) {
     let (chunk, width) = (ks.len(), cs.len());
+    assert!(t.len() == positions * 9 && u.len() >= positions * chunk * width);
     for (kk, k) in ks.enumerate() {
-        let rows = &kernel[(k * c + cs.start) * 9..(k * c + cs.end) * 9];
-        for c0 in (0..width).step_by(LANES) {
-            let lanes = LANES.min(width - c0);
-            let mut g = [[[0f32; LANES]; 3]; 3];
-            for l in 0..lanes {
-                let taps = &rows[(c0 + l) * 9..][..9];
-                for i in 0..3 {
-                    for j in 0..3 {
-                        g[i][j][l] = taps[i * 3 + j];
-                    }
-                }
-            }
-            let mut columns = [[[0f32; LANES]; 3]; 6];
-            for j in 0..3 {
-                let col = V::kernel_1d([g[0][j], g[1][j], g[2][j]]);
-                for (row, value) in columns.iter_mut().zip(col).take(V::IN) {
-                    row[j] = value;
-                }
-            }
-            for (i, row) in columns.iter().enumerate().take(V::IN) {
-                for (j, value) in V::kernel_1d(*row).iter().enumerate().take(V::IN) {
-                    let at = ((i * V::IN + j) * chunk + kk) * width + c0;
-                    // A whole lane as a fixed-size copy: a copy of
-                    // `lanes` floats is a call to memmove.
-                    if lanes == LANES {
-                        u[at..at + LANES].copy_from_slice(value);
-                    } else {
-                        u[at..at + lanes].copy_from_slice(&value[..lanes]);
-                    }
-                }
-            }
+        let taps = &kernel[(k * c + cs.start) * 9..(k * c + cs.end) * 9];
+        // SAFETY: t is [positions, 9] row-major; taps is [width, 9]
+        // row-major, read as its [9, width] transpose; U[ξ][kk][..width]
+        // is at row stride chunk * width from kk * width, inside u
+        // (checked above).
+        unsafe {
+            gemm::gemm(
+                positions,
+                width,
+                9,
+                u.as_mut_ptr().add(kk * width),
+                1,
+                (chunk * width) as isize,
+                false,
+                t.as_ptr(),
+                1,
+                9,
+                taps.as_ptr(),
+                9,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
         }
     }
 }
@@ -435,48 +444,6 @@ impl Variant for F4 {
             lanes(|l| m[1][l] - m[2][l] + 2.0 * (m[3][l] - m[4][l])),
             lanes(|l| m[1][l] + m[2][l] + 4.0 * (m[3][l] + m[4][l])),
             lanes(|l| m[1][l] - m[2][l] + 8.0 * (m[3][l] - m[4][l]) + m[5][l]),
-        ]
-    }
-}
-
-impl Variant for F2 {
-    const OUT: usize = 2;
-    const IN: usize = 4;
-
-    #[inline(always)]
-    fn input_1d(d: [Lane; 6]) -> [Lane; 6] {
-        const ZERO: Lane = [0.0; LANES];
-        [
-            lanes(|l| d[0][l] - d[2][l]),
-            lanes(|l| d[1][l] + d[2][l]),
-            lanes(|l| d[2][l] - d[1][l]),
-            lanes(|l| d[1][l] - d[3][l]),
-            ZERO,
-            ZERO,
-        ]
-    }
-
-    #[inline(always)]
-    fn kernel_1d(g: [Lane; 3]) -> [Lane; 6] {
-        const ZERO: Lane = [0.0; LANES];
-        [
-            g[0],
-            lanes(|l| 0.5 * (g[0][l] + g[1][l] + g[2][l])),
-            lanes(|l| 0.5 * (g[0][l] - g[1][l] + g[2][l])),
-            g[2],
-            ZERO,
-            ZERO,
-        ]
-    }
-
-    #[inline(always)]
-    fn output_1d(m: [Lane; 6]) -> [Lane; 4] {
-        const ZERO: Lane = [0.0; LANES];
-        [
-            lanes(|l| m[0][l] + m[1][l] + m[2][l]),
-            lanes(|l| m[1][l] - m[2][l] - m[3][l]),
-            ZERO,
-            ZERO,
         ]
     }
 }
