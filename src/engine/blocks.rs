@@ -32,9 +32,7 @@ impl Linear {
             Ok(Self::Candle(candle_nn::Linear::new(weight, bias)))
         }
     }
-}
 
-impl Linear {
     /// `forward(xs) + residual`, the sum made by the product on the CPU.
     pub fn forward_add(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
         match self {

@@ -16,8 +16,8 @@
 //! for a chunk of output channels at a time (`[P][chunk][C]`,
 //! `[P][chunk][tiles]`, per thread), so the kernel's transform — up to
 //! four times its size — never goes through main memory.
-//! The transforms work on [`LANES`] tiles or channels at once so that they
-//! compile to vector instructions.
+//! The input and output transforms work on [`LANES`] tiles at once so that
+//! they compile to vector instructions; the kernel's is a matrix product.
 
 use std::cell::RefCell;
 
