@@ -46,12 +46,7 @@ pub fn linear(
     bias: Option<&Tensor>,
     residual: Option<&Tensor>,
 ) -> Result<Tensor> {
-    let op = Linear {
-        input: Arrangement::Tokens,
-        output: Arrangement::Tokens,
-        residual: residual.map(Tensor::contiguous).transpose()?,
-    };
-    op.apply(xs, weight_t, bias)
+    Linear::new(Arrangement::Tokens, Arrangement::Tokens, residual)?.apply(xs, weight_t, bias)
 }
 
 /// [`linear`] at every pixel of a map `[batch, in, h, w]`: `[batch, out,
@@ -62,11 +57,7 @@ pub fn linear_on_map(
     bias: Option<&Tensor>,
     residual: Option<&Tensor>,
 ) -> Result<Tensor> {
-    let op = Linear {
-        input: Arrangement::Channels,
-        output: Arrangement::Channels,
-        residual: residual.map(Tensor::contiguous).transpose()?,
-    };
+    let op = Linear::new(Arrangement::Channels, Arrangement::Channels, residual)?;
     let (b, c, h, w) = xs.dims4()?;
     op.apply(&xs.reshape((b, c, h * w))?, weight_t, bias)?
         .reshape((b, (), h, w))
@@ -75,11 +66,7 @@ pub fn linear_on_map(
 /// [`linear`] from the pixels of a map `[batch, in, h, w]` as tokens to
 /// `[batch, h·w, out]`, read in place.
 pub fn linear_from_map(xs: &Tensor, weight_t: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let op = Linear {
-        input: Arrangement::Channels,
-        output: Arrangement::Tokens,
-        residual: None,
-    };
+    let op = Linear::new(Arrangement::Channels, Arrangement::Tokens, None)?;
     let (b, c, h, w) = xs.dims4()?;
     op.apply(&xs.reshape((b, c, h * w))?, weight_t, bias)
 }
@@ -92,12 +79,9 @@ pub fn linear_to_map(
     bias: Option<&Tensor>,
     residual: &Tensor,
 ) -> Result<Tensor> {
-    let op = Linear {
-        input: Arrangement::Tokens,
-        output: Arrangement::Channels,
-        residual: Some(residual.contiguous()?),
-    };
-    op.apply(xs, weight_t, bias)?.reshape(residual.shape())
+    Linear::new(Arrangement::Tokens, Arrangement::Channels, Some(residual))?
+        .apply(xs, weight_t, bias)?
+        .reshape(residual.shape())
 }
 
 /// GEGLU over the last dimension: `[.., 2n]` to `[.., n]`.
@@ -277,6 +261,14 @@ struct Linear {
 }
 
 impl Linear {
+    fn new(input: Arrangement, output: Arrangement, residual: Option<&Tensor>) -> Result<Self> {
+        Ok(Self {
+            input,
+            output,
+            residual: residual.map(Tensor::contiguous).transpose()?,
+        })
+    }
+
     fn apply(&self, xs: &Tensor, weight_t: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let xs = xs.contiguous()?;
         match bias {
