@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::math::exp;
-use super::{vectorized, SharedMut};
+use super::{product, vectorized, SharedMut};
 
 /// Query rows per task: their scores (`QUERY_BLOCK * m` floats, 0.5 MiB at
 /// 1024 keys) stay in the core's cache; 32 and 64 were slower, 256 no
@@ -62,25 +62,13 @@ pub fn attention(s: &AttentionShape, q: &[f32], k: &[f32], v: &[f32], scale: f32
                 // writes these output rows and columns.
                 unsafe {
                     // scores = scale · q kᵀ
-                    gemm::gemm(
-                        rows.len(),
-                        s.keys,
-                        s.head_dim,
-                        scores.as_mut_ptr(),
-                        1,
-                        s.keys as isize,
+                    product(
+                        [rows.len(), s.keys, s.head_dim],
+                        (scores.as_mut_ptr(), s.keys, 1),
                         false,
-                        q.as_ptr().add(q_at),
-                        1,
-                        dim as isize,
-                        k.as_ptr().add(kv_at),
-                        dim as isize,
-                        1,
-                        0.0,
+                        (q.as_ptr().add(q_at), dim, 1),
+                        (k.as_ptr().add(kv_at), 1, dim),
                         scale,
-                        false,
-                        false,
-                        false,
                         gemm::Parallelism::None,
                     );
                 }
@@ -88,25 +76,13 @@ pub fn attention(s: &AttentionShape, q: &[f32], k: &[f32], v: &[f32], scale: f32
                 let out_rows = out_ptr.ptr().wrapping_add(q_at);
                 unsafe {
                     // out = e^scores v, then each row divided by its sum.
-                    gemm::gemm(
-                        rows.len(),
-                        s.head_dim,
-                        s.keys,
-                        out_rows,
-                        1,
-                        dim as isize,
+                    product(
+                        [rows.len(), s.head_dim, s.keys],
+                        (out_rows, dim, 1),
                         false,
-                        scores.as_ptr(),
-                        1,
-                        s.keys as isize,
-                        v.as_ptr().add(kv_at),
-                        1,
-                        dim as isize,
-                        0.0,
+                        (scores.as_ptr(), s.keys, 1),
+                        (v.as_ptr().add(kv_at), dim, 1),
                         1.0,
-                        false,
-                        false,
-                        false,
                         gemm::Parallelism::None,
                     );
                     for (r, sum) in sums.iter().enumerate() {

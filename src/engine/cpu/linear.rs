@@ -12,6 +12,8 @@
 //! ([`Arrangement`]), so a transformer's projections into and out of its
 //! tokens read and write the NCHW map in place: no permuted copy.
 
+use super::product;
+
 /// How one image's `rows x features` operand lies in memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arrangement {
@@ -23,10 +25,10 @@ pub enum Arrangement {
 
 impl Arrangement {
     /// (row stride, feature stride) of an operand of `rows` x `features`.
-    fn strides(self, rows: usize, features: usize) -> (isize, isize) {
+    fn strides(self, rows: usize, features: usize) -> (usize, usize) {
         match self {
-            Self::Tokens => (features as isize, 1),
-            Self::Channels => (1, rows as isize),
+            Self::Tokens => (features, 1),
+            Self::Channels => (1, rows),
         }
     }
 }
@@ -81,25 +83,13 @@ pub fn linear(
         // of their arrangement inside their buffers (lengths checked
         // above); weight_t is [inputs, outputs] row-major.
         unsafe {
-            gemm::gemm(
-                rows,
-                s.outputs,
-                s.inputs,
-                out.as_mut_ptr().add(n * rows * s.outputs),
-                out_cs,
-                out_rs,
+            product(
+                [rows, s.outputs, s.inputs],
+                (out.as_mut_ptr().add(n * rows * s.outputs), out_rs, out_cs),
                 bias.is_some() || residual.is_some(),
-                x.as_ptr().add(n * rows * s.inputs),
-                x_cs,
-                x_rs,
-                weight_t.as_ptr(),
-                1,
-                s.outputs as isize,
+                (x.as_ptr().add(n * rows * s.inputs), x_rs, x_cs),
+                (weight_t.as_ptr(), s.outputs, 1),
                 1.0,
-                1.0,
-                false,
-                false,
-                false,
                 gemm::Parallelism::Rayon(0),
             );
         }

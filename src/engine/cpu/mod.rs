@@ -29,6 +29,49 @@ impl SharedMut {
     }
 }
 
+/// `dst = scale · lhs · rhs`, or `dst += scale · lhs · rhs` when
+/// `accumulate`, for `dst` `[m, n]`, `lhs` `[m, k]` and `rhs` `[k, n]`, each
+/// given as (pointer, row stride, column stride) in floats: the one place
+/// that spells out the gemm crate's call, whose strides go column first.
+///
+/// # Safety
+/// Every element of each matrix at its strides lies inside its buffer, and
+/// no other thread reads or writes `dst`'s elements meanwhile.
+pub(crate) unsafe fn product(
+    [m, n, k]: [usize; 3],
+    dst: (*mut f32, usize, usize),
+    accumulate: bool,
+    lhs: (*const f32, usize, usize),
+    rhs: (*const f32, usize, usize),
+    scale: f32,
+    parallelism: gemm::Parallelism,
+) {
+    // SAFETY: as the caller promises.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.0,
+            dst.2 as isize,
+            dst.1 as isize,
+            accumulate,
+            lhs.0,
+            lhs.2 as isize,
+            lhs.1 as isize,
+            rhs.0,
+            rhs.2 as isize,
+            rhs.1 as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
 /// Runs `f` compiled for the widest vector instructions this CPU has
 /// (AVX-512, or AVX2 with FMA, on x86-64), chosen at run time: the crate
 /// itself is built for baseline x86-64, whose loops are 4 floats wide.

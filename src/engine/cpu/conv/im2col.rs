@@ -37,25 +37,13 @@ pub(super) fn conv2d(s: &ConvShape, input: &[f32], kernel: &[f32], bias: &[f32])
             // SAFETY: kernel is [K, depth], columns [depth, cols] and
             // product [K, cols], each contiguous and as long as that.
             unsafe {
-                gemm::gemm(
-                    s.out_channels,
-                    cols,
-                    depth,
-                    product.as_mut_ptr(),
-                    1,
-                    cols as isize,
+                super::super::product(
+                    [s.out_channels, cols, depth],
+                    (product.as_mut_ptr(), cols, 1),
                     false,
-                    kernel.as_ptr(),
-                    1,
-                    depth as isize,
-                    columns.as_ptr(),
-                    1,
-                    cols as isize,
-                    0.0,
+                    (kernel.as_ptr(), depth, 1),
+                    (columns.as_ptr(), cols, 1),
                     1.0,
-                    false,
-                    false,
-                    false,
                     gemm::Parallelism::Rayon(rayon::current_num_threads()),
                 );
             }

@@ -23,7 +23,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::super::{vectorized, SharedMut};
+use super::super::{product, vectorized, SharedMut};
 use super::ConvShape;
 
 const LANES: usize = 8;
@@ -164,25 +164,17 @@ fn multiply(
         // chunk] at column stride cs.len(), Mᵀ[ξ] is [padded, chunk] at
         // column stride padded; all inside their buffers.
         unsafe {
-            gemm::gemm(
-                padded,
-                chunk,
-                cs.len(),
-                m.as_mut_ptr().add(xi * chunk * padded),
-                padded as isize,
-                1,
+            product(
+                [padded, chunk, cs.len()],
+                (m.as_mut_ptr().add(xi * chunk * padded), 1, padded),
                 cs.start > 0,
-                v.as_ptr().add((cs.start * positions + xi) * padded),
-                (positions * padded) as isize,
-                1,
-                u.as_ptr().add(xi * chunk * cs.len()),
-                cs.len() as isize,
-                1,
+                (
+                    v.as_ptr().add((cs.start * positions + xi) * padded),
+                    1,
+                    positions * padded,
+                ),
+                (u.as_ptr().add(xi * chunk * cs.len()), 1, cs.len()),
                 1.0,
-                1.0,
-                false,
-                false,
-                false,
                 gemm::Parallelism::None,
             );
         }
@@ -309,25 +301,13 @@ fn transform_kernel(
         // is at row stride chunk * width from kk * width, inside u
         // (checked above).
         unsafe {
-            gemm::gemm(
-                positions,
-                width,
-                9,
-                u.as_mut_ptr().add(kk * width),
-                1,
-                (chunk * width) as isize,
+            product(
+                [positions, width, 9],
+                (u.as_mut_ptr().add(kk * width), chunk * width, 1),
                 false,
-                t.as_ptr(),
-                1,
-                9,
-                taps.as_ptr(),
-                9,
-                1,
-                0.0,
+                (t.as_ptr(), 9, 1),
+                (taps.as_ptr(), 1, 9),
                 1.0,
-                false,
-                false,
-                false,
                 gemm::Parallelism::None,
             );
         }
