@@ -38,8 +38,8 @@ pub(super) trait Variant {
     const IN: usize;
     /// Bᵀ applied to a column of `IN` lanes.
     fn input_1d(d: [Lane; 6]) -> [Lane; 6];
-    /// G applied to a column of three lanes.
-    fn kernel_1d(g: [Lane; 3]) -> [Lane; 6];
+    /// G, the kernel transform's `IN x 3` matrix (rows past `IN` unused).
+    const G: [[f32; 3]; 6];
     /// Aᵀ applied to a column of `IN` lanes.
     fn output_1d(m: [Lane; 6]) -> [Lane; 4];
 }
@@ -127,6 +127,9 @@ pub(super) fn conv2d<V: Variant>(
 
     let mut out = vec![0f32; s.output_len()];
     let out_ptr = SharedMut(out.as_mut_ptr());
+    let chunk = output_chunk(k, rayon::current_num_threads());
+    let chunks: Vec<usize> = (0..k).step_by(chunk).collect();
+    let t = kernel_matrix::<V>();
     let mut v = Vec::new();
     for first_row in (0..rows).step_by(band_rows) {
         let tiles = (band_rows.min(rows - first_row)) * tiles_wide;
@@ -143,9 +146,6 @@ pub(super) fn conv2d<V: Variant>(
             .enumerate()
             .for_each(|(ci, vc)| transform_input::<V>(s, input, ci, &band, vc));
 
-        let chunk = output_chunk(k, rayon::current_num_threads());
-        let chunks: Vec<usize> = (0..k).step_by(chunk).collect();
-        let t = kernel_matrix::<V>();
         chunks.par_iter().for_each(|&k0| {
             let ks = k0..(k0 + chunk).min(k);
             SCRATCH.with(|scratch| {
@@ -274,21 +274,14 @@ fn transform_input_lanes<V: Variant>(
 }
 
 /// `G ⊗ G` as an `[IN², 9]` row-major matrix: `(G g Gᵀ)[ξ] = Σₜ T[ξ][t] ·
-/// g[t]` for a 3x3 kernel `g` read as 9 taps. Built from the variant's 1-D
-/// transform applied to unit vectors.
+/// g[t]` for a 3x3 kernel `g` read as 9 taps.
 fn kernel_matrix<V: Variant>() -> Vec<f32> {
-    // g_col[a][i] = G[i][a].
-    let g_col: [[f32; 6]; 3] = std::array::from_fn(|a| {
-        let mut unit = [[0f32; LANES]; 3];
-        unit[a][0] = 1.0;
-        V::kernel_1d(unit).map(|lane| lane[0])
-    });
     let mut t = vec![0f32; V::IN * V::IN * 9];
     for i in 0..V::IN {
         for j in 0..V::IN {
             for a in 0..3 {
                 for b in 0..3 {
-                    t[(i * V::IN + j) * 9 + a * 3 + b] = g_col[a][i] * g_col[b][j];
+                    t[(i * V::IN + j) * 9 + a * 3 + b] = V::G[i][a] * V::G[j][b];
                 }
             }
         }
@@ -419,22 +412,19 @@ impl Variant for F4 {
         ]
     }
 
-    /// By reciprocals: a division per element made this the slowest
-    /// transform.
-    #[inline(always)]
-    fn kernel_1d(g: [Lane; 3]) -> [Lane; 6] {
+    const G: [[f32; 3]; 6] = {
         const SIXTH: f32 = 1.0 / 6.0;
         const TWELFTH: f32 = 1.0 / 12.0;
         const TWENTY_FOURTH: f32 = 1.0 / 24.0;
         [
-            lanes(|l| 0.25 * g[0][l]),
-            lanes(|l| -SIXTH * (g[0][l] + g[1][l] + g[2][l])),
-            lanes(|l| -SIXTH * (g[0][l] - g[1][l] + g[2][l])),
-            lanes(|l| TWENTY_FOURTH * g[0][l] + TWELFTH * g[1][l] + SIXTH * g[2][l]),
-            lanes(|l| TWENTY_FOURTH * g[0][l] - TWELFTH * g[1][l] + SIXTH * g[2][l]),
-            g[2],
+            [0.25, 0.0, 0.0],
+            [-SIXTH, -SIXTH, -SIXTH],
+            [-SIXTH, SIXTH, -SIXTH],
+            [TWENTY_FOURTH, TWELFTH, SIXTH],
+            [TWENTY_FOURTH, -TWELFTH, SIXTH],
+            [0.0, 0.0, 1.0],
         ]
-    }
+    };
 
     #[inline(always)]
     fn output_1d(m: [Lane; 6]) -> [Lane; 4] {
