@@ -66,6 +66,9 @@ pub struct BenchResult {
     /// With --profile: milliseconds per UNet call by kind of work, largest first.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unet_profile_ms: Vec<(String, f64)>,
+    /// With --profile: the same for one VAE decode.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub vae_decode_profile_ms: Vec<(String, f64)>,
 }
 
 /// The median of `repeats` timings, after one untimed warm-up.
@@ -184,6 +187,16 @@ fn measure(
         model.decode(&one_latent)?;
         Ok(())
     })?;
+    let mut vae_decode_profile_ms = Vec::new();
+    if s.profile {
+        crate::engine::profile::enable(true);
+        model.decode(&one_latent)?;
+        crate::engine::profile::enable(false);
+        vae_decode_profile_ms = crate::engine::profile::take()
+            .into_iter()
+            .map(|(name, ms, _)| (name.to_string(), ms))
+            .collect();
+    }
 
     let mut engine = Engine::with_model(device.clone(), model);
     let req = Request {
@@ -271,6 +284,7 @@ fn measure(
         rerun_first_step_ms,
         peak_memory_mib: memory::peak_mib(device),
         unet_profile_ms,
+        vae_decode_profile_ms,
     })
 }
 

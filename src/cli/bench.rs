@@ -95,6 +95,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             for (part, ms) in &r.unet_profile_ms {
                 println!("    {part:<28} {ms:>10.2} ms per UNet call");
             }
+            for (part, ms) in &r.vae_decode_profile_ms {
+                println!("    {part:<28} {ms:>10.2} ms per VAE decode");
+            }
         }
         Ok(())
     };

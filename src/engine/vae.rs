@@ -8,6 +8,7 @@ use candle_nn::VarBuilder;
 use super::blocks::{attention, group_norm, linear, Conv1x1, GroupNorm, Linear, ResnetBlock};
 use super::config::VaeSpec;
 use super::conv::Conv2d;
+use super::profile::section;
 
 const EPS: f64 = 1e-6;
 
@@ -51,6 +52,10 @@ impl PixelAttention {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        section("attention", xs.device(), || self.forward_unprofiled(xs))
+    }
+
+    fn forward_unprofiled(&self, xs: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = xs.dims4()?;
         let tokens = self
             .norm
@@ -133,7 +138,9 @@ impl EncoderBlock {
             xs = resnet.forward(&xs, None)?;
         }
         match &self.downsample {
-            Some(conv) => conv.forward(&xs.pad_with_zeros(3, 0, 1)?.pad_with_zeros(2, 0, 1)?),
+            Some(conv) => section("up/down sampling", xs.device(), || {
+                conv.forward(&xs.pad_with_zeros(3, 0, 1)?.pad_with_zeros(2, 0, 1)?)
+            }),
             None => Ok(xs),
         }
     }
@@ -153,10 +160,10 @@ impl DecoderBlock {
             xs = resnet.forward(&xs, None)?;
         }
         match &self.upsample {
-            Some(conv) => {
+            Some(conv) => section("up/down sampling", xs.device(), || {
                 let (_, _, h, w) = xs.dims4()?;
                 conv.forward(&xs.upsample_nearest2d(2 * h, 2 * w)?)
-            }
+            }),
             None => Ok(xs),
         }
     }
@@ -242,11 +249,14 @@ impl Decoder {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let mut xs = self.mid.forward(&self.conv_in.forward(xs)?)?;
+        let dev = xs.device();
+        let xs = section("conv 3x3", dev, || self.conv_in.forward(xs))?;
+        let mut xs = self.mid.forward(&xs)?;
         for block in &self.up {
             xs = block.forward(&xs)?;
         }
-        self.conv_out.forward(&self.norm_out.forward_silu(&xs)?)
+        let xs = section("group norm + silu", dev, || self.norm_out.forward_silu(&xs))?;
+        section("conv 3x3", dev, || self.conv_out.forward(&xs))
     }
 }
 
