@@ -7,6 +7,7 @@ use candle_nn::VarBuilder;
 
 use super::conv::Conv2d;
 use super::cpu::ops;
+use super::cuda;
 use super::profile::section;
 
 /// A linear layer. f32 on the CPU keeps its weight transposed (`[in,
@@ -130,8 +131,9 @@ pub fn linear_no_bias(cin: usize, cout: usize, vb: VarBuilder) -> Result<Linear>
     Linear::new(l.weight().clone(), None)
 }
 
-/// Group norm that runs the fused CPU kernel for f32 on the CPU (and
-/// candle's elsewhere), with SiLU folded in where a block asks for it.
+/// Group norm that runs a fused kernel, atelier's own, for f32 on the CPU
+/// and on CUDA (candle's elsewhere), with SiLU folded in where a block asks
+/// for it.
 pub struct GroupNorm {
     inner: candle_nn::GroupNorm,
     weight: Tensor,
@@ -156,21 +158,26 @@ pub fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> R
 impl GroupNorm {
     /// `silu(group_norm(xs))`.
     pub fn forward_silu(&self, xs: &Tensor) -> Result<Tensor> {
+        self.forward_fused(xs, true)
+    }
+
+    fn forward_fused(&self, xs: &Tensor, silu: bool) -> Result<Tensor> {
+        let (groups, weight, bias, eps) = (self.groups, &self.weight, &self.bias, self.eps);
         if ops::applies(xs) {
-            ops::group_norm(xs, self.groups, &self.weight, &self.bias, self.eps, true)
-        } else {
+            ops::group_norm(xs, groups, weight, bias, eps, silu)
+        } else if cuda::applies(xs) {
+            cuda::group_norm(xs, groups, weight, bias, eps, silu)
+        } else if silu {
             self.inner.forward(xs)?.silu()
+        } else {
+            self.inner.forward(xs)
         }
     }
 }
 
 impl Module for GroupNorm {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        if ops::applies(xs) {
-            ops::group_norm(xs, self.groups, &self.weight, &self.bias, self.eps, false)
-        } else {
-            self.inner.forward(xs)
-        }
+        self.forward_fused(xs, false)
     }
 }
 
@@ -268,16 +275,23 @@ impl ResnetBlock {
 
 /// `softmax(q kᵀ / √head_dim) v` per head for q `[batch, n, heads·head_dim]`
 /// and k, v `[batch, m, heads·head_dim]`, in q's layout. f32 on the CPU
-/// runs the fused kernel; elsewhere the scale is folded into q before the
-/// product, as fused attention does, so that half-precision scores stay
-/// far from f16's range limit, and `upcast` (SD 2.x's `upcast_attention`)
-/// computes f16 scores in f32.
+/// runs the fused kernel, and so do f16 and bf16 on CUDA where that measured
+/// faster (`cuda::prefer_fused_attention`; its scores are f32, as `upcast`
+/// asks). Elsewhere the scale is folded into q before the product, as fused
+/// attention does, so that half-precision scores stay far from f16's range
+/// limit, `upcast` (SD 2.x's `upcast_attention`) computes f16 scores in
+/// f32, and CUDA runs atelier's softmax kernel.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, upcast: bool) -> Result<Tensor> {
     let (b, n, dim) = q.dims3()?;
     let head_dim = dim / heads;
     let scale = (head_dim as f64).powf(-0.5);
     if ops::applies(q) {
         return ops::attention(q, k, v, heads, scale as f32);
+    }
+    if cuda::applies(q) && cuda::prefer_fused_attention(q, k, heads, upcast)? {
+        if let Some(out) = cuda::flash_attention(q, k, v, heads, scale as f32)? {
+            return Ok(out);
+        }
     }
     let split = |x: &Tensor| -> Result<Tensor> {
         let m = x.dim(1)?;
@@ -293,6 +307,11 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, upcast: bool)
         (q, k)
     };
     let scores = (q * scale)?.matmul(&k.t()?)?;
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
+    let probs = if cuda::applies(&scores) {
+        cuda::softmax_last_dim(&scores)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&scores)?
+    };
+    let probs = probs.to_dtype(dtype)?;
     probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, dim))
 }

@@ -23,6 +23,7 @@ pub fn open_device(name: &str) -> Result<(Device, DType)> {
         }
         let device = Device::new_cuda(ordinal)
             .map_err(|e| anyhow::anyhow!("cannot open CUDA device {ordinal}: {e}"))?;
+        untrack_cuda_events(&device);
         return Ok((device, DType::F16));
     }
     if name == "metal" {
@@ -34,6 +35,25 @@ pub fn open_device(name: &str) -> Result<(Device, DType)> {
         return Ok((device, DType::F16));
     }
     bail!("unknown device {name:?}: use cpu, cuda, cuda:N or metal")
+}
+
+/// Turns off cudarc's per-tensor CUDA events, for the tensors made from now
+/// on (the weights, and everything after). They order work between streams
+/// (an event recorded and waited on per kernel argument); atelier runs each
+/// device on its one stream, where launch order already orders the work.
+/// Measured on an H200: the same step time, 0.5 GiB less peak memory (SD 1.5
+/// at 512 px). `ATELIER_CUDA_EVENTS=on` keeps them (an A/B baseline).
+fn untrack_cuda_events(device: &Device) {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(cuda) = device {
+        if std::env::var("ATELIER_CUDA_EVENTS").as_deref() != Ok("on") {
+            // SAFETY: one stream per device (candle's), so no tensor is used
+            // on another stream than the one it was made and freed on.
+            unsafe { cuda.disable_event_tracking() }
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = device;
 }
 
 /// `--device` and `--dtype` as given (None: the best device, its default

@@ -6,6 +6,7 @@ pub mod clip;
 pub mod config;
 pub mod conv;
 pub mod cpu;
+pub mod cuda;
 pub mod device;
 pub mod model;
 pub mod noise;

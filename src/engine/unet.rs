@@ -14,6 +14,7 @@ use super::blocks::{
 use super::config::UnetSpec;
 use super::conv::Conv2d;
 use super::cpu::ops;
+use super::cuda;
 use super::profile::section;
 
 /// Sinusoidal features of each value (diffusers' `get_timestep_embedding`):
@@ -185,6 +186,8 @@ impl TransformerBlock {
             // GEGLU with the exact (erf) GELU, as PyTorch's F.gelu.
             let h = if ops::applies(&h) {
                 ops::geglu(&h)?
+            } else if cuda::applies(&h) {
+                cuda::geglu(&h)?
             } else {
                 let parts = h.chunk(2, D::Minus1)?;
                 (&parts[0] * parts[1].gelu_erf()?)?

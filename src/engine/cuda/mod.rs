@@ -1,0 +1,258 @@
+//! atelier's own CUDA kernels, for work that candle runs as many small or
+//! slow ops: fused attention (f16/bf16 on tensor cores), group norm (+
+//! SiLU), the softmax where attention is not fused, GEGLU. Compiled to PTX
+//! at build time (`build.rs`, `cuda` feature) and loaded once per device;
+//! arithmetic in f32 for every storage type.
+//!
+//! `ATELIER_CUDA_KERNELS=off` runs candle's ops instead: an escape hatch for
+//! a GPU where a kernel misbehaves, and an A/B baseline.
+//! `ATELIER_CUDA_ATTENTION=on|off` overrides where attention runs fused
+//! (`prefer_fused_attention`).
+
+mod flash_attention;
+mod geglu;
+mod group_norm;
+mod softmax;
+
+pub use flash_attention::{flash_attention, prefer_fused_attention};
+pub use geglu::geglu;
+pub use group_norm::group_norm;
+pub use softmax::softmax_last_dim;
+
+use candle_core::{DType, Tensor};
+
+/// Whether these kernels take this tensor: a CUDA build, a CUDA tensor of
+/// f32, f16 or bf16, and not switched off.
+pub fn applies(xs: &Tensor) -> bool {
+    cfg!(feature = "cuda")
+        && xs.device().is_cuda()
+        && matches!(xs.dtype(), DType::F32 | DType::F16 | DType::BF16)
+        && enabled()
+}
+
+fn enabled() -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    !*OFF.get_or_init(|| switched_off("ATELIER_CUDA_KERNELS"))
+}
+
+/// Whether the environment variable `name` says `off`.
+fn switched_off(name: &str) -> bool {
+    std::env::var(name).as_deref() == Ok("off")
+}
+
+/// The CPU side of ops that only run on CUDA (`applies` keeps them there).
+fn cpu_refusal(op: &str) -> candle_core::Error {
+    candle_core::Error::Msg(format!("atelier's CUDA {op} was given CPU tensors"))
+}
+
+#[cfg(feature = "cuda")]
+mod launch {
+    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView};
+    use candle_core::{Layout, Result};
+
+    mod ptx {
+        include!(concat!(env!("OUT_DIR"), "/ptx.rs"));
+    }
+
+    /// One `.cu` file's PTX, loaded into a device as a module of this name
+    /// (`CudaDevice::get_or_load_custom_func`, on first use).
+    pub struct Module {
+        pub name: &'static str,
+        pub ptx: &'static str,
+    }
+
+    pub const GROUP_NORM: Module = Module {
+        name: "atelier_group_norm",
+        ptx: ptx::GROUP_NORM,
+    };
+    pub const SOFTMAX: Module = Module {
+        name: "atelier_softmax",
+        ptx: ptx::SOFTMAX,
+    };
+    pub const FLASH_ATTENTION: Module = Module {
+        name: "atelier_flash_attention",
+        ptx: ptx::FLASH_ATTENTION,
+    };
+    pub const GEGLU: Module = Module {
+        name: "atelier_geglu",
+        ptx: ptx::GEGLU,
+    };
+
+    /// The elements `layout` covers, which must be one contiguous run.
+    pub fn view<'a, T>(
+        slice: &'a CudaSlice<T>,
+        layout: &Layout,
+        op: &str,
+        what: &str,
+    ) -> Result<CudaView<'a, T>> {
+        match layout.contiguous_offsets() {
+            Some((start, end)) => Ok(slice.slice(start..end)),
+            None => candle_core::bail!("{op}: the {what} is not contiguous"),
+        }
+    }
+
+    /// A size the kernels index with 32-bit integers.
+    pub fn int(n: usize, op: &str, what: &str) -> Result<i32> {
+        i32::try_from(n)
+            .map_err(|_| candle_core::Error::Msg(format!("{op}: {what} of {n} is too large")))
+    }
+}
+
+/// Each kernel against candle's own ops on the same CUDA tensors, on shapes
+/// that do not divide evenly into the kernels' blocks. They run where a
+/// CUDA build finds a GPU, and say so and pass where it finds none.
+#[cfg(all(test, feature = "cuda"))]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Result, D};
+
+    fn gpu() -> Option<Device> {
+        match Device::new_cuda(0) {
+            Ok(device) => Some(device),
+            Err(e) => {
+                eprintln!("no CUDA device, kernels not checked: {e}");
+                None
+            }
+        }
+    }
+
+    /// The largest difference, relative to the largest magnitude of `want`.
+    fn relative_error(got: &Tensor, want: &Tensor) -> Result<f32> {
+        let (got, want) = (got.to_dtype(DType::F32)?, want.to_dtype(DType::F32)?);
+        let scale = want.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-6);
+        Ok((got - want)?.abs()?.max_all()?.to_scalar::<f32>()? / scale)
+    }
+
+    /// f32 to candle's precision; f16 and bf16 to their rounding, against
+    /// candle's op in f32 on the same (rounded) input.
+    fn tolerance(dtype: DType) -> f32 {
+        match dtype {
+            DType::F32 => 1e-5,
+            DType::F16 => 2e-3,
+            _ => 1.6e-2,
+        }
+    }
+
+    const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+    #[test]
+    fn group_norm_matches_candle() -> Result<()> {
+        let Some(dev) = gpu() else { return Ok(()) };
+        for (shape, groups) in [
+            ((2, 64, 7, 9), 32),
+            ((1, 320, 64, 64), 32),
+            ((2, 12, 3, 1), 4),
+        ] {
+            let xs = Tensor::randn(0f32, 1., shape, &dev)?.affine(3., 0.5)?;
+            let weight = Tensor::randn(1f32, 0.2, shape.1, &dev)?;
+            let bias = Tensor::randn(0f32, 0.2, shape.1, &dev)?;
+            let reference =
+                candle_nn::GroupNorm::new(weight.clone(), bias.clone(), shape.1, groups, 1e-5)?;
+            for dtype in DTYPES {
+                let (x, w, b) = (
+                    xs.to_dtype(dtype)?,
+                    weight.to_dtype(dtype)?,
+                    bias.to_dtype(dtype)?,
+                );
+                let x32 = x.to_dtype(DType::F32)?;
+                for silu in [false, true] {
+                    let got = group_norm(&x, groups, &w, &b, 1e-5, silu)?;
+                    let want = candle_core::Module::forward(&reference, &x32)?;
+                    let want = if silu { want.silu()? } else { want };
+                    let err = relative_error(&got, &want)?;
+                    assert!(
+                        err < tolerance(dtype),
+                        "{shape:?} {dtype:?} silu {silu}: {err}"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn softmax_matches_candle() -> Result<()> {
+        let Some(dev) = gpu() else { return Ok(()) };
+        for shape in [(3, 5, 77), (2, 1, 4096), (1, 2, 5000), (4, 3, 1)] {
+            let xs = (Tensor::randn(0f32, 1., shape, &dev)? * 4.)?;
+            for dtype in DTYPES {
+                let x = xs.to_dtype(dtype)?;
+                let got = softmax_last_dim(&x)?;
+                let want = candle_nn::ops::softmax_last_dim(&x.to_dtype(DType::F32)?)?;
+                let err = relative_error(&got, &want)?;
+                assert!(err < tolerance(dtype), "{shape:?} {dtype:?}: {err}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Attention in f32 with candle's products, per head.
+    fn reference_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
+        let (b, n, dim) = q.dims3()?;
+        let d = dim / heads;
+        let split = |x: &Tensor| -> Result<Tensor> {
+            let m = x.dim(1)?;
+            x.to_dtype(DType::F32)?
+                .reshape((b, m, heads, d))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let (q, k, v) = (split(q)?, split(k)?, split(v)?);
+        let scores = (q.matmul(&k.t()?)? * (d as f64).powf(-0.5))?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, dim))
+    }
+
+    #[test]
+    fn flash_attention_matches_candle() -> Result<()> {
+        let Some(dev) = gpu() else { return Ok(()) };
+        // (batch, queries, keys, heads, head width): SD's widths, lengths
+        // that are not multiples of the 64-row tiles, cross-attention's 77.
+        for (b, n, m, heads, d) in [
+            (2, 100, 77, 8, 40),
+            (1, 130, 200, 2, 64),
+            (2, 64, 64, 3, 80),
+            (1, 33, 257, 1, 160),
+            (1, 1, 1, 2, 96),
+        ] {
+            let q = Tensor::randn(0f32, 1., (b, n, heads * d), &dev)?;
+            let k = Tensor::randn(0f32, 1., (b, m, heads * d), &dev)?;
+            let v = Tensor::randn(0f32, 1., (b, m, heads * d), &dev)?;
+            for dtype in [DType::F16, DType::BF16] {
+                let (q, k, v) = (q.to_dtype(dtype)?, k.to_dtype(dtype)?, v.to_dtype(dtype)?);
+                let scale = (d as f32).powf(-0.5);
+                let got = flash_attention(&q, &k, &v, heads, scale)?
+                    .expect("the kernel takes SD's head widths");
+                let want = reference_attention(&q, &k, &v, heads)?;
+                let err = relative_error(&got, &want)?;
+                // P is rounded to the storage type before P·V.
+                assert!(
+                    err < 4. * tolerance(dtype),
+                    "{b}x{n}x{m} {heads}x{d} {dtype:?}: {err}"
+                );
+            }
+        }
+        // f32 and head widths it is not built for go to candle's products.
+        let q = Tensor::randn(0f32, 1., (1, 8, 2 * 12), &dev)?;
+        assert!(flash_attention(&q, &q, &q, 2, 1.)?.is_none());
+        assert!(flash_attention(&q.to_dtype(DType::F16)?, &q, &q, 2, 1.)?.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn geglu_matches_candle() -> Result<()> {
+        let Some(dev) = gpu() else { return Ok(()) };
+        for shape in [(2, 77, 2 * 640), (1, 3, 2 * 5)] {
+            let xs = Tensor::randn(0f32, 2., shape, &dev)?;
+            for dtype in DTYPES {
+                let x = xs.to_dtype(dtype)?;
+                let got = geglu(&x)?;
+                let parts = x.to_dtype(DType::F32)?.chunk(2, D::Minus1)?;
+                let want = (&parts[0] * parts[1].gelu_erf()?)?;
+                let err = relative_error(&got, &want)?;
+                assert!(err < tolerance(dtype), "{shape:?} {dtype:?}: {err}");
+            }
+        }
+        Ok(())
+    }
+}
