@@ -1,10 +1,13 @@
 #!/bin/bash
 # One prepared GPU session on a machine without Rust or network (the H100s
-# lent to this project): parity on CUDA, a UNet profile, then atelier vs
-# PyTorch on the issue's rows. Results under $OUT (or /tmp/gpu-out).
+# and H200s lent to this project): parity on CUDA, an A/B of atelier's own
+# CUDA kernels and event tracking, a UNet profile, then atelier vs PyTorch on
+# the issue's rows. Results under $OUT (or /tmp/gpu-out), written as they come.
 #
 # Prepare on the build machine, in the repository root (ignored paths):
 #   .carry/atelier.xz   the CUDA binary (README "GPU builds"), stripped, `xz -6`
+#   .carry/tests.xz     optional: the library's tests built the same way
+#                       (`cargo test --release --features cuda --lib --no-run`)
 #   .carry/cases.tar    parity cases, e.g. `tar cf .carry/cases.tar -C tests/parity dpmpp2m-sd15 sdxl-euler-empty`
 #   .carry/vocab.json, .carry/merges.txt   the CLIP tokenizer (for the PyTorch side)
 #   .whl/               diffusers + importlib_metadata wheels for the machine's Python
@@ -20,20 +23,57 @@ done
 export LD_LIBRARY_PATH=${LIBS#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   && export PYTHONPATH=/tmp/site
-python3 -c "import lzma,shutil; shutil.copyfileobj(lzma.open('.carry/atelier.xz'), open('/tmp/atelier','wb'))" \
-  && chmod +x /tmp/atelier
+for b in atelier tests; do
+  [ -f .carry/$b.xz ] && python3 -c "import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2],'wb'))" \
+    .carry/$b.xz /tmp/$b && chmod +x /tmp/$b
+done
 mkdir -p /tmp/cases && tar xf .carry/cases.tar -C /tmp/cases
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
 ldd /tmp/atelier | grep -E "not found|cublas|cudnn|curand|cudart|libcuda"
+
+# The kernels against candle's ops, one by one. If fused attention misses,
+# the rest runs without it.
+[ -x /tmp/tests ] && timeout 90 /tmp/tests engine::cuda --test-threads 1 2>&1 | tee "$OUT/kernel-tests.txt"
+if grep -q "flash_attention_matches_candle .*FAILED" "$OUT/kernel-tests.txt" 2>/dev/null; then
+  echo "fused attention missed: the rest runs with ATELIER_CUDA_ATTENTION=off"; export ATELIER_CUDA_ATTENTION=off
+fi
+
+# Parity with atelier's kernels (the default), then the sd15 case without
+# them for reference. If the kernels miss in f32, the rest runs without them.
 for c in /tmp/cases/*; do for dt in f32 f16 bf16; do
-  timeout 100 python3 tools/parity_check.py /tmp/atelier "$c" cuda "$dt" | tee -a "$OUT/parity.jsonl"
+  timeout 60 python3 tools/parity_check.py /tmp/atelier "$c" cuda "$dt" | tee -a "$OUT/parity.jsonl"
 done; done
-timeout 120 /tmp/atelier bench --arch sd15 --size 512 --device cuda --dtype f16 --repeats 3 --steps 10 --profile \
-  2>&1 | tee -a "$OUT/profile.txt"
-for row in ${ROWS:-sd15:512:f16 sdxl:1024:f16 sd21:768:f16 sd15:512:bf16}; do
+c=$(ls -d /tmp/cases/* | head -1)
+ATELIER_CUDA_KERNELS=off timeout 60 python3 tools/parity_check.py /tmp/atelier "$c" cuda f16 \
+  | sed 's/^{/{"kernels": "off", /' | tee -a "$OUT/parity.jsonl"
+if ! python3 - "$OUT/parity.jsonl" <<'EOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+ok = [r for r in rows if "kernels" not in r and r["dtype"] == "f32"]
+sys.exit(0 if ok and all(r.get("max_abs_diff", 1) < 0.01 for r in ok) else 1)
+EOF
+then echo "kernels missed parity: the rest runs with ATELIER_CUDA_KERNELS=off"; export ATELIER_CUDA_KERNELS=off; fi
+
+# A/B, same order each time: candle's ops everywhere, candle's products
+# for attention alone, then the default (all of atelier's kernels).
+for size in sd15:512 sd21:768; do
+  bench=(bench --arch ${size%:*} --size ${size#*:} --device cuda --dtype f16 --repeats 3 --steps 10)
+  for v in "ATELIER_CUDA_KERNELS=off" "ATELIER_CUDA_ATTENTION=off" "ATELIER_CUDA_KERNELS=${ATELIER_CUDA_KERNELS:-on}"; do
+    echo "# $v" | tee -a "$OUT/ab.txt"
+    env $v timeout 60 /tmp/atelier "${bench[@]}" 2>&1 | tee -a "$OUT/ab.txt"
+  done
+done
+for size in sd15:512 sdxl:1024; do
+  timeout 60 /tmp/atelier bench --arch ${size%:*} --size ${size#*:} --device cuda --dtype f16 --repeats 3 \
+    --steps 10 --profile 2>&1 | tee -a "$OUT/profile.txt"
+done
+
+for row in ${ROWS:-sd15:512:f16 sdxl:1024:f16 sd15:512:bf16 sd21:768:f16}; do
   ROWS=$row DEVICE=cuda ATELIER=/tmp/atelier TOKENIZER=.carry REPEATS=${REPEATS:-3} OUT=/tmp/bench \
     timeout 150 benches/compare.sh 2>&1 | tail -3
   cp /tmp/bench/*.jsonl /tmp/bench/*.err "$OUT/" 2>/dev/null
+  python3 benches/bench_table.py /tmp/bench/atelier.jsonl /tmp/bench/pytorch.jsonl > "$OUT/table.md"
+  echo "row $row done at ${SECONDS}s"
 done
-python3 benches/bench_table.py /tmp/bench/atelier.jsonl /tmp/bench/pytorch.jsonl | tee "$OUT/table.md"
+cat "$OUT/table.md"
 echo "total ${SECONDS}s"
