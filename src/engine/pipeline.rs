@@ -374,6 +374,10 @@ impl Engine {
                 Ok(fresh_noise(shape)?.to_device(latents.device())?)
             };
             latents = sched.step(&out, index, &latents, &mut noise_on_device)?;
+            // On a GPU the step is only queued until now; its time is the
+            // device's (the preview below would wait for it anyway), or the
+            // step's time shows up as whatever the caller measures next.
+            latents.device().synchronize()?;
             let seconds = step_started.elapsed().as_secs_f64();
             timings.steps_s.push(seconds);
             on_event(Event::Step {
