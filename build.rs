@@ -12,6 +12,7 @@ fn main() {
             .source_files([
                 "src/engine/cuda/flash_attention.cu",
                 "src/engine/cuda/group_norm.cu",
+                "src/engine/cuda/im2col.cu",
                 "src/engine/cuda/softmax.cu",
                 "src/engine/cuda/geglu.cu",
             ])

@@ -1,8 +1,9 @@
 #!/bin/bash
 # One prepared GPU session on a machine without Rust or network (the H100s
-# and H200s lent to this project): parity on CUDA, an A/B of atelier's own
-# CUDA kernels and event tracking, a UNet profile, then atelier vs PyTorch on
-# the issue's rows. Results under $OUT (or /tmp/gpu-out), written as they come.
+# and H200s lent to this project): the kernels' tests, parity on CUDA, an A/B
+# of atelier's CUDA switches, UNet and VAE profiles, then atelier vs PyTorch
+# on the issue's rows. Results under $OUT (or /tmp/gpu-out), written as they
+# come. About 8 minutes on an H200.
 #
 # Prepare on the build machine, in the repository root (ignored paths):
 #   .carry/atelier.xz   the CUDA binary (README "GPU builds"), stripped, `xz -6`
@@ -46,23 +47,32 @@ done; done
 c=$(ls -d /tmp/cases/* | head -1)
 ATELIER_CUDA_KERNELS=off timeout 60 python3 tools/parity_check.py /tmp/atelier "$c" cuda f16 \
   | sed 's/^{/{"kernels": "off", /' | tee -a "$OUT/parity.jsonl"
+for dt in f32 f16; do  # atelier's convolution, off by default
+  ATELIER_CUDA_CONV=on timeout 60 python3 tools/parity_check.py /tmp/atelier "$c" cuda $dt \
+    | sed 's/^{/{"conv": "on", /' | tee -a "$OUT/parity.jsonl"
+done
 if ! python3 - "$OUT/parity.jsonl" <<'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-ok = [r for r in rows if "kernels" not in r and r["dtype"] == "f32"]
+ok = [r for r in rows if "kernels" not in r and "conv" not in r and r["dtype"] == "f32"]
 sys.exit(0 if ok and all(r.get("max_abs_diff", 1) < 0.01 for r in ok) else 1)
 EOF
 then echo "kernels missed parity: the rest runs with ATELIER_CUDA_KERNELS=off"; export ATELIER_CUDA_KERNELS=off; fi
 
-# A/B, same order each time: candle's ops everywhere, candle's products
-# for attention alone, then the default (all of atelier's kernels).
-for size in sd15:512 sd21:768; do
-  bench=(bench --arch ${size%:*} --size ${size#*:} --device cuda --dtype f16 --repeats 3 --steps 10)
-  for v in "ATELIER_CUDA_KERNELS=off" "ATELIER_CUDA_ATTENTION=off" "ATELIER_CUDA_KERNELS=${ATELIER_CUDA_KERNELS:-on}"; do
-    echo "# $v" | tee -a "$OUT/ab.txt"
-    env $v timeout 60 /tmp/atelier "${bench[@]}" 2>&1 | tee -a "$OUT/ab.txt"
+# A/B of the switches, same binary, same order each time (the default
+# first): attention fused or as candle's products, atelier's convolution
+# (off by default until measured), and candle's ops everywhere.
+ab() {  # ROW VARIANT...
+  local row=$1; shift
+  for v in "$@"; do
+    echo "# $row $v" | tee -a "$OUT/ab.txt"
+    env $v timeout 60 /tmp/atelier bench --arch ${row%:*} --size ${row#*:} --device cuda --dtype f16 \
+      --repeats 5 --steps 4 --strength 0.5 2>&1 | tail -1 | tee -a "$OUT/ab.txt"
   done
-done
+}
+ab sd15:512 "DEFAULT=1" "ATELIER_CUDA_ATTENTION=off" "ATELIER_CUDA_ATTENTION=on" "ATELIER_CUDA_CONV=on" "ATELIER_CUDA_KERNELS=off"
+ab sdxl:1024 "DEFAULT=1" "ATELIER_CUDA_ATTENTION=on" "ATELIER_CUDA_CONV=on"
+ab sd21:768 "DEFAULT=1" "ATELIER_CUDA_ATTENTION=off" "ATELIER_CUDA_CONV=on"
 for size in sd15:512 sdxl:1024; do
   timeout 60 /tmp/atelier bench --arch ${size%:*} --size ${size#*:} --device cuda --dtype f16 --repeats 3 \
     --steps 10 --profile 2>&1 | tee -a "$OUT/profile.txt"

@@ -1,11 +1,13 @@
-//! A 2-D convolution layer that runs [`super::cpu::conv`] for f32 on the CPU
-//! and candle's own convolution everywhere else (CUDA, Metal, half
-//! precision on the CPU).
+//! A 2-D convolution layer that runs [`super::cpu::conv`] for f32 on the CPU,
+//! [`super::cuda::conv2d`] on CUDA when asked (`ATELIER_CUDA_CONV=on`), and
+//! candle's own convolution everywhere else (CUDA, Metal, half precision on
+//! the CPU).
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
 use super::cpu::ops;
+use super::cuda;
 
 pub struct Conv2d {
     inner: candle_nn::Conv2d,
@@ -49,6 +51,8 @@ impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         if ops::applies(xs) {
             ops::conv2d(xs, self.weight(), self.bias(), self.stride, self.padding)
+        } else if cuda::applies(xs) && cuda::prefer_own_conv() {
+            cuda::conv2d(xs, self.weight(), self.bias(), self.stride, self.padding)
         } else {
             self.inner.forward(xs)
         }

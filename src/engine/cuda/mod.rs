@@ -7,13 +7,16 @@
 //! `ATELIER_CUDA_KERNELS=off` runs candle's ops instead: an escape hatch for
 //! a GPU where a kernel misbehaves, and an A/B baseline.
 //! `ATELIER_CUDA_ATTENTION=on|off` overrides where attention runs fused
-//! (`prefer_fused_attention`).
+//! (`prefer_fused_attention`). `ATELIER_CUDA_CONV=on` turns on the
+//! convolution path (`conv`), which has not run on a GPU yet.
 
+mod conv;
 mod flash_attention;
 mod geglu;
 mod group_norm;
 mod softmax;
 
+pub use conv::{conv2d, prefer_own_conv};
 pub use flash_attention::{flash_attention, prefer_fused_attention};
 pub use geglu::geglu;
 pub use group_norm::group_norm;
@@ -72,6 +75,10 @@ mod launch {
     pub const FLASH_ATTENTION: Module = Module {
         name: "atelier_flash_attention",
         ptx: ptx::FLASH_ATTENTION,
+    };
+    pub const IM2COL: Module = Module {
+        name: "atelier_im2col",
+        ptx: ptx::IM2COL,
     };
     pub const GEGLU: Module = Module {
         name: "atelier_geglu",
@@ -236,6 +243,42 @@ mod tests {
         let q = Tensor::randn(0f32, 1., (1, 8, 2 * 12), &dev)?;
         assert!(flash_attention(&q, &q, &q, 2, 1.)?.is_none());
         assert!(flash_attention(&q.to_dtype(DType::F16)?, &q, &q, 2, 1.)?.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn conv2d_matches_candle() -> Result<()> {
+        let Some(dev) = gpu() else { return Ok(()) };
+        // (batch, in, out, size, kernel, stride, padding): the UNet's and
+        // VAE's 3x3 (same and stride 2), an odd map, a 1x1.
+        for (b, c, co, size, k, stride, padding) in [
+            (2, 4, 8, 12, 3, 1, 1),
+            (1, 8, 8, 13, 3, 2, 0),
+            (2, 6, 5, 5, 1, 1, 0),
+            (1, 320, 320, 64, 3, 1, 1),
+        ] {
+            let xs = Tensor::randn(0f32, 1., (b, c, size, size + 1), &dev)?;
+            let weight = Tensor::randn(0f32, 0.1, (co, c, k, k), &dev)?;
+            let bias = Tensor::randn(0f32, 0.1, co, &dev)?;
+            for dtype in DTYPES {
+                let (x, w, bi) = (
+                    xs.to_dtype(dtype)?,
+                    weight.to_dtype(dtype)?,
+                    bias.to_dtype(dtype)?,
+                );
+                let got = conv2d(&x, &w, &bi, stride, padding)?;
+                let want = x
+                    .to_dtype(DType::F32)?
+                    .conv2d(&w.to_dtype(DType::F32)?, padding, stride, 1, 1)?
+                    .broadcast_add(&bi.to_dtype(DType::F32)?.reshape((1, co, 1, 1))?)?;
+                assert_eq!(got.dims(), want.dims());
+                let err = relative_error(&got, &want)?;
+                assert!(
+                    err < 4. * tolerance(dtype),
+                    "{b}x{c}x{size} k{k} s{stride} p{padding} {dtype:?}: {err}"
+                );
+            }
+        }
         Ok(())
     }
 

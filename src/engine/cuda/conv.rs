@@ -1,0 +1,137 @@
+//! Convolutions as atelier's im2col (`im2col.cu`) and one batched matrix
+//! product that lands in NCHW. Written to replace candle's CUDA im2col,
+//! whose per-value 64-bit index arithmetic made the VAE decode 5x slower
+//! than PyTorch's; not yet run on a GPU, so off unless
+//! `ATELIER_CUDA_CONV=on` (`tools/gpu_session.sh` measures it against
+//! candle's).
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+
+/// Whether convolutions take this path (`ATELIER_CUDA_CONV=on`).
+pub fn prefer_own_conv() -> bool {
+    std::env::var("ATELIER_CUDA_CONV").as_deref() == Ok("on")
+}
+
+/// `conv2d(xs, weight) + bias` for xs `[b, c, h, w]`, weight `[co, c, k,
+/// k]`, bias `[co]`, on a CUDA device.
+pub fn conv2d(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    let (b, c, h, w) = xs.dims4()?;
+    let (co, wc, k, k2) = weight.dims4()?;
+    if wc != c || k != k2 || stride == 0 || h + 2 * padding < k || w + 2 * padding < k {
+        candle_core::bail!(
+            "conv2d: input {:?}, kernel {:?}, stride {stride}, padding {padding}",
+            xs.dims(),
+            weight.dims()
+        );
+    }
+    let (oh, ow) = (
+        (h + 2 * padding - k) / stride + 1,
+        (w + 2 * padding - k) / stride + 1,
+    );
+    let col = xs.contiguous()?.apply_op1_no_bwd(&Im2Col {
+        k,
+        stride,
+        padding,
+        out: (oh, ow),
+    })?;
+    let kernel = weight.reshape((co, c * k * k))?.broadcast_left(b)?;
+    kernel
+        .matmul(&col)?
+        .broadcast_add(&bias.reshape((1, co, 1))?)?
+        .reshape((b, co, oh, ow))
+}
+
+// Read by the CUDA side alone, which CPU-only builds leave out.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct Im2Col {
+    k: usize,
+    stride: usize,
+    padding: usize,
+    /// Output height and width.
+    out: (usize, usize),
+}
+
+impl CustomOp1 for Im2Col {
+    fn name(&self) -> &'static str {
+        "atelier-cuda-im2col"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        Err(super::cpu_refusal("im2col"))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::cuda_backend::Map1;
+        let (b, c, _, _) = layout.shape().dims4()?;
+        let shape = Shape::from((b, c * self.k * self.k, self.out.0 * self.out.1));
+        let slice = self.map(&xs.slice, &xs.device, layout)?;
+        let device = xs.device.clone();
+        Ok((candle_core::CudaStorage { slice, device }, shape))
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl candle_core::cuda_backend::Map1 for Im2Col {
+    fn f<T: candle_core::cuda_backend::cudarc::driver::DeviceRepr + candle_core::WithDType>(
+        &self,
+        xs: &candle_core::cuda_backend::cudarc::driver::CudaSlice<T>,
+        dev: &candle_core::CudaDevice,
+        layout: &Layout,
+    ) -> Result<candle_core::cuda_backend::cudarc::driver::CudaSlice<T>> {
+        use super::launch::{int, view, IM2COL};
+        use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+        use candle_core::cuda_backend::{kernel_name, WrapErr};
+
+        const OP: &str = "im2col";
+        let (b, c, h, w) = layout.shape().dims4()?;
+        let (oh, ow) = self.out;
+        let taps = c * self.k * self.k;
+        let pixels = oh * ow;
+        int(h * w, OP, "an input map")?;
+        int(pixels, OP, "an output map")?;
+        if taps > 65_535 || b > 65_535 {
+            candle_core::bail!("{OP}: {taps} taps or {b} images are more than a grid holds");
+        }
+        let xs = view(xs, layout, OP, "input")?;
+        let args = [c, h, w, oh, ow, self.k, self.stride, self.padding]
+            .map(|n| int(n, OP, "a size"))
+            .into_iter()
+            .collect::<Result<Vec<i32>>>()?;
+        let func =
+            dev.get_or_load_custom_func(&kernel_name::<T>("im2col"), IM2COL.name, IM2COL.ptx)?;
+        // SAFETY: the kernel writes every element.
+        let col = unsafe { dev.alloc::<T>(b * taps * pixels)? };
+        let mut builder = func.builder();
+        builder.arg(&xs);
+        builder.arg(&col);
+        for arg in &args {
+            builder.arg(arg);
+        }
+        // Threads along the pixels of one tap; few enough blocks per row of
+        // the grid that each thread takes a handful of pixels.
+        let cfg = LaunchConfig {
+            grid_dim: (
+                pixels.div_ceil(256 * 4).max(1) as u32,
+                taps as u32,
+                b as u32,
+            ),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the arguments match `im2col` in im2col.cu; `col` holds
+        // b x taps x pixels values, the grid's y and z are taps and images.
+        unsafe { builder.launch(cfg) }.w()?;
+        Ok(col)
+    }
+}
