@@ -9,7 +9,9 @@
 #   .carry/atelier.xz   the CUDA binary (README "GPU builds"), stripped, `xz -6`
 #   .carry/tests.xz     optional: the library's tests built the same way
 #                       (`cargo test --release --features cuda --lib --no-run`)
-#   .carry/cases.tar    parity cases, e.g. `tar cf .carry/cases.tar -C tests/parity dpmpp2m-sd15 sdxl-euler-empty`
+#   .carry/kernels.xz   optional: `cargo bench --features cuda --bench cuda_kernels --no-run`'s binary
+#   .carry/cases.tar    parity cases, e.g. `tar cf .carry/cases.tar -C tests/parity dpmpp2m-sd15`
+#                       (with the three binaries, one case fits the call's 64 MiB)
 #   .carry/vocab.json, .carry/merges.txt   the CLIP tokenizer (for the PyTorch side)
 #   .whl/               diffusers + importlib_metadata wheels for the machine's Python
 # The tracked parity fixtures are larger than a device call carries (64 MiB):
@@ -24,7 +26,7 @@ done
 export LD_LIBRARY_PATH=${LIBS#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   && export PYTHONPATH=/tmp/site
-for b in atelier tests; do
+for b in atelier tests kernels; do
   [ -f .carry/$b.xz ] && python3 -c "import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2],'wb'))" \
     .carry/$b.xz /tmp/$b && chmod +x /tmp/$b
 done
@@ -38,6 +40,9 @@ ldd /tmp/atelier | grep -E "not found|cublas|cudnn|curand|cudart|libcuda"
 if grep -q "flash_attention_matches_candle .*FAILED" "$OUT/kernel-tests.txt" 2>/dev/null; then
   echo "fused attention missed: the rest runs with ATELIER_CUDA_ATTENTION=off"; export ATELIER_CUDA_ATTENTION=off
 fi
+
+# Each kernel against candle's op on the models' shapes.
+[ -x /tmp/kernels ] && timeout 120 /tmp/kernels 2>&1 | tee "$OUT/kernels.txt"
 
 # Parity with atelier's kernels (the default), then the sd15 case without
 # them for reference. If the kernels miss in f32, the rest runs without them.
