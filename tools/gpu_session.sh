@@ -31,18 +31,18 @@ for b in atelier tests kernels; do
     .carry/$b.xz /tmp/$b && chmod +x /tmp/$b
 done
 mkdir -p /tmp/cases && tar xf .carry/cases.tar -C /tmp/cases
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 ldd /tmp/atelier | grep -E "not found|cublas|cudnn|curand|cudart|libcuda"
 
 # The kernels against candle's ops, one by one. If fused attention misses,
 # the rest runs without it.
-[ -x /tmp/tests ] && timeout 90 /tmp/tests engine::cuda --test-threads 1 2>&1 | tee "$OUT/kernel-tests.txt"
-if grep -q "flash_attention_matches_candle .*FAILED" "$OUT/kernel-tests.txt" 2>/dev/null; then
+[ -x /tmp/tests ] && timeout 90 /tmp/tests engine::cuda --test-threads 1 2>&1 | tee "$OUT/kernels.txt"
+if grep -q "flash_attention_matches_candle .*FAILED" "$OUT/kernels.txt" 2>/dev/null; then
   echo "fused attention missed: the rest runs with ATELIER_CUDA_ATTENTION=off"; export ATELIER_CUDA_ATTENTION=off
 fi
 
 # Each kernel against candle's op on the models' shapes.
-[ -x /tmp/kernels ] && timeout 120 /tmp/kernels 2>&1 | tee "$OUT/kernels.txt"
+[ -x /tmp/kernels ] && timeout 120 /tmp/kernels 2>&1 | tee -a "$OUT/kernels.txt"
 
 # Parity with atelier's kernels (the default), then the sd15 case without
 # them for reference. If the kernels miss in f32, the rest runs without them.
@@ -86,7 +86,7 @@ done
 for row in ${ROWS:-sd15:512:f16 sdxl:1024:f16 sd15:512:bf16 sd21:768:f16}; do
   ROWS=$row DEVICE=cuda ATELIER=/tmp/atelier TOKENIZER=.carry REPEATS=${REPEATS:-3} OUT=/tmp/bench \
     timeout 150 benches/compare.sh 2>&1 | tail -3
-  cp /tmp/bench/*.jsonl /tmp/bench/*.err "$OUT/" 2>/dev/null
+  cp /tmp/bench/*.jsonl "$OUT/" 2>/dev/null  # with the caller's log: 8 files, what a call returns
   python3 benches/bench_table.py /tmp/bench/atelier.jsonl /tmp/bench/pytorch.jsonl > "$OUT/table.md"
   echo "row $row done at ${SECONDS}s"
 done
