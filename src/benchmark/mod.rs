@@ -56,6 +56,10 @@ pub struct BenchResult {
     /// Time to build the networks (random weights made on the device).
     pub build_s: f64,
     pub unet_step_ms: f64,
+    /// How long the host takes to queue one UNet call (synchronised only
+    /// after): on a GPU, near `unet_step_ms` means the host's launches,
+    /// not the device, set the pace. The same as the step on the CPU.
+    pub unet_queue_ms: f64,
     pub vae_encode_ms: f64,
     pub vae_decode_ms: f64,
     pub img2img_s: f64,
@@ -82,6 +86,26 @@ fn median_ms(device: &Device, repeats: usize, mut f: impl FnMut() -> Result<()>)
         device.synchronize()?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
         memory::sample(device);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// The median time `f` takes to return, synchronising only after each
+/// timing, after one untimed warm-up.
+fn median_queue_ms(
+    device: &Device,
+    repeats: usize,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<f64> {
+    f()?;
+    device.synchronize()?;
+    let mut times = Vec::with_capacity(repeats);
+    for _ in 0..repeats.max(1) {
+        let t = Instant::now();
+        f()?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        device.synchronize()?;
     }
     times.sort_by(f64::total_cmp);
     Ok(times[times.len() / 2])
@@ -149,12 +173,14 @@ fn measure(
         .as_ref()
         .map(|p| AddedConditioning::for_size(Tensor::cat(&[p, p], 0)?, s.width, s.height))
         .transpose()?;
-    let unet_step_ms = median_ms(device, s.repeats, || {
+    let unet_call = || -> Result<()> {
         model
             .unet
             .forward(&latents, 500.0, &context, added.as_ref())?;
         Ok(())
-    })?;
+    };
+    let unet_step_ms = median_ms(device, s.repeats, unet_call)?;
+    let unet_queue_ms = median_queue_ms(device, s.repeats, unet_call)?;
 
     let mut unet_profile_ms = Vec::new();
     if s.profile {
@@ -277,6 +303,7 @@ fn measure(
         height: s.height,
         build_s,
         unet_step_ms,
+        unet_queue_ms,
         vae_encode_ms,
         vae_decode_ms,
         img2img_s: img2img_ms / 1e3,

@@ -92,6 +92,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
             println!("{}", serde_json::to_string(&r)?);
         } else {
             println!("{}", row(&r));
+            if !r.device.starts_with("cpu") {
+                println!(
+                    "    the host queues a UNet call in {:.1} ms of its {:.1}",
+                    r.unet_queue_ms, r.unet_step_ms
+                );
+            }
             for (part, ms) in &r.unet_profile_ms {
                 println!("    {part:<28} {ms:>10.2} ms per UNet call");
             }
