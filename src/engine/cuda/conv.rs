@@ -76,8 +76,7 @@ impl CustomOp1 for Im2Col {
         let (b, c, _, _) = layout.shape().dims4()?;
         let shape = Shape::from((b, c * self.k * self.k, self.out.0 * self.out.1));
         let slice = self.map(&xs.slice, &xs.device, layout)?;
-        let device = xs.device.clone();
-        Ok((candle_core::CudaStorage { slice, device }, shape))
+        Ok((super::launch::storage(slice, xs), shape))
     }
 }
 

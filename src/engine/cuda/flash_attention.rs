@@ -175,11 +175,7 @@ impl CustomOp3 for FlashAttention {
         let slice = self.map(
             &q.slice, q_layout, &k.slice, k_layout, &v.slice, v_layout, &q.device,
         )?;
-        let device = q.device.clone();
-        Ok((
-            candle_core::CudaStorage { slice, device },
-            q_layout.shape().clone(),
-        ))
+        Ok((super::launch::storage(slice, q), q_layout.shape().clone()))
     }
 }
 

@@ -33,11 +33,7 @@ impl CustomOp1 for Geglu {
         }
         *last /= 2;
         let slice = self.map(&xs.slice, &xs.device, layout)?;
-        let device = xs.device.clone();
-        Ok((
-            candle_core::CudaStorage { slice, device },
-            Shape::from(dims),
-        ))
+        Ok((super::launch::storage(slice, xs), Shape::from(dims)))
     }
 }
 

@@ -70,11 +70,7 @@ impl CustomOp3 for GroupNorm {
             bias_layout,
             &x.device,
         )?;
-        let device = x.device.clone();
-        Ok((
-            candle_core::CudaStorage { slice, device },
-            x_layout.shape().clone(),
-        ))
+        Ok((super::launch::storage(slice, x), x_layout.shape().clone()))
     }
 }
 

@@ -99,6 +99,17 @@ mod launch {
         }
     }
 
+    /// A kernel's output as candle storage on the device of `input`.
+    pub fn storage(
+        slice: candle_core::cuda_backend::CudaStorageSlice,
+        input: &candle_core::CudaStorage,
+    ) -> candle_core::CudaStorage {
+        candle_core::CudaStorage {
+            slice,
+            device: input.device.clone(),
+        }
+    }
+
     /// A size the kernels index with 32-bit integers.
     pub fn int(n: usize, op: &str, what: &str) -> Result<i32> {
         i32::try_from(n)

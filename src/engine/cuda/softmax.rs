@@ -27,11 +27,7 @@ impl CustomOp1 for Softmax {
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         use candle_core::cuda_backend::Map1;
         let slice = self.map(&xs.slice, &xs.device, layout)?;
-        let device = xs.device.clone();
-        Ok((
-            candle_core::CudaStorage { slice, device },
-            layout.shape().clone(),
-        ))
+        Ok((super::launch::storage(slice, xs), layout.shape().clone()))
     }
 }
 
