@@ -1,9 +1,9 @@
 //! Convolutions as atelier's im2col (`im2col.cu`) and one batched matrix
 //! product that lands in NCHW. Written to replace candle's CUDA im2col,
-//! whose per-value 64-bit index arithmetic made the VAE decode 5x slower
-//! than PyTorch's; not yet run on a GPU, so off unless
-//! `ATELIER_CUDA_CONV=on` (`tools/gpu_session.sh` measures it against
-//! candle's).
+//! whose per-value 64-bit index arithmetic is the likely cause of the VAE
+//! decode's 5x gap to PyTorch (the profile puts it in 3x3 convolutions);
+//! not yet run on a GPU, so off unless `ATELIER_CUDA_CONV=on`
+//! (`tools/gpu_session.sh` measures it against candle's).
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 

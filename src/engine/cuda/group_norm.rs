@@ -92,7 +92,7 @@ impl candle_core::cuda_backend::Map3 for GroupNorm {
 
         const OP: &str = "group norm";
         let dims = x_layout.shape().dims();
-        if dims.len() < 2 || !dims[1].is_multiple_of(self.groups) {
+        if dims.len() < 2 || self.groups == 0 || !dims[1].is_multiple_of(self.groups) {
             candle_core::bail!("{OP}: {:?} in {} groups", dims, self.groups);
         }
         let (batch, channels) = (dims[0], dims[1]);

@@ -1,7 +1,7 @@
 // Softmax over the last dimension, one block per row, arithmetic in f32.
 // candle's kernel gives each row one warp of 32 threads, each loading 2
-// bytes at a time with one load in flight: on attention scores (rows of
-// 4096 at 512 px) that ran at a small fraction of memory bandwidth. Here a
+// bytes at a time with one load in flight: few bytes in flight for rows as
+// long as attention scores (4096 at 512 px). Here a
 // block of up to 1024 threads keeps UNROLL loads in flight per thread; three
 // passes over the row (max, sum, write), the last two mostly from L2.
 #include "common.cuh"
