@@ -75,27 +75,24 @@ pub struct BenchResult {
     pub vae_decode_profile_ms: Vec<(String, f64)>,
 }
 
-/// The median of `repeats` timings, after one untimed warm-up.
-fn median_ms(device: &Device, repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    f()?;
-    device.synchronize()?;
-    let mut times = Vec::with_capacity(repeats);
-    for _ in 0..repeats.max(1) {
-        let t = Instant::now();
-        f()?;
-        device.synchronize()?;
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-        memory::sample(device);
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+/// The median of `repeats` timings, after one untimed warm-up, each until
+/// the device is done.
+fn median_ms(device: &Device, repeats: usize, f: impl FnMut() -> Result<()>) -> Result<f64> {
+    median_until(device, repeats, Until::Done, f)
 }
 
-/// The median time `f` takes to return, synchronising only after each
-/// timing, after one untimed warm-up.
-fn median_queue_ms(
+/// Where a timing stops: once the device has done the work, or once `f`
+/// has returned (the work queued; the device is synchronised after).
+#[derive(Clone, Copy, PartialEq)]
+enum Until {
+    Done,
+    Queued,
+}
+
+fn median_until(
     device: &Device,
     repeats: usize,
+    until: Until,
     mut f: impl FnMut() -> Result<()>,
 ) -> Result<f64> {
     f()?;
@@ -104,11 +101,29 @@ fn median_queue_ms(
     for _ in 0..repeats.max(1) {
         let t = Instant::now();
         f()?;
+        if until == Until::Done {
+            device.synchronize()?;
+        }
         times.push(t.elapsed().as_secs_f64() * 1e3);
         device.synchronize()?;
+        memory::sample(device);
     }
     times.sort_by(f64::total_cmp);
     Ok(times[times.len() / 2])
+}
+
+/// Milliseconds per run of `f` by profile section, over `runs` profiled
+/// runs, largest first.
+fn profile_ms(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<(String, f64)>> {
+    crate::engine::profile::enable(true);
+    let ran = (0..runs).try_for_each(|_| f());
+    crate::engine::profile::enable(false);
+    let totals = crate::engine::profile::take();
+    ran?;
+    Ok(totals
+        .into_iter()
+        .map(|(name, ms, _)| (name.to_string(), ms / runs as f64))
+        .collect())
 }
 
 /// A smooth gradient source image.
@@ -180,23 +195,12 @@ fn measure(
         Ok(())
     };
     let unet_step_ms = median_ms(device, s.repeats, unet_call)?;
-    let unet_queue_ms = median_queue_ms(device, s.repeats, unet_call)?;
-
-    let mut unet_profile_ms = Vec::new();
-    if s.profile {
-        crate::engine::profile::enable(true);
-        let calls = s.repeats.max(1);
-        for _ in 0..calls {
-            model
-                .unet
-                .forward(&latents, 500.0, &context, added.as_ref())?;
-        }
-        crate::engine::profile::enable(false);
-        unet_profile_ms = crate::engine::profile::take()
-            .into_iter()
-            .map(|(name, ms, _)| (name.to_string(), ms / calls as f64))
-            .collect();
-    }
+    let unet_queue_ms = median_until(device, s.repeats, Until::Queued, unet_call)?;
+    let unet_profile_ms = if s.profile {
+        profile_ms(s.repeats.max(1), unet_call)?
+    } else {
+        Vec::new()
+    };
 
     let pixels = Tensor::rand(
         -1f32,
@@ -209,20 +213,16 @@ fn measure(
         Ok(())
     })?;
     let one_latent = latents.narrow(0, 0, 1)?.to_dtype(DType::F32)?;
-    let vae_decode_ms = median_ms(device, s.repeats, || {
+    let vae_decode = || -> Result<()> {
         model.decode(&one_latent)?;
         Ok(())
-    })?;
-    let mut vae_decode_profile_ms = Vec::new();
-    if s.profile {
-        crate::engine::profile::enable(true);
-        model.decode(&one_latent)?;
-        crate::engine::profile::enable(false);
-        vae_decode_profile_ms = crate::engine::profile::take()
-            .into_iter()
-            .map(|(name, ms, _)| (name.to_string(), ms))
-            .collect();
-    }
+    };
+    let vae_decode_ms = median_ms(device, s.repeats, vae_decode)?;
+    let vae_decode_profile_ms = if s.profile {
+        profile_ms(1, vae_decode)?
+    } else {
+        Vec::new()
+    };
 
     let mut engine = Engine::with_model(device.clone(), model);
     let req = Request {
