@@ -71,7 +71,7 @@ pub fn flash_attention(
         scale,
         width,
     };
-    if !op.available(q)? {
+    if !op.available(q) {
         return Ok(None);
     }
     let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
@@ -91,16 +91,16 @@ impl FlashAttention {
     /// Whether this build has the kernel for the dtype and width (bf16 ones
     /// need a build for sm_80 or newer), made ready to run.
     #[cfg(feature = "cuda")]
-    fn available(&self, q: &Tensor) -> Result<bool> {
+    fn available(&self, q: &Tensor) -> bool {
         match q.device() {
-            candle_core::Device::Cuda(dev) => Ok(self.ready(dev, q.dtype())),
-            _ => Ok(false),
+            candle_core::Device::Cuda(dev) => self.ready(dev, q.dtype()),
+            _ => false,
         }
     }
 
     #[cfg(not(feature = "cuda"))]
-    fn available(&self, _: &Tensor) -> Result<bool> {
-        Ok(false)
+    fn available(&self, _: &Tensor) -> bool {
+        false
     }
 
     #[cfg(feature = "cuda")]
