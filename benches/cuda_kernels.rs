@@ -3,7 +3,9 @@
 //! and VAEs, same process, same inputs, f16, median of 20 after a warm-up,
 //! each run synchronised: attention (fused vs candle's products with
 //! atelier's softmax, as `blocks::attention` runs them), convolutions
-//! (atelier's im2col + one product vs candle's `conv2d`), group norm + SiLU.
+//! (atelier's im2col + one product, and with `--features cudnn` cuDNN with
+//! its setup kept per shape, each vs candle's `conv2d`, which is cuDNN set
+//! up at every call in such a build), group norm + SiLU.
 //! The kernels' A/B for one GPU call, before a whole-model bench.
 //!
 //!     cargo bench --features cuda --bench cuda_kernels
@@ -106,8 +108,14 @@ fn convolutions(dev: &Device) -> Result<()> {
                 .broadcast_add(&bias.reshape((1, co, 1, 1))?)
                 .map(drop)
         })?;
-        let atelier = median_ms(dev, || cuda::conv2d(&x, &w, &bias, stride, 1).map(drop))?;
-        row(format!("3x3 conv: {what}"), candle, atelier);
+        let im2col = median_ms(dev, || cuda::conv2d(&x, &w, &bias, stride, 1).map(drop))?;
+        row(format!("3x3 conv, im2col: {what}"), candle, im2col);
+        if cfg!(feature = "cudnn") {
+            let cudnn = median_ms(dev, || {
+                cuda::cudnn_conv2d(&x, &w, &bias, stride, 1).map(drop)
+            })?;
+            row(format!("3x3 conv, cuDNN: {what}"), candle, cudnn);
+        }
     }
     Ok(())
 }

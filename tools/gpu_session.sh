@@ -1,15 +1,19 @@
 #!/bin/bash
 # One prepared GPU session on a machine without Rust or network (the H100s
 # and H200s lent to this project): the kernels' tests, parity on CUDA, an A/B
-# of atelier's CUDA switches, UNet and VAE profiles, then atelier vs PyTorch
-# on the issue's rows. Results under $OUT (or /tmp/gpu-out), written as they
-# come. About 8 minutes on an H200.
+# of atelier's CUDA switches and builds, atelier vs PyTorch on the issue's
+# rows, then the kernels' bench and a profile. Results under $OUT (or
+# /tmp/gpu-out), written as they come, most wanted first. About 8 minutes on
+# an H200.
 #
 # Prepare on the build machine, in the repository root (ignored paths):
-#   .carry/atelier.xz   the CUDA binary (README "GPU builds"), stripped, `xz -6`
-#   .carry/tests.xz     optional: the library's tests built the same way
-#                       (`cargo test --release --features cuda --lib --no-run`)
-#   .carry/kernels.xz   optional: `cargo bench --features cuda --bench cuda_kernels --no-run`'s binary
+#   .carry/atelier.xz   the binary built with `--features cudnn` (README "GPU
+#                       builds"), stripped, `xz -6`
+#   .carry/atelier-cuda.xz  optional: the same with `--features cuda` (no cuDNN),
+#                       the A/B's baseline and the fallback if cuDNN misses
+#   .carry/tests.xz     optional: the library's tests built as atelier.xz
+#                       (`cargo test --release --features cudnn --lib --no-run`)
+#   .carry/kernels.xz   optional: `cargo bench --features cudnn --bench cuda_kernels --no-run`'s binary
 #   .carry/cases.tar    parity cases, e.g. `tar cf .carry/cases.tar -C tests/parity dpmpp2m-sd15`
 #                       (with the three binaries, one case fits the call's 64 MiB)
 #   .carry/vocab.json, .carry/merges.txt   the CLIP tokenizer (for the PyTorch side)
@@ -26,7 +30,7 @@ done
 export LD_LIBRARY_PATH=${LIBS#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   && export PYTHONPATH=/tmp/site
-for b in atelier tests kernels; do
+for b in atelier atelier-cuda tests kernels; do
   [ -f .carry/$b.xz ] && python3 -c "import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2],'wb'))" \
     .carry/$b.xz /tmp/$b && chmod +x /tmp/$b
 done
@@ -35,60 +39,82 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 ldd /tmp/atelier | grep -E "not found|cublas|cudnn|curand|cudart|libcuda"
 
 # The kernels against candle's ops, one by one. If fused attention misses,
-# the rest runs without it.
-[ -x /tmp/tests ] && timeout 90 /tmp/tests engine::cuda --test-threads 1 2>&1 | tee "$OUT/kernels.txt"
+# the rest runs without it; if the cuDNN convolution misses or cuDNN does not
+# load, the rest runs the build without cuDNN.
+[ -x /tmp/tests ] && timeout 120 /tmp/tests engine::cuda --test-threads 1 2>&1 | tee "$OUT/kernels.txt"
 if grep -q "flash_attention_matches_candle .*FAILED" "$OUT/kernels.txt" 2>/dev/null; then
   echo "fused attention missed: the rest runs with ATELIER_CUDA_ATTENTION=off"; export ATELIER_CUDA_ATTENTION=off
 fi
+if [ -x /tmp/atelier-cuda ] && { grep -q "cudnn_conv2d_matches_candle .*FAILED" "$OUT/kernels.txt" 2>/dev/null \
+    || ! /tmp/atelier --version >/dev/null 2>&1; }; then
+  echo "cuDNN convolution missed or cuDNN did not load: the rest runs the build without cuDNN"
+  cp /tmp/atelier-cuda /tmp/atelier
+fi
 
-# Each kernel against candle's op on the models' shapes.
-[ -x /tmp/kernels ] && timeout 120 /tmp/kernels 2>&1 | tee -a "$OUT/kernels.txt"
-
-# Parity with atelier's kernels (the default), then the sd15 case without
-# them for reference. If the kernels miss in f32, the rest runs without them.
-for c in /tmp/cases/*; do for dt in f32 f16 bf16; do
-  timeout 60 python3 tools/parity_check.py /tmp/atelier "$c" cuda "$dt" | tee -a "$OUT/parity.jsonl"
-done; done
+# Parity with the defaults (cuDNN convolutions), then atelier's im2col and
+# candle's ops for reference. If the defaults miss in f32, the rest runs
+# without atelier's kernels.
 c=$(ls -d /tmp/cases/* | head -1)
-ATELIER_CUDA_KERNELS=off timeout 60 python3 tools/parity_check.py /tmp/atelier "$c" cuda f16 \
-  | sed 's/^{/{"kernels": "off", /' | tee -a "$OUT/parity.jsonl"
-for dt in f32 f16; do  # atelier's convolution, off by default
-  ATELIER_CUDA_CONV=on timeout 60 python3 tools/parity_check.py /tmp/atelier "$c" cuda $dt \
-    | sed 's/^{/{"conv": "on", /' | tee -a "$OUT/parity.jsonl"
+for dt in f32 f16 bf16; do
+  timeout 60 python3 tools/parity_check.py /tmp/atelier "$c" cuda "$dt" | tee -a "$OUT/parity.jsonl"
 done
-if ! python3 - "$OUT/parity.jsonl" <<'EOF'
+ATELIER_CUDA_CONV=im2col timeout 60 python3 tools/parity_check.py /tmp/atelier "$c" cuda f32 \
+  | sed 's/^{/{"conv": "im2col", /' | tee -a "$OUT/parity.jsonl"
+ATELIER_CUDA_TF32=on timeout 60 python3 tools/parity_check.py /tmp/atelier "$c" cuda f32 \
+  | sed 's/^{/{"tf32": "on", /' | tee -a "$OUT/parity.jsonl"
+if ! python3 - "$OUT/parity.jsonl" <<'EOF2'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-ok = [r for r in rows if "kernels" not in r and "conv" not in r and r["dtype"] == "f32"]
+ok = [r for r in rows if "conv" not in r and "tf32" not in r and r["dtype"] == "f32"]
 sys.exit(0 if ok and all(r.get("max_abs_diff", 1) < 0.01 for r in ok) else 1)
-EOF
-then echo "kernels missed parity: the rest runs with ATELIER_CUDA_KERNELS=off"; export ATELIER_CUDA_KERNELS=off; fi
+EOF2
+then echo "the defaults missed parity: the rest runs with ATELIER_CUDA_KERNELS=off"; export ATELIER_CUDA_KERNELS=off; fi
 
-# A/B of the switches, same binary, same order each time (the default
-# first): attention fused or as candle's products, atelier's convolution
-# (off by default until measured), and candle's ops everywhere.
-ab() {  # ROW VARIANT...
+# A/B of the switches and the two builds, same order each time (the default
+# first). One JSON line per run in ab.jsonl, with its variant.
+ab() {  # ROW VARIANT...  (a variant is env settings, or BIN=path for another binary)
   local row=$1; shift
   for v in "$@"; do
-    echo "# $row $v" | tee -a "$OUT/ab.txt"
-    env $v timeout 60 /tmp/atelier bench --arch ${row%:*} --size ${row#*:} --device cuda --dtype f16 \
-      --repeats 5 --steps 4 --strength 0.5 2>&1 | tail -1 | tee -a "$OUT/ab.txt"
+    local bin=/tmp/atelier
+    case $v in BIN=*) bin=${v#BIN=}; [ -x "$bin" ] || continue; v=DEFAULT=1;; esac
+    env $v timeout 90 $bin bench --arch ${row%:*} --size ${row#*:} --device cuda --dtype f16 \
+      --repeats 5 --steps 4 --strength 0.5 --json 2>/tmp/ab.err \
+      | sed "s|^{|{\"variant\": \"$bin $v\", |" | tee -a "$OUT/ab.jsonl"
+    grep -qi error /tmp/ab.err && tail -3 /tmp/ab.err
   done
 }
-ab sd15:512 "DEFAULT=1" "ATELIER_CUDA_ATTENTION=off" "ATELIER_CUDA_ATTENTION=on" "ATELIER_CUDA_CONV=on" "ATELIER_CUDA_KERNELS=off"
-ab sdxl:1024 "DEFAULT=1" "ATELIER_CUDA_ATTENTION=on" "ATELIER_CUDA_CONV=on"
-ab sd21:768 "DEFAULT=1" "ATELIER_CUDA_ATTENTION=off" "ATELIER_CUDA_CONV=on"
-for size in sd15:512 sdxl:1024; do
-  timeout 60 /tmp/atelier bench --arch ${size%:*} --size ${size#*:} --device cuda --dtype f16 --repeats 3 \
-    --steps 10 --profile 2>&1 | tee -a "$OUT/profile.txt"
-done
+ab sd15:512 "DEFAULT=1" "BIN=/tmp/atelier-cuda" "ATELIER_CUDA_CONV=im2col" "ATELIER_CUDA_ATTENTION=off" "ATELIER_CUDA_KERNELS=off"
+ab sdxl:1024 "DEFAULT=1" "BIN=/tmp/atelier-cuda" "ATELIER_CUDA_TF32=on" "ATELIER_CUDA_ATTENTION=on"
+ab sd21:768 "DEFAULT=1" "BIN=/tmp/atelier-cuda" "ATELIER_CUDA_ATTENTION=off"
+python3 - "$OUT/ab.jsonl" <<'EOF2'
+import json, sys
+for r in (json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")):
+    print(f"{r['arch']:5} {r['width']:5} {r['variant']:<45} step {r['unet_step_ms']:7.1f} ms  "
+          f"vae {r['vae_encode_ms']:6.0f}/{r['vae_decode_ms']:6.0f} ms  img2img {r['img2img_s']:5.2f} s  "
+          f"peak {r['peak_memory_mib']:6.0f} MiB")
+EOF2
 
+# The default build against PyTorch: if the build without cuDNN ran SD 1.5
+# faster per step, that one is the default's stand-in.
+python3 - "$OUT/ab.jsonl" <<'EOF2' && cp /tmp/atelier-cuda /tmp/atelier && echo "compare runs the build without cuDNN"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{") and '"sd15"' in l]
+t = {r["variant"].split()[0] + " " + r["variant"].split()[1]: r["unet_step_ms"] for r in rows}
+own, other = t.get("/tmp/atelier DEFAULT=1"), t.get("/tmp/atelier-cuda DEFAULT=1")
+sys.exit(0 if own and other and other < own * 0.97 else 1)
+EOF2
 for row in ${ROWS:-sd15:512:f16 sdxl:1024:f16 sd15:512:bf16 sd21:768:f16}; do
   ROWS=$row DEVICE=cuda ATELIER=/tmp/atelier TOKENIZER=.carry REPEATS=${REPEATS:-3} OUT=/tmp/bench \
     timeout 150 benches/compare.sh 2>&1 | tail -3
-  cp /tmp/bench/*.jsonl "$OUT/" 2>/dev/null  # with the caller's log: 8 files, what a call returns
+  cp /tmp/bench/*.jsonl "$OUT/" 2>/dev/null  # with the caller's log: 7 files (a call returns 8)
   python3 benches/bench_table.py /tmp/bench/atelier.jsonl /tmp/bench/pytorch.jsonl > "$OUT/table.md"
   echo "row $row done at ${SECONDS}s"
 done
 cat "$OUT/table.md"
+
+# Each kernel against candle's op on the models' shapes, and where an SD 1.5
+# step's time goes now.
+[ -x /tmp/kernels ] && timeout 60 /tmp/kernels 2>&1 | tee -a "$OUT/kernels.txt"
+timeout 40 /tmp/atelier bench --arch sd15 --size 512 --device cuda --dtype f16 --repeats 3 \
+  --steps 10 --profile 2>&1 | tee -a "$OUT/kernels.txt"
 echo "total ${SECONDS}s"

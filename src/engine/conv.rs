@@ -1,7 +1,6 @@
 //! A 2-D convolution layer that runs [`super::cpu::conv`] for f32 on the CPU,
-//! [`super::cuda::conv2d`] on CUDA when asked (`ATELIER_CUDA_CONV=on`), and
-//! candle's own convolution everywhere else (CUDA, Metal, half precision on
-//! the CPU).
+//! on CUDA what [`super::cuda::conv_backend`] picks, and candle's own
+//! convolution everywhere else (Metal, half precision on the CPU).
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
@@ -51,8 +50,13 @@ impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         if ops::applies(xs) {
             ops::conv2d(xs, self.weight(), self.bias(), self.stride, self.padding)
-        } else if cuda::applies(xs) && cuda::prefer_own_conv() {
-            cuda::conv2d(xs, self.weight(), self.bias(), self.stride, self.padding)
+        } else if cuda::applies(xs) {
+            let (w, b, s, p) = (self.weight(), self.bias(), self.stride, self.padding);
+            match cuda::conv_backend()? {
+                cuda::ConvBackend::Cudnn => cuda::cudnn_conv2d(xs, w, b, s, p),
+                cuda::ConvBackend::Im2col => cuda::conv2d(xs, w, b, s, p),
+                cuda::ConvBackend::Candle => self.inner.forward(xs),
+            }
         } else {
             self.inner.forward(xs)
         }

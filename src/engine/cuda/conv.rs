@@ -1,15 +1,42 @@
-//! Convolutions as atelier's im2col (`im2col.cu`) and one batched matrix
-//! product that lands in NCHW. Written to replace candle's CUDA im2col,
-//! whose per-value 64-bit index arithmetic is the likely cause of the VAE
-//! decode's 5x gap to PyTorch (the profile puts it in 3x3 convolutions);
-//! not yet run on a GPU, so off unless `ATELIER_CUDA_CONV=on`
-//! (`tools/gpu_session.sh` measures it against candle's).
+//! Where convolutions run on CUDA (`conv_backend`), and one of the ways:
+//! atelier's im2col (`im2col.cu`) and one batched matrix product that
+//! lands in NCHW, written to replace candle's CUDA im2col, whose per-value
+//! 64-bit index arithmetic is the likely cause of the VAE decode's 5x gap to
+//! PyTorch (the profile puts it in 3x3 convolutions).
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
-/// Whether convolutions take this path (`ATELIER_CUDA_CONV=on`).
-pub fn prefer_own_conv() -> bool {
-    std::env::var("ATELIER_CUDA_CONV").as_deref() == Ok("on")
+/// The ways a convolution can run on CUDA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvBackend {
+    /// candle's own: im2col + cuBLAS, or its cuDNN call (`cudnn` builds),
+    /// which redoes its setup at every call.
+    Candle,
+    /// atelier's im2col + one batched product ([`conv2d`]).
+    Im2col,
+    /// cuDNN with its setup kept per shape ([`super::cudnn_conv2d`]).
+    Cudnn,
+}
+
+/// Where convolutions run: `ATELIER_CUDA_CONV=cudnn|im2col|candle`, or by
+/// default cuDNN in builds with it (`cudnn` feature) and candle's
+/// otherwise. Neither of atelier's two has run on a GPU yet
+/// (`tools/gpu_session.sh` measures them against candle's), so a build
+/// without cuDNN keeps candle's.
+pub fn conv_backend() -> Result<ConvBackend> {
+    match std::env::var("ATELIER_CUDA_CONV").as_deref() {
+        Ok("cudnn") if cfg!(feature = "cudnn") => Ok(ConvBackend::Cudnn),
+        Ok("cudnn") => candle_core::bail!(
+            "ATELIER_CUDA_CONV=cudnn: this atelier was built without cuDNN (the `cudnn` feature)"
+        ),
+        Ok("im2col") => Ok(ConvBackend::Im2col),
+        Ok("candle") => Ok(ConvBackend::Candle),
+        Ok(other) => {
+            candle_core::bail!("ATELIER_CUDA_CONV={other}: expected cudnn, im2col or candle")
+        }
+        Err(_) if cfg!(feature = "cudnn") => Ok(ConvBackend::Cudnn),
+        Err(_) => Ok(ConvBackend::Candle),
+    }
 }
 
 /// `conv2d(xs, weight) + bias` for xs `[b, c, h, w]`, weight `[co, c, k,

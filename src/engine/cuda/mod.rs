@@ -8,16 +8,18 @@
 //! `ATELIER_CUDA_KERNELS=off` runs candle's ops instead: an escape hatch for
 //! a GPU where a kernel misbehaves, and an A/B baseline.
 //! `ATELIER_CUDA_ATTENTION=on|off` overrides where attention runs fused
-//! (`prefer_fused_attention`). `ATELIER_CUDA_CONV=on` turns on the
-//! convolution path (`conv`), which has not run on a GPU yet.
+//! (`prefer_fused_attention`). `ATELIER_CUDA_CONV` picks where
+//! convolutions run (`conv_backend`).
 
 mod conv;
+mod cudnn_conv;
 mod flash_attention;
 mod geglu;
 mod group_norm;
 mod softmax;
 
-pub use conv::{conv2d, prefer_own_conv};
+pub use conv::{conv2d, conv_backend, ConvBackend};
+pub use cudnn_conv::cudnn_conv2d;
 pub use flash_attention::{flash_attention, prefer_fused_attention};
 pub use geglu::geglu;
 pub use group_norm::group_norm;

@@ -139,7 +139,22 @@ fn flash_attention_matches_candle() -> Result<()> {
 }
 
 #[test]
-fn conv2d_matches_candle() -> Result<()> {
+fn im2col_conv2d_matches_candle() -> Result<()> {
+    conv_matches_candle("im2col", conv2d)
+}
+
+#[test]
+fn cudnn_conv2d_matches_candle() -> Result<()> {
+    if !cfg!(feature = "cudnn") {
+        eprintln!("built without cuDNN, its convolution not checked");
+        return Ok(());
+    }
+    conv_matches_candle("cudnn", cudnn_conv2d)
+}
+
+/// `conv` against candle's convolution on the CPU (on the GPU, a cuDNN
+/// build's would be TF32).
+fn conv_matches_candle(way: &str, conv: ConvFn) -> Result<()> {
     let Some(dev) = gpu() else { return Ok(()) };
     // (batch, in, out, size, kernel, stride, padding): the UNet's and
     // VAE's 3x3 (same and stride 2), an odd map, a 1x1.
@@ -158,21 +173,26 @@ fn conv2d_matches_candle() -> Result<()> {
                 weight.to_dtype(dtype)?,
                 bias.to_dtype(dtype)?,
             );
-            let got = conv2d(&x, &w, &bi, stride, padding)?;
-            let want = x
-                .to_dtype(DType::F32)?
-                .conv2d(&w.to_dtype(DType::F32)?, padding, stride, 1, 1)?
-                .broadcast_add(&bi.to_dtype(DType::F32)?.reshape((1, co, 1, 1))?)?;
-            assert_eq!(got.dims(), want.dims());
-            let err = relative_error(&got, &want)?;
-            assert!(
-                err < 4. * tolerance(dtype),
-                "{b}x{c}x{size} k{k} s{stride} p{padding} {dtype:?}: {err}"
-            );
+            let on_cpu = |t: &Tensor| t.to_dtype(DType::F32)?.to_device(&Device::Cpu);
+            let want = on_cpu(&x)?
+                .conv2d(&on_cpu(&w)?, padding, stride, 1, 1)?
+                .broadcast_add(&on_cpu(&bi)?.reshape((1, co, 1, 1))?)?;
+            // Twice: the second call reuses what the first set up.
+            for _ in 0..2 {
+                let got = conv(&x, &w, &bi, stride, padding)?.to_device(&Device::Cpu)?;
+                assert_eq!(got.dims(), want.dims());
+                let err = relative_error(&got, &want)?;
+                assert!(
+                    err < 4. * tolerance(dtype),
+                    "{way} {b}x{c}x{size} k{k} s{stride} p{padding} {dtype:?}: {err}"
+                );
+            }
         }
     }
     Ok(())
 }
+
+type ConvFn = fn(&Tensor, &Tensor, &Tensor, usize, usize) -> Result<Tensor>;
 
 #[test]
 fn geglu_matches_candle() -> Result<()> {
