@@ -11,6 +11,7 @@ fn main() {
         let ptx = cudaforge::KernelBuilder::new()
             .source_files([
                 "src/engine/cuda/flash_attention.cu",
+                "src/engine/cuda/flash_attention_mma.cu",
                 "src/engine/cuda/group_norm.cu",
                 "src/engine/cuda/im2col.cu",
                 "src/engine/cuda/softmax.cu",

@@ -1,8 +1,8 @@
 //! atelier's CUDA kernels against candle's ops on the shapes of SD 1.5's,
 //! SD 2.1's and SDXL's UNets (batch 2, as with classifier-free guidance)
 //! and VAEs, same process, same inputs, f16, median of 20 after a warm-up,
-//! each run synchronised: attention (fused vs candle's products with
-//! atelier's softmax, as `blocks::attention` runs them), convolutions
+//! each run synchronised: attention (each fused kernel vs candle's products
+//! with atelier's softmax, as `blocks::attention` runs them), convolutions
 //! (atelier's im2col + one product, and with `--features cudnn` cuDNN with
 //! its setup kept per shape, each vs candle's `conv2d`, which is cuDNN set
 //! up at every call in such a build), group norm + SiLU.
@@ -83,8 +83,12 @@ fn attentions(dev: &Device) -> Result<()> {
             })
         };
         let (products, fused) = (time("off")?, time("on")?);
+        std::env::set_var("ATELIER_CUDA_FLASH", "mma");
+        let fused_mma = time("on")?;
+        std::env::remove_var("ATELIER_CUDA_FLASH");
         std::env::remove_var("ATELIER_CUDA_ATTENTION");
-        row(format!("attention: {what}"), products, fused);
+        row(format!("attention, WMMA: {what}"), products, fused);
+        row(format!("attention, mma.sync: {what}"), products, fused_mma);
     }
     Ok(())
 }

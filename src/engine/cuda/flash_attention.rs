@@ -1,5 +1,8 @@
-//! Fused attention on tensor cores (`flash_attention.cu`) for f16 and bf16:
-//! no score matrix in memory, heads read and written in place.
+//! Fused attention on tensor cores for f16 and bf16: no score matrix in
+//! memory, heads read and written in place. Two kernels of one interface
+//! ([`FlashKernel`]): WMMA (`flash_attention.cu`), measured, and `mma.sync`
+//! with everything in registers (`flash_attention_mma.cu`), written for the
+//! heads of 64 where the first loses but not yet run on a GPU.
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
@@ -39,17 +42,51 @@ pub fn prefer_fused_attention(q: &Tensor, k: &Tensor, heads: usize, upcast: bool
     Ok(scores > FUSE_SCORES_ABOVE || dim <= 20 * score_bytes * heads)
 }
 
+/// The fused attention kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlashKernel {
+    /// WMMA fragments, with S, P and the output's rescaling through shared
+    /// memory (`flash_attention.cu`): measured on an H200, the default.
+    Wmma,
+    /// `mma.sync` fragments that keep S, P and the output in registers
+    /// (`flash_attention_mma.cu`); `ATELIER_CUDA_FLASH=mma`. Not yet run on
+    /// a GPU.
+    Mma,
+}
+
+impl FlashKernel {
+    /// `ATELIER_CUDA_FLASH=mma|wmma`, WMMA by default.
+    pub fn from_env() -> Self {
+        match std::env::var("ATELIER_CUDA_FLASH").as_deref() {
+            Ok("mma") => Self::Mma,
+            _ => Self::Wmma,
+        }
+    }
+}
+
 /// `softmax(q kᵀ · scale) v` per head for q `[batch, n, heads·d]` and k, v
-/// `[batch, m, heads·d]` on a CUDA device, in q's layout; None where the
-/// kernel does not take the shapes (f32, a head width not a multiple of 8
-/// or wider than 160, a bf16 kernel absent from the build): the caller
-/// runs candle's products then.
+/// `[batch, m, heads·d]` on a CUDA device, in q's layout, by the kernel
+/// `ATELIER_CUDA_FLASH` names ([`flash_attention_with`]).
 pub fn flash_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     heads: usize,
     scale: f32,
+) -> Result<Option<Tensor>> {
+    flash_attention_with(q, k, v, heads, scale, FlashKernel::from_env())
+}
+
+/// [`flash_attention`] by `kernel`; None where the kernel does not take the
+/// shapes (f32, a head width not a multiple of 8 or wider than 160, a
+/// kernel absent from the build): the caller runs candle's products then.
+pub fn flash_attention_with(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f32,
+    kernel: FlashKernel,
 ) -> Result<Option<Tensor>> {
     let dim = q.dim(2)?;
     if !matches!(q.dtype(), DType::F16 | DType::BF16)
@@ -70,6 +107,7 @@ pub fn flash_attention(
         heads,
         scale,
         width,
+        kernel,
     };
     if !op.available(q) {
         return Ok(None);
@@ -83,8 +121,9 @@ pub fn flash_attention(
 struct FlashAttention {
     heads: usize,
     scale: f32,
-    /// The padded head width: which kernel runs.
+    /// The padded head width and the kernel: which function runs.
     width: usize,
+    kernel: FlashKernel,
 }
 
 impl FlashAttention {
@@ -105,15 +144,32 @@ impl FlashAttention {
 
     #[cfg(feature = "cuda")]
     fn kernel_name(&self, dtype: DType) -> String {
-        format!("flash_attention_d{}_{}", self.width, dtype.as_str())
+        let kind = match self.kernel {
+            FlashKernel::Wmma => "",
+            FlashKernel::Mma => "mma_",
+        };
+        format!("flash_attention_{kind}d{}_{}", self.width, dtype.as_str())
     }
 
-    /// Shared memory per block: Q, K, V tiles in 2-byte values, and per warp
-    /// S and O in f32 (the layout in flash_attention.cu): 64 rows, 64 keys,
-    /// 4 warps. Above 48 KiB, so the kernel must be allowed it.
+    #[cfg(feature = "cuda")]
+    fn module(&self) -> &'static super::launch::Module {
+        match self.kernel {
+            FlashKernel::Wmma => &super::launch::FLASH_ATTENTION,
+            FlashKernel::Mma => &super::launch::FLASH_ATTENTION_MMA,
+        }
+    }
+
+    /// Shared memory per block, 64 query rows, 64 keys and 4 warps (the
+    /// layouts in the .cu files). WMMA: Q, K, V tiles in 2-byte values, and
+    /// per warp S and O in f32. mma.sync: Q, K and Vᵀ tiles with rows
+    /// padded by 8 values. Above 48 KiB, the kernel must be allowed it.
     #[cfg(feature = "cuda")]
     fn shared_bytes(&self) -> usize {
-        (64 + 2 * 64) * self.width * 2 + 4 * 16 * 64 * 4 + 4 * 16 * self.width * 4
+        let w = self.width;
+        match self.kernel {
+            FlashKernel::Wmma => (64 + 2 * 64) * w * 2 + 4 * 16 * 64 * 4 + 4 * 16 * w * 4,
+            FlashKernel::Mma => (2 * 64 * (w + 8) + w * (64 + 8)) * 2,
+        }
     }
 
     /// Loads the kernel and allows it its shared memory, once per device and
@@ -131,7 +187,7 @@ impl FlashAttention {
         let mut ready = READY.lock().unwrap_or_else(|e| e.into_inner());
         let ready = ready.get_or_insert_with(HashMap::new);
         *ready.entry((dev.id(), name.clone())).or_insert_with(|| {
-            let module = &super::launch::FLASH_ATTENTION;
+            let module = self.module();
             dev.get_or_load_custom_func(&name, module.name, module.ptx)
                 .is_ok_and(|func| {
                     func.set_attribute(
@@ -191,7 +247,7 @@ impl candle_core::cuda_backend::Map3 for FlashAttention {
         v_layout: &Layout,
         dev: &candle_core::CudaDevice,
     ) -> Result<candle_core::cuda_backend::cudarc::driver::CudaSlice<T>> {
-        use super::launch::{int, view, FLASH_ATTENTION};
+        use super::launch::{int, view};
         use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
         use candle_core::cuda_backend::WrapErr;
 
@@ -226,11 +282,9 @@ impl candle_core::cuda_backend::Map3 for FlashAttention {
         if !self.ready(dev, T::DTYPE) {
             candle_core::bail!("{OP}: the kernel for {:?} is not in this build", T::DTYPE);
         }
-        let func = dev.get_or_load_custom_func(
-            &self.kernel_name(T::DTYPE),
-            FLASH_ATTENTION.name,
-            FLASH_ATTENTION.ptx,
-        )?;
+        let module = self.module();
+        let func =
+            dev.get_or_load_custom_func(&self.kernel_name(T::DTYPE), module.name, module.ptx)?;
         let shared = self.shared_bytes();
         // SAFETY: the kernel writes every element of every head.
         let out = unsafe { dev.alloc::<T>(q.len())? };
@@ -250,7 +304,8 @@ impl candle_core::cuda_backend::Map3 for FlashAttention {
             shared_mem_bytes: shared as u32,
         };
         // SAFETY: the arguments match `flash_attention` in
-        // flash_attention.cu, over the shapes checked above.
+        // flash_attention.cu and `flash_attention_mma` in
+        // flash_attention_mma.cu, over the shapes checked above.
         unsafe { builder.launch(cfg) }.w()?;
         Ok(out)
     }

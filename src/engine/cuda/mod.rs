@@ -8,7 +8,8 @@
 //! `ATELIER_CUDA_KERNELS=off` runs candle's ops instead: an escape hatch for
 //! a GPU where a kernel misbehaves, and an A/B baseline.
 //! `ATELIER_CUDA_ATTENTION=on|off` overrides where attention runs fused
-//! (`prefer_fused_attention`). `ATELIER_CUDA_CONV` picks where
+//! (`prefer_fused_attention`), and `ATELIER_CUDA_FLASH=mma|wmma` which
+//! kernel it runs (`FlashKernel`). `ATELIER_CUDA_CONV` picks where
 //! convolutions run (`conv_backend`).
 
 mod conv;
@@ -20,7 +21,9 @@ mod softmax;
 
 pub use conv::{conv2d, conv_backend, ConvBackend};
 pub use cudnn_conv::cudnn_conv2d;
-pub use flash_attention::{flash_attention, prefer_fused_attention};
+pub use flash_attention::{
+    flash_attention, flash_attention_with, prefer_fused_attention, FlashKernel,
+};
 pub use geglu::geglu;
 pub use group_norm::group_norm;
 pub use softmax::softmax_last_dim;
@@ -78,6 +81,10 @@ mod launch {
     pub const FLASH_ATTENTION: Module = Module {
         name: "atelier_flash_attention",
         ptx: ptx::FLASH_ATTENTION,
+    };
+    pub const FLASH_ATTENTION_MMA: Module = Module {
+        name: "atelier_flash_attention_mma",
+        ptx: ptx::FLASH_ATTENTION_MMA,
     };
     pub const IM2COL: Module = Module {
         name: "atelier_im2col",

@@ -104,6 +104,15 @@ fn reference_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Resu
 
 #[test]
 fn flash_attention_matches_candle() -> Result<()> {
+    attention_matches_candle(FlashKernel::Wmma)
+}
+
+#[test]
+fn flash_attention_mma_matches_candle() -> Result<()> {
+    attention_matches_candle(FlashKernel::Mma)
+}
+
+fn attention_matches_candle(kernel: FlashKernel) -> Result<()> {
     let Some(dev) = gpu() else { return Ok(()) };
     // (batch, queries, keys, heads, head width): SD's widths, lengths
     // that are not multiples of the 64-row tiles, cross-attention's 77.
@@ -120,21 +129,22 @@ fn flash_attention_matches_candle() -> Result<()> {
         for dtype in [DType::F16, DType::BF16] {
             let (q, k, v) = (q.to_dtype(dtype)?, k.to_dtype(dtype)?, v.to_dtype(dtype)?);
             let scale = (d as f32).powf(-0.5);
-            let got = flash_attention(&q, &k, &v, heads, scale)?
+            let got = flash_attention_with(&q, &k, &v, heads, scale, kernel)?
                 .expect("the kernel takes SD's head widths");
             let want = reference_attention(&q, &k, &v, heads)?;
             let err = relative_error(&got, &want)?;
             // P is rounded to the storage type before P·V.
             assert!(
                 err < 4. * tolerance(dtype),
-                "{b}x{n}x{m} {heads}x{d} {dtype:?}: {err}"
+                "{kernel:?} {b}x{n}x{m} {heads}x{d} {dtype:?}: {err}"
             );
         }
     }
     // f32 and head widths it is not built for go to candle's products.
     let q = Tensor::randn(0f32, 1., (1, 8, 2 * 12), &dev)?;
-    assert!(flash_attention(&q, &q, &q, 2, 1.)?.is_none());
-    assert!(flash_attention(&q.to_dtype(DType::F16)?, &q, &q, 2, 1.)?.is_none());
+    assert!(flash_attention_with(&q, &q, &q, 2, 1., kernel)?.is_none());
+    let half = q.to_dtype(DType::F16)?;
+    assert!(flash_attention_with(&half, &half, &half, 2, 1., kernel)?.is_none());
     Ok(())
 }
 
