@@ -199,6 +199,8 @@ mod plans {
                 // The old one is freed in stream order, after the
                 // convolutions queued before that use it.
                 state.workspace = None;
+                // SAFETY: cuDNN's scratch space; it reads only what it
+                // wrote there during the same call.
                 state.workspace = Some(unsafe { dev.alloc::<u8>(plan.workspace_bytes)? });
             }
             let [b, co, oh, ow] = key.output;

@@ -162,7 +162,8 @@ impl FlashAttention {
     /// Shared memory per block, 64 query rows, 64 keys and 4 warps (the
     /// layouts in the .cu files). WMMA: Q, K, V tiles in 2-byte values, and
     /// per warp S and O in f32. mma.sync: Q, K and Vᵀ tiles with rows
-    /// padded by 8 values. Above 48 KiB, the kernel must be allowed it.
+    /// padded by 8 values. Above 48 KiB (WMMA from 64 wide, mma.sync at
+    /// 128 and 160) a kernel must be allowed it (`ready`).
     #[cfg(feature = "cuda")]
     fn shared_bytes(&self) -> usize {
         let w = self.width;
