@@ -85,10 +85,17 @@ fn attentions(dev: &Device) -> Result<()> {
         let (products, fused) = (time("off")?, time("on")?);
         std::env::set_var("ATELIER_CUDA_FLASH", "mma");
         let fused_mma = time("on")?;
+        std::env::set_var("ATELIER_CUDA_FLASH", "mma1");
+        let fused_mma1 = time("on")?;
         std::env::remove_var("ATELIER_CUDA_FLASH");
         std::env::remove_var("ATELIER_CUDA_ATTENTION");
         row(format!("attention, WMMA: {what}"), products, fused);
         row(format!("attention, mma.sync: {what}"), products, fused_mma);
+        row(
+            format!("attention, mma.sync 1 tile: {what}"),
+            products,
+            fused_mma1,
+        );
     }
     Ok(())
 }

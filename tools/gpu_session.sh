@@ -48,6 +48,9 @@ fi
 if grep -q "flash_attention_mma_matches_candle .*FAILED" "$OUT/kernels.txt" 2>/dev/null; then
   echo "the mma.sync attention kernel missed: its A/B variants are skipped"; NO_MMA=1
 fi
+if grep -q "flash_attention_mma1_matches_candle .*FAILED" "$OUT/kernels.txt" 2>/dev/null; then
+  echo "the one-tile mma.sync attention kernel missed: its A/B variants are skipped"; NO_MMA1=1
+fi
 if [ -x /tmp/atelier-cuda ] && { grep -q "cudnn_conv2d_matches_candle .*FAILED" "$OUT/kernels.txt" 2>/dev/null \
     || ! /tmp/atelier --version >/dev/null 2>&1; }; then
   echo "cuDNN convolution missed or cuDNN did not load: the rest runs the build without cuDNN"
@@ -80,7 +83,7 @@ ab() {  # ROW VARIANT...  (a variant is env settings, or BIN=path for another bi
   for v in "$@"; do
     local bin=/tmp/atelier
     case $v in BIN=*) bin=${v#BIN=}; [ -x "$bin" ] || continue; v=DEFAULT=1;; esac
-    case $v in *FLASH=mma*) [ -n "${NO_MMA:-}" ] && continue;; esac
+    case $v in *FLASH=mma1*) [ -n "${NO_MMA1:-}" ] && continue;; *FLASH=mma*) [ -n "${NO_MMA:-}" ] && continue;; esac
     env $v timeout 90 $bin bench --arch ${row%:*} --size ${row#*:} --device cuda --dtype f16 \
       --repeats 3 --steps 4 --strength 0.5 --json 2>/tmp/ab.err \
       | sed "s|^{|{\"variant\": \"$bin $v\", |" | tee -a "$OUT/ab.jsonl"
@@ -89,8 +92,9 @@ ab() {  # ROW VARIANT...  (a variant is env settings, or BIN=path for another bi
 }
 ab sd15:512 "DEFAULT=1" "BIN=/tmp/atelier-cuda" "ATELIER_CUDA_CONV=im2col" "ATELIER_CUDA_ATTENTION=off" \
   "ATELIER_CUDA_FLASH=mma"
-ab sdxl:1024 "DEFAULT=1" "BIN=/tmp/atelier-cuda" "ATELIER_CUDA_TF32=on" "ATELIER_CUDA_FLASH=mma ATELIER_CUDA_ATTENTION=on"
-ab sd21:768 "DEFAULT=1" "BIN=/tmp/atelier-cuda" "ATELIER_CUDA_FLASH=mma"
+ab sdxl:1024 "DEFAULT=1" "BIN=/tmp/atelier-cuda" "ATELIER_CUDA_TF32=on" "ATELIER_CUDA_FLASH=mma ATELIER_CUDA_ATTENTION=on" \
+  "ATELIER_CUDA_FLASH=mma1 ATELIER_CUDA_ATTENTION=on"
+ab sd21:768 "DEFAULT=1" "BIN=/tmp/atelier-cuda" "ATELIER_CUDA_FLASH=mma" "ATELIER_CUDA_FLASH=mma1"
 python3 - "$OUT/ab.jsonl" <<'EOF2'
 import json, sys
 for r in (json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")):

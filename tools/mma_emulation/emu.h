@@ -12,6 +12,7 @@
 #include <vector>
 #define __device__
 #define __global__
+#define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(x)
 struct dim3e { int x, y, z; };

@@ -49,16 +49,21 @@ pub enum FlashKernel {
     /// memory (`flash_attention.cu`): measured on an H200, the default.
     Wmma,
     /// `mma.sync` fragments that keep S, P and the output in registers
-    /// (`flash_attention_mma.cu`); `ATELIER_CUDA_FLASH=mma`. Not yet run on
-    /// a GPU.
+    /// (`flash_attention_mma.cu`), 32 query rows per warp up to heads of
+    /// 80, 16 above; `ATELIER_CUDA_FLASH=mma`. Not yet run on a GPU.
     Mma,
+    /// The same with 16 query rows per warp at every width (more blocks
+    /// per SM, each K and V fragment read for one product);
+    /// `ATELIER_CUDA_FLASH=mma1`.
+    MmaOneTile,
 }
 
 impl FlashKernel {
-    /// `ATELIER_CUDA_FLASH=mma|wmma`, WMMA by default.
+    /// `ATELIER_CUDA_FLASH=mma|mma1|wmma`, WMMA by default.
     pub fn from_env() -> Self {
         match std::env::var("ATELIER_CUDA_FLASH").as_deref() {
             Ok("mma") => Self::Mma,
+            Ok("mma1") => Self::MmaOneTile,
             _ => Self::Wmma,
         }
     }
@@ -146,7 +151,8 @@ impl FlashAttention {
     fn kernel_name(&self, dtype: DType) -> String {
         let kind = match self.kernel {
             FlashKernel::Wmma => "",
-            FlashKernel::Mma => "mma_",
+            FlashKernel::MmaOneTile if self.width <= 80 => "mma1_",
+            FlashKernel::Mma | FlashKernel::MmaOneTile => "mma_",
         };
         format!("flash_attention_{kind}d{}_{}", self.width, dtype.as_str())
     }
@@ -155,21 +161,33 @@ impl FlashAttention {
     fn module(&self) -> &'static super::launch::Module {
         match self.kernel {
             FlashKernel::Wmma => &super::launch::FLASH_ATTENTION,
-            FlashKernel::Mma => &super::launch::FLASH_ATTENTION_MMA,
+            FlashKernel::Mma | FlashKernel::MmaOneTile => &super::launch::FLASH_ATTENTION_MMA,
         }
     }
 
-    /// Shared memory per block, 64 query rows, 64 keys and 4 warps (the
-    /// layouts in the .cu files). WMMA: Q, K, V tiles in 2-byte values, and
-    /// per warp S and O in f32. mma.sync: Q, K and Vᵀ tiles with rows
-    /// padded by 8 values. Above 48 KiB (WMMA from 64 wide, mma.sync at
-    /// 128 and 160) a kernel must be allowed it (`ready`).
+    /// Query rows per block: 16 per warp of 4, and for `Mma` 32 up to heads
+    /// of 80 (`row_tiles` in flash_attention_mma.cu).
+    #[cfg(feature = "cuda")]
+    fn block_rows(&self) -> usize {
+        match self.kernel {
+            FlashKernel::Mma if self.width <= 80 => 128,
+            _ => 64,
+        }
+    }
+
+    /// Shared memory per block, 64 keys and 4 warps (the layouts in the .cu
+    /// files). WMMA: Q, K, V tiles in 2-byte values, and per warp S and O
+    /// in f32. mma.sync: Q, K and Vᵀ tiles with rows padded by 8 values.
+    /// Above 48 KiB (WMMA from 64 wide, mma.sync from 128) a
+    /// kernel must be allowed it (`ready`).
     #[cfg(feature = "cuda")]
     fn shared_bytes(&self) -> usize {
         let w = self.width;
         match self.kernel {
             FlashKernel::Wmma => (64 + 2 * 64) * w * 2 + 4 * 16 * 64 * 4 + 4 * 16 * w * 4,
-            FlashKernel::Mma => (2 * 64 * (w + 8) + w * (64 + 8)) * 2,
+            FlashKernel::Mma | FlashKernel::MmaOneTile => {
+                ((self.block_rows() + 64) * (w + 8) + w * (64 + 8)) * 2
+            }
         }
     }
 
@@ -300,7 +318,11 @@ impl candle_core::cuda_backend::Map3 for FlashAttention {
         builder.arg(&args.3);
         builder.arg(&args.4);
         let cfg = LaunchConfig {
-            grid_dim: (n.div_ceil(64) as u32, (batch * self.heads) as u32, 1),
+            grid_dim: (
+                n.div_ceil(self.block_rows()) as u32,
+                (batch * self.heads) as u32,
+                1,
+            ),
             block_dim: (128, 1, 1),
             shared_mem_bytes: shared as u32,
         };

@@ -7,8 +7,9 @@
 // rescaling through shared memory, and lost to candle's products at heads
 // of 64 (SDXL); this one is written for those.
 //
-// Same interface and tiling as flash_attention.cu: a block takes 64 query
-// rows of one (image, head), 16 per warp, and walks the keys 64 at a time.
+// Same interface as flash_attention.cu: a block takes the query rows of
+// one (image, head), 16 or 32 per warp (`row_tiles`), and walks the keys
+// 64 at a time.
 // q [b, n, heads * d], k and v [b, m, heads * d], out like q; d is a
 // multiple of 8, padded with zeros to DP, a multiple of 16. Scores, the
 // softmax and the output accumulate in f32; P is rounded to T for P·V.
@@ -20,7 +21,6 @@
 #include "common.cuh"
 #include <stdint.h>
 
-#define BQ 64     // query rows per block, 16 per warp
 #define BK 64     // keys per step
 #define WARPS 4
 // Values of padding per shared-memory row: rows then start 4 banks apart,
@@ -29,7 +29,7 @@
 #define PAD 8
 
 // Shared memory (dynamic; flash_attention.rs sizes it), in 2-byte values:
-// Q [BQ][DP + PAD], K [BK][DP + PAD], Vᵀ [DP][BK + PAD].
+// Q [block_rows][DP + PAD], K [BK][DP + PAD], Vᵀ [DP][BK + PAD].
 
 template <typename T> struct Mma;
 
@@ -99,10 +99,23 @@ __device__ void load_transposed(T *dst, const T *src, long stride, int valid, in
   }
 }
 
-template <typename T, int DP>
+// Query-row tiles of 16 per warp: two where the registers allow
+// (heads up to 80 wide), so that each K and V fragment read from shared
+// memory feeds two products, as FlashAttention-2 does, at the price of
+// occupancy (254 registers at 64 wide, against 115 with one tile); one for
+// wider heads, whose output fragments would otherwise pass the 255
+// registers a thread has. Both are built up to 80 wide (`mma` and `mma1`
+// kernels) until a GPU says which wins.
+template <int DP> __host__ __device__ constexpr int row_tiles() { return DP <= 80 ? 2 : 1; }
+
+// Query rows per block with MT tiles per warp (flash_attention.rs launches
+// n / this blocks).
+template <int MT> __host__ __device__ constexpr int block_rows() { return WARPS * 16 * MT; }
+
+template <typename T, int DP, int MT>
 __device__ void flash_attention_mma(const T *q, const T *k, const T *v, T *out, int n, int m,
                                     int heads, int d, float scale_log2) {
-  constexpr int S = DP + PAD, VS = BK + PAD;
+  constexpr int S = DP + PAD, VS = BK + PAD, BQ = block_rows<MT>();
   extern __shared__ __align__(128) unsigned char shared[];
   T *qs = reinterpret_cast<T *>(shared);
   T *ks = qs + BQ * S;
@@ -119,23 +132,33 @@ __device__ void flash_attention_mma(const T *q, const T *k, const T *v, T *out, 
 
   load_rows<T, DP>(qs, q_head, q_stride, n - row0, d, BQ);
   __syncthreads();
-  // This warp's 16 query rows as A fragments, one per 16 values of the head.
-  uint32_t qf[DP / 16][4];
-  const T *qw = qs + warp * 16 * S;
+  // This warp's query rows, tile mt holding rows 16 (MT warp + mt) on, as
+  // A fragments, one per 16 values of the head.
+  uint32_t qf[MT][DP / 16][4];
 #pragma unroll
-  for (int kc = 0; kc < DP / 16; ++kc) {
-    qf[kc][0] = pair(qw + g * S + kc * 16 + 2 * t);
-    qf[kc][1] = pair(qw + (g + 8) * S + kc * 16 + 2 * t);
-    qf[kc][2] = pair(qw + g * S + kc * 16 + 8 + 2 * t);
-    qf[kc][3] = pair(qw + (g + 8) * S + kc * 16 + 8 + 2 * t);
+  for (int mt = 0; mt < MT; ++mt) {
+    const T *qw = qs + (MT * warp + mt) * 16 * S;
+#pragma unroll
+    for (int kc = 0; kc < DP / 16; ++kc) {
+      qf[mt][kc][0] = pair(qw + g * S + kc * 16 + 2 * t);
+      qf[mt][kc][1] = pair(qw + (g + 8) * S + kc * 16 + 2 * t);
+      qf[mt][kc][2] = pair(qw + g * S + kc * 16 + 8 + 2 * t);
+      qf[mt][kc][3] = pair(qw + (g + 8) * S + kc * 16 + 8 + 2 * t);
+    }
   }
 
-  // Output rows g and g + 8, values dt * 8 + 2t (+1), in C fragments; the
-  // rows' running maxima (log2 units) and this lane's part of their sums.
-  float o[DP / 8][4];
+  // Per tile, output rows g and g + 8, values dt * 8 + 2t (+1), in C
+  // fragments; the rows' running maxima (log2 units) and this lane's part
+  // of their sums.
+  float o[MT][DP / 8][4];
+  float row_max[MT][2], row_sum[MT][2];
 #pragma unroll
-  for (int dt = 0; dt < DP / 8; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.f;
-  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int dt = 0; dt < DP / 8; ++dt) o[mt][dt][0] = o[mt][dt][1] = o[mt][dt][2] = o[mt][dt][3] = 0.f;
+    row_max[mt][0] = row_max[mt][1] = -INFINITY;
+    row_sum[mt][0] = row_sum[mt][1] = 0.f;
+  }
 
   for (int key0 = 0; key0 < m; key0 += BK) {
     __syncthreads();  // every warp is done with the previous K and V
@@ -143,102 +166,123 @@ __device__ void flash_attention_mma(const T *q, const T *k, const T *v, T *out, 
     load_transposed<T, DP>(vts, v_head + (long)key0 * q_stride, q_stride, m - key0, d);
     __syncthreads();
 
-    // S = Q Kᵀ: keys nt * 8 + 2t (+1) of rows g and g + 8.
-    float s[BK / 8][4];
+    // S = Q Kᵀ: keys nt * 8 + 2t (+1) of rows g and g + 8 of each tile.
+    float s[MT][BK / 8][4];
 #pragma unroll
     for (int nt = 0; nt < BK / 8; ++nt) {
-      s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.f;
       const T *key_row = ks + (nt * 8 + g) * S + 2 * t;
 #pragma unroll
-      for (int kc = 0; kc < DP / 16; ++kc)
-        Mma<T>::mma(s[nt], qf[kc], pair(key_row + kc * 16), pair(key_row + kc * 16 + 8));
+      for (int kc = 0; kc < DP / 16; ++kc) {
+        const uint32_t b0 = pair(key_row + kc * 16), b1 = pair(key_row + kc * 16 + 8);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) Mma<T>::mma(s[mt][nt], qf[mt][kc], b0, b1);
+      }
     }
 
-    // Scaled, keys past m masked; each row's maximum over its 4 lanes.
-    float step_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-    for (int nt = 0; nt < BK / 8; ++nt)
+    for (int mt = 0; mt < MT; ++mt) {
+      // Scaled, keys past m masked; each row's maximum over its 4 lanes.
+      float step_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int key = key0 + nt * 8 + 2 * t + (i & 1);
-        s[nt][i] = key < m ? s[nt][i] * scale_log2 : -INFINITY;
-        step_max[i / 2] = fmaxf(step_max[i / 2], s[nt][i]);
+      for (int nt = 0; nt < BK / 8; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int key = key0 + nt * 8 + 2 * t + (i & 1);
+          s[mt][nt][i] = key < m ? s[mt][nt][i] * scale_log2 : -INFINITY;
+          step_max[i / 2] = fmaxf(step_max[i / 2], s[mt][nt][i]);
+        }
+      float rescale[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        step_max[r] = fmaxf(step_max[r], __shfl_xor_sync(0xffffffff, step_max[r], 1));
+        step_max[r] = fmaxf(step_max[r], __shfl_xor_sync(0xffffffff, step_max[r], 2));
+        // Every step has a key below m, so the new maximum is finite; the
+        // first step's rescale is exp2(-inf) = 0, on zeros.
+        const float new_max = fmaxf(row_max[mt][r], step_max[r]);
+        rescale[r] = exp2f(row_max[mt][r] - new_max);
+        row_max[mt][r] = new_max;
+        row_sum[mt][r] *= rescale[r];
       }
-    float rescale[2];
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      step_max[r] = fmaxf(step_max[r], __shfl_xor_sync(0xffffffff, step_max[r], 1));
-      step_max[r] = fmaxf(step_max[r], __shfl_xor_sync(0xffffffff, step_max[r], 2));
-      // Every step has a key below m, so the new maximum is finite; the
-      // first step's rescale is exp2(-inf) = 0, on zeros.
-      const float new_max = fmaxf(row_max[r], step_max[r]);
-      rescale[r] = exp2f(row_max[r] - new_max);
-      row_max[r] = new_max;
-      row_sum[r] *= rescale[r];
-    }
-#pragma unroll
-    for (int dt = 0; dt < DP / 8; ++dt) {
-      o[dt][0] *= rescale[0];
-      o[dt][1] *= rescale[0];
-      o[dt][2] *= rescale[1];
-      o[dt][3] *= rescale[1];
-    }
-#pragma unroll
-    for (int nt = 0; nt < BK / 8; ++nt)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        s[nt][i] = exp2f(s[nt][i] - row_max[i / 2]);
-        row_sum[i / 2] += s[nt][i];
+      for (int dt = 0; dt < DP / 8; ++dt) {
+        o[mt][dt][0] *= rescale[0];
+        o[mt][dt][1] *= rescale[0];
+        o[mt][dt][2] *= rescale[1];
+        o[mt][dt][3] *= rescale[1];
       }
+#pragma unroll
+      for (int nt = 0; nt < BK / 8; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          s[mt][nt][i] = exp2f(s[mt][nt][i] - row_max[mt][i / 2]);
+          row_sum[mt][i / 2] += s[mt][nt][i];
+        }
+    }
 
     // O += P V, 16 keys at a time: the C fragments of key tiles 2kk and
     // 2kk + 1 are, packed in pairs, the A fragment of those 16 keys.
 #pragma unroll
     for (int kk = 0; kk < BK / 16; ++kk) {
-      const uint32_t p[4] = {
-          Mma<T>::pack(s[2 * kk][0], s[2 * kk][1]), Mma<T>::pack(s[2 * kk][2], s[2 * kk][3]),
-          Mma<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-          Mma<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      uint32_t p[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        p[mt][0] = Mma<T>::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        p[mt][1] = Mma<T>::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        p[mt][2] = Mma<T>::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        p[mt][3] = Mma<T>::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+      }
 #pragma unroll
       for (int dt = 0; dt < DP / 8; ++dt) {
         const T *value_row = vts + (dt * 8 + g) * VS + kk * 16 + 2 * t;
-        Mma<T>::mma(o[dt], p, pair(value_row), pair(value_row + 8));
+        const uint32_t b0 = pair(value_row), b1 = pair(value_row + 8);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) Mma<T>::mma(o[mt][dt], p[mt], b0, b1);
       }
     }
   }
 
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    row_sum[r] += __shfl_xor_sync(0xffffffff, row_sum[r], 1);
-    row_sum[r] += __shfl_xor_sync(0xffffffff, row_sum[r], 2);
-    const int q_row = row0 + warp * 16 + g + 8 * r;
-    if (q_row >= n) continue;
-    const float inv_sum = 1.f / row_sum[r];
-    T *dst = out + ((long)image * n + q_row) * q_stride + (long)head * d;
+  for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-    for (int dt = 0; dt < DP / 8; ++dt) {
-      const int c = dt * 8 + 2 * t;  // d is a multiple of 8: c + 1 < d too
-      if (c < d)
-        *reinterpret_cast<uint32_t *>(dst + c) =
-            Mma<T>::pack(o[dt][2 * r] * inv_sum, o[dt][2 * r + 1] * inv_sum);
+    for (int r = 0; r < 2; ++r) {
+      float sum = row_sum[mt][r];
+      sum += __shfl_xor_sync(0xffffffff, sum, 1);
+      sum += __shfl_xor_sync(0xffffffff, sum, 2);
+      const int q_row = row0 + (MT * warp + mt) * 16 + g + 8 * r;
+      if (q_row >= n) continue;
+      const float inv_sum = 1.f / sum;
+      T *dst = out + ((long)image * n + q_row) * q_stride + (long)head * d;
+#pragma unroll
+      for (int dt = 0; dt < DP / 8; ++dt) {
+        const int c = dt * 8 + 2 * t;  // d is a multiple of 8: c + 1 < d too
+        if (c < d)
+          *reinterpret_cast<uint32_t *>(dst + c) =
+              Mma<T>::pack(o[mt][dt][2 * r] * inv_sum, o[mt][dt][2 * r + 1] * inv_sum);
+      }
     }
-  }
 }
 
-#define FLASH_ATTENTION_MMA(NAME, T, DP)                                                    \
+#define FLASH_ATTENTION_MMA(NAME, T, DP, MT)                                                \
   extern "C" __global__ void __launch_bounds__(WARPS * 32)                                 \
       NAME(const T *q, const T *k, const T *v, T *out, int n, int m, int heads, int d,     \
            float scale_log2) {                                                             \
-    flash_attention_mma<T, DP>(q, k, v, out, n, m, heads, d, scale_log2);                  \
+    flash_attention_mma<T, DP, MT>(q, k, v, out, n, m, heads, d, scale_log2);              \
   }
 
-#define FLASH_ATTENTION_MMA_WIDTHS(T, SUFFIX)                     \
-  FLASH_ATTENTION_MMA(flash_attention_mma_d48_##SUFFIX, T, 48)    \
-  FLASH_ATTENTION_MMA(flash_attention_mma_d64_##SUFFIX, T, 64)    \
-  FLASH_ATTENTION_MMA(flash_attention_mma_d80_##SUFFIX, T, 80)    \
-  FLASH_ATTENTION_MMA(flash_attention_mma_d96_##SUFFIX, T, 96)    \
-  FLASH_ATTENTION_MMA(flash_attention_mma_d128_##SUFFIX, T, 128)  \
-  FLASH_ATTENTION_MMA(flash_attention_mma_d160_##SUFFIX, T, 160)
+// flash_attention_mma_d<W>_<type>: `row_tiles` tiles per warp;
+// flash_attention_mma1_d<W>_<type>: one, for the widths where that differs.
+#define FLASH_ATTENTION_MMA_WIDTHS(T, SUFFIX)                             \
+  FLASH_ATTENTION_MMA(flash_attention_mma_d48_##SUFFIX, T, 48, row_tiles<48>())         \
+  FLASH_ATTENTION_MMA(flash_attention_mma_d64_##SUFFIX, T, 64, row_tiles<64>())         \
+  FLASH_ATTENTION_MMA(flash_attention_mma_d80_##SUFFIX, T, 80, row_tiles<80>())         \
+  FLASH_ATTENTION_MMA(flash_attention_mma_d96_##SUFFIX, T, 96, row_tiles<96>())         \
+  FLASH_ATTENTION_MMA(flash_attention_mma_d128_##SUFFIX, T, 128, row_tiles<128>())       \
+  FLASH_ATTENTION_MMA(flash_attention_mma_d160_##SUFFIX, T, 160, row_tiles<160>())       \
+  FLASH_ATTENTION_MMA(flash_attention_mma1_d48_##SUFFIX, T, 48, 1)        \
+  FLASH_ATTENTION_MMA(flash_attention_mma1_d64_##SUFFIX, T, 64, 1)        \
+  FLASH_ATTENTION_MMA(flash_attention_mma1_d80_##SUFFIX, T, 80, 1)
 
 // m16n8k16 needs sm_80 or newer; where the build targets older GPUs these
 // kernels are absent and attention runs the WMMA kernel or candle's products.

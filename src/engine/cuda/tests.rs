@@ -112,6 +112,11 @@ fn flash_attention_mma_matches_candle() -> Result<()> {
     attention_matches_candle(FlashKernel::Mma)
 }
 
+#[test]
+fn flash_attention_mma1_matches_candle() -> Result<()> {
+    attention_matches_candle(FlashKernel::MmaOneTile)
+}
+
 fn attention_matches_candle(kernel: FlashKernel) -> Result<()> {
     let Some(dev) = gpu() else { return Ok(()) };
     // (batch, queries, keys, heads, head width): SD's widths, lengths
@@ -119,6 +124,7 @@ fn attention_matches_candle(kernel: FlashKernel) -> Result<()> {
     for (b, n, m, heads, d) in [
         (2, 100, 77, 8, 40),
         (1, 130, 200, 2, 64),
+        (1, 300, 150, 2, 64),
         (2, 64, 64, 3, 80),
         (1, 33, 257, 1, 160),
         (1, 1, 1, 2, 96),
