@@ -128,6 +128,9 @@ mod plans {
 
     const OP: &str = "cuDNN conv2d";
 
+    /// The most workspace one convolution's algorithm may ask for.
+    const MAX_WORKSPACE: usize = 512 << 20;
+
     /// What a plan depends on.
     #[derive(Clone, Copy, PartialEq, Eq, Hash)]
     pub struct Key {
@@ -275,8 +278,23 @@ mod plans {
             w: &w,
             y: &y,
         };
-        let algo = op.pick_algorithm()?;
-        let workspace_bytes = op.get_workspace_size(algo)?;
+        // cuDNN's first choice, unless its workspace is larger than a
+        // convolution should hold on a smaller GPU (FFT algorithms on the
+        // VAE's largest maps can ask for gigabytes): then the implicit GEMMs,
+        // whose workspace is small or none.
+        use sys::cudnnConvolutionFwdAlgo_t as Algo;
+        let mut algo = op.pick_algorithm()?;
+        let mut workspace_bytes = op.get_workspace_size(algo)?;
+        for fallback in [
+            Algo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
+            Algo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+        ] {
+            if workspace_bytes <= MAX_WORKSPACE {
+                break;
+            }
+            algo = fallback;
+            workspace_bytes = op.get_workspace_size(algo)?;
+        }
         Ok(Plan {
             x,
             w,
