@@ -5,7 +5,7 @@
 # f16 at each head width the build has, against an f64 reference
 # (check.cpp). It checks the kernel's index arithmetic, masking and online
 # softmax, not its speed or the real instruction. Needs g++ 12 (C++20,
-# _Float16). About 5 s.
+# _Float16). About 10 s.
 #
 #   tools/mma_emulation/run.sh
 set -euo pipefail
@@ -31,5 +31,7 @@ s = s[:s.index('#define FLASH_ATTENTION_MMA(')]
 open(sys.argv[2], 'w').write(s)
 PY
 cp "$here/emu.h" "$here/check.cpp" "$work/"
-g++ -std=c++20 -O1 -pthread -o "$work/check" "$work/check.cpp"
+# AddressSanitizer: q, k, v, out and shared memory are exactly sized, so an
+# access outside them stops the check.
+g++ -std=c++20 -O1 -pthread -fsanitize=address -fno-omit-frame-pointer -o "$work/check" "$work/check.cpp"
 "$work/check"
