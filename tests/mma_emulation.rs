@@ -2,8 +2,9 @@
 //! run on the CPU under tools/mma_emulation (each CUDA thread a host thread,
 //! mma.sync rebuilt from the PTX fragment layouts) against an f64
 //! reference: its index arithmetic, masking and online softmax are checked
-//! on machines without a GPU, CI among them. Needs g++ with C++20 and
-//! `_Float16` (GCC 12 or newer); says so and passes without one.
+//! on machines without a GPU, CI among them. Needs g++ with C++20,
+//! `_Float16` and AddressSanitizer (GCC 12 or newer); says so and passes
+//! without g++.
 
 use std::process::Command;
 
