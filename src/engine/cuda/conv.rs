@@ -39,6 +39,45 @@ pub fn conv_backend() -> Result<ConvBackend> {
     }
 }
 
+/// The sizes of a convolution of xs `[b, c, h, w]` by weight `[co, c, k,
+/// k]`, output `[b, co, oh, ow]`.
+pub(super) struct ConvSizes {
+    pub b: usize,
+    pub c: usize,
+    pub co: usize,
+    pub k: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+/// [`ConvSizes`] of `xs` and `weight` at `stride` and `padding`, or why
+/// they do not make a convolution (`op` names it in the error).
+pub(super) fn conv_sizes(
+    op: &str,
+    xs: &Tensor,
+    weight: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> Result<ConvSizes> {
+    let (b, c, h, w) = xs.dims4()?;
+    let (co, wc, k, k2) = weight.dims4()?;
+    if wc != c || k != k2 || stride == 0 || h + 2 * padding < k || w + 2 * padding < k {
+        candle_core::bail!(
+            "{op}: input {:?}, kernel {:?}, stride {stride}, padding {padding}",
+            xs.dims(),
+            weight.dims()
+        );
+    }
+    Ok(ConvSizes {
+        b,
+        c,
+        co,
+        k,
+        oh: (h + 2 * padding - k) / stride + 1,
+        ow: (w + 2 * padding - k) / stride + 1,
+    })
+}
+
 /// `conv2d(xs, weight) + bias` for xs `[b, c, h, w]`, weight `[co, c, k,
 /// k]`, bias `[co]`, on a CUDA device.
 pub fn conv2d(
@@ -48,19 +87,14 @@ pub fn conv2d(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
-    let (b, c, h, w) = xs.dims4()?;
-    let (co, wc, k, k2) = weight.dims4()?;
-    if wc != c || k != k2 || stride == 0 || h + 2 * padding < k || w + 2 * padding < k {
-        candle_core::bail!(
-            "conv2d: input {:?}, kernel {:?}, stride {stride}, padding {padding}",
-            xs.dims(),
-            weight.dims()
-        );
-    }
-    let (oh, ow) = (
-        (h + 2 * padding - k) / stride + 1,
-        (w + 2 * padding - k) / stride + 1,
-    );
+    let ConvSizes {
+        b,
+        c,
+        co,
+        k,
+        oh,
+        ow,
+    } = conv_sizes("conv2d", xs, weight, stride, padding)?;
     let col = xs.contiguous()?.apply_op1_no_bwd(&Im2Col {
         k,
         stride,

@@ -23,15 +23,7 @@ pub fn cudnn_conv2d(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
-    let (_, c, h, w) = xs.dims4()?;
-    let (co, wc, k, k2) = weight.dims4()?;
-    if wc != c || k != k2 || stride == 0 || h + 2 * padding < k || w + 2 * padding < k {
-        candle_core::bail!(
-            "cuDNN conv2d: input {:?}, kernel {:?}, stride {stride}, padding {padding}",
-            xs.dims(),
-            weight.dims()
-        );
-    }
+    let co = super::conv::conv_sizes("cuDNN conv2d", xs, weight, stride, padding)?.co;
     let out = xs.contiguous()?.apply_op2_no_bwd(
         &weight.contiguous()?,
         &CudnnConv {
