@@ -254,8 +254,14 @@ impl ResnetBlock {
         let h = section("conv 3x3", dev, || self.conv1.forward(&h))?;
         let h = match (&self.time_emb_proj, temb) {
             (Some(proj), Some(temb)) => section("resnet time + add", dev, || {
-                let t = proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
-                h.broadcast_add(&t)
+                let t = proj.forward(&temb.silu()?)?;
+                if ops::applies(&h) {
+                    // h is the convolution's fresh output.
+                    ops::add_assign(&h, &t)?;
+                    Ok(h)
+                } else {
+                    h.broadcast_add(&t.unsqueeze(2)?.unsqueeze(3)?)
+                }
             })?,
             _ => h,
         };
@@ -263,7 +269,15 @@ impl ResnetBlock {
         let h = section("conv 3x3", dev, || self.conv2.forward(&h))?;
         let out = match &self.shortcut {
             Some(c) => section("conv 1x1 shortcut", dev, || c.forward_add(xs, &h))?,
-            None => section("resnet time + add", dev, || xs + h)?,
+            None => section("resnet time + add", dev, || {
+                if ops::applies(&h) {
+                    // h is the convolution's fresh output.
+                    ops::add_assign(&h, xs)?;
+                    Ok(h)
+                } else {
+                    xs + h
+                }
+            })?,
         };
         if self.output_scale == 1.0 {
             Ok(out)

@@ -1,9 +1,11 @@
 //! f32 kernels for the CPU where candle's generic ones leave most of the
-//! machine idle: convolutions, linear layers, attention, GEGLU, group norm.
+//! machine idle: convolutions, linear layers, attention, GEGLU, group norm,
+//! sums in place.
 //! Each works on plain slices; the layers in `engine` call them through
 //! candle custom ops when a tensor is f32 on the CPU and use candle's own
 //! ops everywhere else.
 
+pub mod add;
 pub mod attention;
 pub mod conv;
 pub mod geglu;

@@ -3,9 +3,11 @@
 //! candle's own ops for everything else.
 
 use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor,
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, InplaceOp2, Layout, Result, Shape, Storage,
+    Tensor,
 };
 
+use super::add;
 use super::attention::{self, AttentionShape};
 use super::conv::{self, ConvShape};
 use super::geglu;
@@ -87,6 +89,14 @@ pub fn linear_to_map(
 /// GEGLU over the last dimension: `[.., 2n]` to `[.., n]`.
 pub fn geglu(h: &Tensor) -> Result<Tensor> {
     h.contiguous()?.apply_op1_no_bwd(&Geglu)
+}
+
+/// `dst += src` in place, for `dst` `[batch, channels, ...]` and `src` of
+/// the same shape or `[batch, channels]` (one value per image and channel,
+/// added over its plane). `dst` must be a tensor nothing else holds, such
+/// as a layer's fresh output: every view of its storage sees the sum.
+pub fn add_assign(dst: &Tensor, src: &Tensor) -> Result<()> {
+    dst.inplace_op2(&src.contiguous()?, &AddAssign)
 }
 
 /// Group norm (`[batch, channels, ...]`) with its affine transform, then
@@ -377,6 +387,40 @@ impl CustomOp3 for Linear {
             (weight_t, weight_layout),
             Some((bias, bias_layout)),
         )
+    }
+}
+
+struct AddAssign;
+
+impl InplaceOp2 for AddAssign {
+    fn name(&self) -> &'static str {
+        "atelier-cpu-add-assign"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_layout: &Layout,
+        src: &CpuStorage,
+        src_layout: &Layout,
+    ) -> Result<()> {
+        let src_values = slice(src, src_layout)?;
+        let (dst_dims, src_dims) = (dst_layout.shape().dims(), src_layout.shape().dims());
+        let CpuStorage::F32(dst) = dst else {
+            candle_core::bail!("the CPU kernels take f32 only");
+        };
+        let Some((start, end)) = dst_layout.contiguous_offsets() else {
+            candle_core::bail!("the CPU kernels take contiguous tensors");
+        };
+        let dst = &mut dst[start..end];
+        if dst_dims == src_dims {
+            add::add_assign(dst, src_values);
+        } else if dst_dims.len() >= 2 && src_dims == &dst_dims[..2] {
+            add::add_per_plane(dst, src_values);
+        } else {
+            candle_core::bail!("add in place: {dst_dims:?} += {src_dims:?}");
+        }
+        Ok(())
     }
 }
 
