@@ -23,12 +23,14 @@ pub fn cudnn_conv2d(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
-    let co = super::conv::conv_sizes("cuDNN conv2d", xs, weight, stride, padding)?.co;
+    let sizes = super::conv::conv_sizes("cuDNN conv2d", xs, weight, stride, padding)?;
+    let co = sizes.co;
     let out = xs.contiguous()?.apply_op2_no_bwd(
         &weight.contiguous()?,
         &CudnnConv {
             stride,
             padding,
+            out: (sizes.oh, sizes.ow),
             tf32: std::env::var("ATELIER_CUDA_TF32").as_deref() == Ok("on"),
         },
     )?;
@@ -40,6 +42,8 @@ pub fn cudnn_conv2d(
 struct CudnnConv {
     stride: usize,
     padding: usize,
+    /// Output height and width.
+    out: (usize, usize),
     /// Whether f32 may run as TF32 on tensor cores.
     tf32: bool,
 }
@@ -71,11 +75,10 @@ impl CustomOp2 for CudnnConv {
         use candle_core::cuda_backend::CudaStorageSlice as S;
         let (b, c, h, w) = xs_layout.shape().dims4()?;
         let (co, _, k, _) = weight_layout.shape().dims4()?;
-        let out = |n: usize| (n + 2 * self.padding - k) / self.stride + 1;
         let key = plans::Key {
             dtype: xs.dtype(),
             input: [b, c, h, w],
-            output: [b, co, out(h), out(w)],
+            output: [b, co, self.out.0, self.out.1],
             kernel: k,
             stride: self.stride,
             padding: self.padding,
