@@ -254,14 +254,8 @@ impl ResnetBlock {
         let h = section("conv 3x3", dev, || self.conv1.forward(&h))?;
         let h = match (&self.time_emb_proj, temb) {
             (Some(proj), Some(temb)) => section("resnet time + add", dev, || {
-                let t = proj.forward(&temb.silu()?)?;
-                if ops::applies(&h) {
-                    // h is the convolution's fresh output.
-                    ops::add_assign(&h, &t)?;
-                    Ok(h)
-                } else {
-                    h.broadcast_add(&t.unsqueeze(2)?.unsqueeze(3)?)
-                }
+                let t = proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
+                add_to_fresh(h, &t)
             })?,
             _ => h,
         };
@@ -269,21 +263,25 @@ impl ResnetBlock {
         let h = section("conv 3x3", dev, || self.conv2.forward(&h))?;
         let out = match &self.shortcut {
             Some(c) => section("conv 1x1 shortcut", dev, || c.forward_add(xs, &h))?,
-            None => section("resnet time + add", dev, || {
-                if ops::applies(&h) {
-                    // h is the convolution's fresh output.
-                    ops::add_assign(&h, xs)?;
-                    Ok(h)
-                } else {
-                    xs + h
-                }
-            })?,
+            None => section("resnet time + add", dev, || add_to_fresh(h, xs))?,
         };
         if self.output_scale == 1.0 {
             Ok(out)
         } else {
             out / self.output_scale
         }
+    }
+}
+
+/// `fresh + other`, `other` of `fresh`'s shape or broadcast over its planes
+/// (`[batch, channels, 1, 1]`). f32 on the CPU sums into `fresh` in place:
+/// it must be a layer's fresh output, which nothing else holds.
+fn add_to_fresh(fresh: Tensor, other: &Tensor) -> Result<Tensor> {
+    if ops::applies(&fresh) {
+        ops::add_assign(&fresh, other)?;
+        Ok(fresh)
+    } else {
+        fresh.broadcast_add(other)
     }
 }
 

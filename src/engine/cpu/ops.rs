@@ -92,8 +92,8 @@ pub fn geglu(h: &Tensor) -> Result<Tensor> {
 }
 
 /// `dst += src` in place, for `dst` `[batch, channels, ...]` and `src` of
-/// the same shape or `[batch, channels]` (one value per image and channel,
-/// added over its plane). `dst` must be a tensor nothing else holds, such
+/// the same shape or `[batch, channels, 1, ...]` (one value per image and
+/// channel, added over its plane, as candle's `broadcast_add` would). `dst` must be a tensor nothing else holds, such
 /// as a layer's fresh output: every view of its storage sees the sum.
 pub fn add_assign(dst: &Tensor, src: &Tensor) -> Result<()> {
     dst.inplace_op2(&src.contiguous()?, &AddAssign)
@@ -415,7 +415,11 @@ impl InplaceOp2 for AddAssign {
         let dst = &mut dst[start..end];
         if dst_dims == src_dims {
             add::add_assign(dst, src_values);
-        } else if dst_dims.len() >= 2 && src_dims == &dst_dims[..2] {
+        } else if dst_dims.len() >= 2
+            && src_dims.len() == dst_dims.len()
+            && src_dims[..2] == dst_dims[..2]
+            && src_dims[2..].iter().all(|&d| d == 1)
+        {
             add::add_per_plane(dst, src_values);
         } else {
             candle_core::bail!("add in place: {dst_dims:?} += {src_dims:?}");
