@@ -195,7 +195,13 @@ fn measure(
         Ok(())
     };
     let unet_step_ms = median_ms(device, s.repeats, unet_call)?;
-    let unet_queue_ms = median_until(device, s.repeats, Until::Queued, unet_call)?;
+    // The CPU computes while it queues: there the queue time is the step's,
+    // and timing it again would only rerun the UNet.
+    let unet_queue_ms = if device.is_cpu() {
+        unet_step_ms
+    } else {
+        median_until(device, s.repeats, Until::Queued, unet_call)?
+    };
     let unet_profile_ms = if s.profile {
         profile_ms(s.repeats.max(1), unet_call)?
     } else {
