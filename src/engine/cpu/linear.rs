@@ -104,11 +104,8 @@ fn add_bias(s: &LinearShape, bias: &[f32], out: &mut [f32]) {
                 row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
             }
         }
-        Arrangement::Channels => {
-            for (plane, b) in out.chunks_exact_mut(s.rows).zip(bias.iter().cycle()) {
-                plane.iter_mut().for_each(|o| *o += b);
-            }
-        }
+        // One plane of `rows` per image and output feature, image after image.
+        Arrangement::Channels => super::add::add_per_plane(out, &bias.repeat(s.batch)),
     }
 }
 
