@@ -14,6 +14,7 @@
 use std::time::Instant;
 
 use atelier::engine::blocks;
+use atelier::engine::cpu::bf16;
 use atelier::engine::cpu::attention::{self, AttentionShape};
 use atelier::engine::cpu::conv::{self as cpu_conv, Algorithm, ConvShape};
 use candle_core::{Device, Module, Tensor};
@@ -40,8 +41,8 @@ fn main() -> candle_core::Result<()> {
 fn linears() -> candle_core::Result<()> {
     let dev = Device::Cpu;
     println!(
-        "\n{:<44} {:>16} {:>16}",
-        "linear (tokens, in -> out)", "candle ms", "atelier ms"
+        "\n{:<44} {:>16} {:>16} {:>16}",
+        "linear (tokens, in -> out)", "candle ms", "atelier ms", "bf16 ms"
     );
     for (rows, inputs, outputs) in [
         (2048, 320, 2560),
@@ -57,7 +58,7 @@ fn linears() -> candle_core::Result<()> {
         let w = Tensor::randn(0f32, 0.05, (outputs, inputs), &dev)?;
         let b = Tensor::randn(0f32, 1., outputs, &dev)?;
         let candle_linear = candle_nn::Linear::new(w.clone(), Some(b.clone()));
-        let cpu_linear = blocks::Linear::new(w, Some(b))?;
+        let cpu_linear = blocks::Linear::new(w.clone(), Some(b))?;
         let flop = 2.0 * (rows * inputs * outputs) as f64 / 1e6;
         let rate = |ms: f64| format!("{ms:8.1} ({:4.0}/s)", flop / ms);
         let candle = median_ms(|| {
@@ -66,11 +67,32 @@ fn linears() -> candle_core::Result<()> {
         let atelier = median_ms(|| {
             cpu_linear.forward(&x).expect("atelier linear");
         });
+        let bf16 = if bf16::available() {
+            let xv = x.flatten_all()?.to_vec1::<f32>()?;
+            let wt = w.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+            let packed = bf16::PackedRhs::new(&wt, inputs, outputs);
+            rate(median_ms(|| {
+                let mut out = vec![0f32; rows * outputs];
+                // SAFETY: available() is true; out is [rows, outputs] and
+                // xv [rows, inputs], row-major.
+                unsafe {
+                    bf16::product(
+                        rows,
+                        (out.as_mut_ptr(), outputs, 1),
+                        (xv.as_ptr(), inputs, 1),
+                        &packed,
+                    );
+                }
+            }))
+        } else {
+            "no AVX512-BF16".into()
+        };
         println!(
-            "{:<44} {:>16} {:>16}",
+            "{:<44} {:>16} {:>16} {:>16}",
             format!("{rows}, {inputs} -> {outputs}"),
             rate(candle),
             rate(atelier),
+            bf16,
         );
     }
     Ok(())

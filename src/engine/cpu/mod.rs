@@ -7,6 +7,7 @@
 
 pub mod add;
 pub mod attention;
+pub mod bf16;
 pub mod conv;
 pub mod geglu;
 pub mod group_norm;
