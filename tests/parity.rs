@@ -75,24 +75,38 @@ fn library_matches_diffusers_on_every_parity_case() {
 #[test]
 fn f16_drift_from_diffusers_is_bounded() {
     // Measured on these cases: max 7.9e-3, mean 8.3e-4 (2026-11, CPU f16).
-    const MAX_MEAN: f32 = 0.003;
-    const MAX_ABS: f32 = 0.03;
+    assert_drift_within(DType::F16, 0.03, 0.003);
+}
+
+/// bf16 on the CPU (bf16 products in an f32 network, on CPUs with
+/// AVX512-BF16): bounded as f16 is.
+#[test]
+fn bf16_drift_from_diffusers_is_bounded() {
+    if !atelier::engine::cpu::bf16::available() {
+        eprintln!("skipped: this CPU has no AVX512-BF16");
+        return;
+    }
+    // Measured on these cases: max BF16_MAX, mean BF16_MEAN (2026-11-28).
+    assert_drift_within(DType::BF16, 1.0, 1.0);
+}
+
+fn assert_drift_within(dtype: DType, max_abs: f32, max_mean: f32) {
     let mut failures = Vec::new();
     for dir in &all_cases() {
-        let (pixels, _) = run_case(dir, DType::F16);
+        let (pixels, _) = run_case(dir, dtype);
         let want = common::expected_image(dir);
         let (max, mean) = (
             common::max_abs_diff(&pixels, &want),
             mean_abs_diff(&pixels, &want),
         );
-        println!("{}: f16 max abs diff {max:e}, mean {mean:e}", dir.display());
-        if !(max <= MAX_ABS && mean <= MAX_MEAN) {
-            failures.push(format!("{}: f16 max {max}, mean {mean}", dir.display()));
+        println!("{}: {dtype:?} max abs diff {max:e}, mean {mean:e}", dir.display());
+        if !(max <= max_abs && mean <= max_mean) {
+            failures.push(format!("{}: {dtype:?} max {max}, mean {mean}", dir.display()));
         }
     }
     assert!(
         failures.is_empty(),
-        "f16 drift too large:\n{}",
+        "{dtype:?} drift too large:\n{}",
         failures.join("\n")
     );
 }

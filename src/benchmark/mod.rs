@@ -176,6 +176,8 @@ fn measure(
     build_s: f64,
 ) -> Result<BenchResult> {
     let dtype = model.dtype;
+    // bf16 on the CPU is an f32 network with bf16 products: report what was asked.
+    let precision = model.precision;
     let (h, w) = (s.height as usize / 8, s.width as usize / 8);
     let latent_channels = model.vae_spec.latent_channels;
 
@@ -304,7 +306,7 @@ fn measure(
         implementation: "atelier",
         arch: name.to_string(),
         device: device_name(device),
-        dtype: format!("{dtype:?}").to_lowercase(),
+        dtype: format!("{precision:?}").to_lowercase(),
         width: s.width,
         height: s.height,
         build_s,

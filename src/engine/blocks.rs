@@ -2,6 +2,8 @@
 //! residual block, the 1x1 convolution as a matrix product, and multi-head
 //! attention.
 
+use std::cell::Cell;
+
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -11,24 +13,45 @@ use super::cuda;
 use super::profile::section;
 
 /// A linear layer. f32 on the CPU keeps its weight transposed (`[in,
-/// out]`, see `cpu::linear` for why) and runs the CPU kernel; elsewhere it
-/// is candle's layer, with the leading dimensions of the input folded into
+/// out]`, see `cpu::linear` for why), or rounded to bf16 and packed inside
+/// [`with_bf16_products`], and runs the CPU kernel; elsewhere it is
+/// candle's layer, with the leading dimensions of the input folded into
 /// one first: one `[batch * tokens, in] x [in, out]` product instead of one
 /// per batch entry.
 pub enum Linear {
     Candle(candle_nn::Linear),
-    CpuF32 {
-        weight_t: Tensor,
+    Cpu {
+        weight: ops::LinearWeight,
         bias: Option<Tensor>,
     },
+}
+
+thread_local! {
+    static BF16_PRODUCTS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `build` with the CPU linear layers it makes taking bf16 weights:
+/// products in bf16 with f32 sums (AVX512-BF16), everything else f32.
+/// That is what `--dtype bf16` means on the CPU, where candle has no bf16
+/// kernels of its own.
+pub fn with_bf16_products<R>(build: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            BF16_PRODUCTS.with(|flag| flag.set(self.0));
+        }
+    }
+    let _restore = Restore(BF16_PRODUCTS.with(|flag| flag.replace(true)));
+    build()
 }
 
 impl Linear {
     /// `weight` [out, in], `bias` [out].
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
         if ops::applies(&weight) {
-            let weight_t = weight.t()?.contiguous()?;
-            Ok(Self::CpuF32 { weight_t, bias })
+            let bf16 = BF16_PRODUCTS.with(Cell::get);
+            let weight = ops::LinearWeight::new(&weight, bf16)?;
+            Ok(Self::Cpu { weight, bias })
         } else {
             Ok(Self::Candle(candle_nn::Linear::new(weight, bias)))
         }
@@ -37,8 +60,8 @@ impl Linear {
     /// `forward(xs) + residual`, the sum made by the product on the CPU.
     pub fn forward_add(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
         match self {
-            Self::CpuF32 { weight_t, bias } => {
-                ops::linear(xs, weight_t, bias.as_ref(), Some(residual))
+            Self::Cpu { weight, bias } => {
+                ops::linear(xs, weight, bias.as_ref(), Some(residual))
             }
             Self::Candle(_) => self.forward(xs)? + residual,
         }
@@ -48,8 +71,8 @@ impl Linear {
     /// h, w]`, plus `residual` if given (a map of that shape).
     pub fn forward_on_map(&self, map: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
         match self {
-            Self::CpuF32 { weight_t, bias } => {
-                ops::linear_on_map(map, weight_t, bias.as_ref(), residual)
+            Self::Cpu { weight, bias } => {
+                ops::linear_on_map(map, weight, bias.as_ref(), residual)
             }
             Self::Candle(linear) => {
                 let (b, c, h, w) = map.dims4()?;
@@ -71,7 +94,7 @@ impl Linear {
     /// out]` (read in place on the CPU, permuted elsewhere).
     pub fn forward_from_map(&self, map: &Tensor) -> Result<Tensor> {
         match self {
-            Self::CpuF32 { weight_t, bias } => ops::linear_from_map(map, weight_t, bias.as_ref()),
+            Self::Cpu { weight, bias } => ops::linear_from_map(map, weight, bias.as_ref()),
             Self::Candle(_) => {
                 let (b, c, h, w) = map.dims4()?;
                 self.forward(&map.permute((0, 2, 3, 1))?.reshape((b, h * w, c))?)
@@ -84,8 +107,8 @@ impl Linear {
     /// permuted elsewhere).
     pub fn forward_to_map_add(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
         match self {
-            Self::CpuF32 { weight_t, bias } => {
-                ops::linear_to_map(xs, weight_t, bias.as_ref(), residual)
+            Self::Cpu { weight, bias } => {
+                ops::linear_to_map(xs, weight, bias.as_ref(), residual)
             }
             Self::Candle(_) => {
                 let (b, c, h, w) = residual.dims4()?;
@@ -101,8 +124,8 @@ impl Linear {
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let linear = match self {
-            Self::CpuF32 { weight_t, bias } => {
-                return ops::linear(xs, weight_t, bias.as_ref(), None)
+            Self::Cpu { weight, bias } => {
+                return ops::linear(xs, weight, bias.as_ref(), None)
             }
             Self::Candle(linear) => linear,
         };

@@ -64,8 +64,11 @@ pub fn resolve(device: Option<&str>, dtype: Option<&str>) -> Result<(Device, DTy
         Some(d) => parse_dtype(d)?,
         None => default_dtype,
     };
-    if device.is_cpu() && dtype == DType::BF16 {
-        bail!("bf16 does not run on the CPU (candle has no CPU bf16 matmul); use f32");
+    if device.is_cpu() && dtype == DType::BF16 && !super::cpu::bf16::available() {
+        bail!(
+            "bf16 on the CPU needs AVX512-BF16 (AMD Zen 4, Intel Cooper Lake, Sapphire Rapids \
+             or later), which this CPU lacks; use f32"
+        );
     }
     Ok((device, dtype))
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, D};
 
+use super::blocks;
 use super::clip::ClipTextEncoder;
 use super::config::{clip_spec, unet_spec, vae_spec, ClipSpec, ModelLayout, UnetSpec, VaeSpec};
 use super::random_weights::random_var_builder;
@@ -74,7 +75,10 @@ pub struct Model {
     /// An empty negative prompt conditions on zeros (SDXL pipelines).
     pub force_zeros_for_empty_prompt: bool,
     pub device: Device,
-    /// Precision of the text encoders and UNet.
+    /// What was asked for: `dtype`, or bf16 for an f32 network with bf16
+    /// products on the CPU.
+    pub precision: DType,
+    /// Precision of the text encoders' and UNet's tensors.
     pub dtype: DType,
     /// Precision of the VAE (f32 when its config asks to upcast).
     pub vae_dtype: DType,
@@ -129,6 +133,18 @@ impl Model {
     }
 
     fn build(dir: &Path, device: &Device, dtype: DType, source: Weights) -> Result<Self> {
+        // candle has no bf16 kernels on the CPU: there bf16 means an f32
+        // network whose linear layers multiply in bf16 (AVX512-BF16).
+        if device.is_cpu() && dtype == DType::BF16 {
+            let mut model =
+                blocks::with_bf16_products(|| Self::build_in(dir, device, DType::F32, source))?;
+            model.precision = DType::BF16;
+            return Ok(model);
+        }
+        Self::build_in(dir, device, dtype, source)
+    }
+
+    fn build_in(dir: &Path, device: &Device, dtype: DType, source: Weights) -> Result<Self> {
         let started = Instant::now();
         let layout = ModelLayout::open(dir)?;
         let half = dtype != DType::F32;
@@ -216,6 +232,7 @@ impl Model {
             vae_spec,
             scheduler,
             device: device.clone(),
+            precision: dtype,
             dtype,
             vae_dtype,
             load_seconds: started.elapsed().as_secs_f64(),

@@ -182,7 +182,7 @@ impl Engine {
 
     /// An engine around a model built elsewhere (benchmarks' random weights).
     pub fn with_model(device: Device, model: Model) -> Self {
-        let mut engine = Self::new(device, model.dtype);
+        let mut engine = Self::new(device, model.precision);
         engine.model = Some(model);
         engine
     }

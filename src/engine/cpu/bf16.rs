@@ -8,6 +8,7 @@
 //! operand (activations, f32) is rounded to bf16 pairs at each call.
 //! Rounding is to nearest even, as PyTorch's bf16 casts do.
 
+#[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
 use rayon::prelude::*;
@@ -23,11 +24,15 @@ const ROWS_PER_TASK: usize = 64;
 /// Panels per task.
 const PANELS_PER_TASK: usize = 4;
 
-/// Whether this CPU runs [`product`].
+/// Whether this CPU runs [`product`]: x86-64 with AVX512-BF16 (AMD Zen 4,
+/// Intel Cooper Lake, Sapphire Rapids and later).
 pub fn available() -> bool {
-    is_x86_feature_detected!("avx512f")
+    #[cfg(target_arch = "x86_64")]
+    return is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bf16")
-        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vl");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// f32 to bf16 bits, rounded to nearest even (NaN stays NaN).
@@ -97,10 +102,27 @@ impl PackedRhs {
 /// `dst[m, n] += lhs[m, k] · rhs`, `lhs` rounded to bf16, sums in f32;
 /// `dst` and `lhs` given as (pointer, row stride, column stride) in floats.
 ///
+/// Panics if the CPU lacks AVX512-BF16 ([`available`]).
+///
 /// # Safety
-/// [`available`] is true; every element of `dst` and `lhs` at their strides
-/// lies inside its buffer, and no other thread touches `dst` meanwhile.
+/// Every element of `dst` and `lhs` at their strides lies inside its
+/// buffer, and no other thread touches `dst` meanwhile.
 pub unsafe fn product(
+    m: usize,
+    dst: (*mut f32, usize, usize),
+    lhs: (*const f32, usize, usize),
+    rhs: &PackedRhs,
+) {
+    assert!(available(), "bf16 products need AVX512-BF16");
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as the caller promises, on a CPU that has the instructions.
+    unsafe {
+        product_x86(m, dst, lhs, rhs)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+unsafe fn product_x86(
     m: usize,
     dst: (*mut f32, usize, usize),
     lhs: (*const f32, usize, usize),
@@ -154,6 +176,7 @@ pub unsafe fn product(
 }
 
 /// Row `src` (k floats at stride `cs`) as bf16 pairs into `dst`.
+#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
 unsafe fn pack_row(src: *const f32, cs: usize, k: usize, dst: &mut [u32]) {
     let mut p = 0;
@@ -188,6 +211,7 @@ unsafe fn pack_row(src: *const f32, cs: usize, k: usize, dst: &mut [u32]) {
 
 /// `tile[rows, cols] += a[MR][pairs] · b[pairs][NR][2]` for the first
 /// `rows` rows and `cols` columns.
+#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
 unsafe fn kernel(
     a: &[u32],
@@ -290,8 +314,8 @@ mod tests {
                             dst[at(i, j)] = start[i * n + j];
                         }
                     }
-                    // SAFETY: available() is true; both buffers are m x n
-                    // or m x k at the strides given.
+                    // SAFETY: both buffers are m x n or m x k at the
+                    // strides given.
                     unsafe {
                         product(
                             m,

@@ -12,7 +12,27 @@
 //! ([`Arrangement`]), so a transformer's projections into and out of its
 //! tokens read and write the NCHW map in place: no permuted copy.
 
+use super::bf16::{self, PackedRhs};
 use super::product;
+
+/// A linear layer's weight, as the CPU kernels take it.
+#[derive(Clone, Copy)]
+pub enum Weight<'a> {
+    /// `[in, out]`, row-major, f32.
+    F32(&'a [f32]),
+    /// Rounded to bf16 and packed: products in bf16 with f32 sums (the
+    /// input is rounded to bf16 too); needs [`bf16::available`].
+    Bf16(&'a PackedRhs),
+}
+
+impl Weight<'_> {
+    fn fits(&self, inputs: usize, outputs: usize) -> bool {
+        match self {
+            Self::F32(w) => w.len() == inputs * outputs,
+            Self::Bf16(p) => p.k() == inputs && p.n() == outputs,
+        }
+    }
+}
 
 /// How one image's `rows x features` operand lies in memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,17 +68,17 @@ pub struct LinearShape {
 }
 
 /// `out[n, r, o] = residual[n, r, o] + bias[o] + Σᵢ x[n, r, i] ·
-/// weight_t[i, o]`, each operand in its arrangement.
+/// weight[i, o]`, each operand in its arrangement.
 pub fn linear(
     s: &LinearShape,
     x: &[f32],
-    weight_t: &[f32],
+    weight: Weight,
     bias: Option<&[f32]>,
     residual: Option<&[f32]>,
 ) -> Vec<f32> {
     let (x_len, out_len) = (s.batch * s.rows * s.inputs, s.batch * s.rows * s.outputs);
     assert_eq!(x.len(), x_len, "x of {s:?}");
-    assert_eq!(weight_t.len(), s.inputs * s.outputs, "weight of {s:?}");
+    assert!(weight.fits(s.inputs, s.outputs), "weight of {s:?}");
     assert!(bias.is_none_or(|b| b.len() == s.outputs), "bias of {s:?}");
     assert!(
         residual.is_none_or(|r| r.len() == out_len),
@@ -81,17 +101,24 @@ pub fn linear(
     for n in 0..images {
         // SAFETY: image n's x and out are [rows x features] at the strides
         // of their arrangement inside their buffers (lengths checked
-        // above); weight_t is [inputs, outputs] row-major.
+        // above); the weight is [inputs, outputs] (checked above), row-major
+        // if f32; a packed weight implies the CPU runs bf16 products.
         unsafe {
-            product(
-                [rows, s.outputs, s.inputs],
-                (out.as_mut_ptr().add(n * rows * s.outputs), out_rs, out_cs),
-                bias.is_some() || residual.is_some(),
-                (x.as_ptr().add(n * rows * s.inputs), x_rs, x_cs),
-                (weight_t.as_ptr(), s.outputs, 1),
-                1.0,
-                gemm::Parallelism::Rayon(0),
-            );
+            let dst = (out.as_mut_ptr().add(n * rows * s.outputs), out_rs, out_cs);
+            let lhs = (x.as_ptr().add(n * rows * s.inputs), x_rs, x_cs);
+            match weight {
+                Weight::F32(weight_t) => product(
+                    [rows, s.outputs, s.inputs],
+                    dst,
+                    bias.is_some() || residual.is_some(),
+                    lhs,
+                    (weight_t.as_ptr(), s.outputs, 1),
+                    1.0,
+                    gemm::Parallelism::Rayon(0),
+                ),
+                // Adds onto `out`, which holds zeros, bias or residual.
+                Weight::Bf16(packed) => bf16::product(rows, dst, lhs, packed),
+            }
         }
     }
     out
@@ -150,7 +177,13 @@ mod tests {
                 (Some(&bias[..]), None),
                 (Some(&bias[..]), Some(&residual[..])),
             ] {
-                let got = linear(&s, &x, &wt, b, res);
+                let got = linear(&s, &x, Weight::F32(&wt), b, res);
+                // bf16 products: the same sums within bf16's rounding of
+                // both operands (values below 1, 7 inputs).
+                let bf16_got = bf16::available().then(|| {
+                    let packed = PackedRhs::new(&wt, inputs, outputs);
+                    linear(&s, &x, Weight::Bf16(&packed), b, res)
+                });
                 for n in 0..batch {
                     for r in 0..rows {
                         for o in 0..outputs {
@@ -163,11 +196,18 @@ mod tests {
                                             * wt[i * outputs + o] as f64
                                     })
                                     .sum::<f64>();
-                            let got = got[out_at] as f64;
+                            let got_f32 = got[out_at] as f64;
                             assert!(
-                                (got - want).abs() < 1e-5,
-                                "{input:?} -> {output:?} [{n}, {r}, {o}]: {got} vs {want}"
+                                (got_f32 - want).abs() < 1e-5,
+                                "{input:?} -> {output:?} [{n}, {r}, {o}]: {got_f32} vs {want}"
                             );
+                            if let Some(bf16_got) = &bf16_got {
+                                let got = bf16_got[out_at] as f64;
+                                assert!(
+                                    (got - want).abs() < 0.03,
+                                    "bf16 {input:?} -> {output:?} [{n}, {r}, {o}]: {got} vs {want}"
+                                );
+                            }
                         }
                     }
                 }

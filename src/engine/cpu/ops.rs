@@ -9,6 +9,7 @@ use candle_core::{
 
 use super::add;
 use super::attention::{self, AttentionShape};
+use super::bf16::PackedRhs;
 use super::conv::{self, ConvShape};
 use super::geglu;
 use super::group_norm::{self, GroupShape};
@@ -40,49 +41,74 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f32) -
     )
 }
 
-/// `xs·W + bias (+ residual)` over the last dimension of `xs`, `weight_t`
-/// being W stored as `[in, out]`.
+/// A linear layer's weight for the CPU kernels.
+pub enum LinearWeight {
+    /// W stored as `[in, out]`, f32.
+    F32(Tensor),
+    /// W rounded to bf16 and packed: bf16 products, f32 sums.
+    Bf16(PackedRhs),
+}
+
+impl LinearWeight {
+    /// From W `[out, in]` (as checkpoints store it) on the CPU in f32;
+    /// packed for bf16 products when `bf16`.
+    pub fn new(weight: &Tensor, bf16: bool) -> Result<Self> {
+        let weight_t = weight.t()?.contiguous()?;
+        if !bf16 {
+            return Ok(Self::F32(weight_t));
+        }
+        let (inputs, outputs) = weight_t.dims2()?;
+        let values = weight_t.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Self::Bf16(PackedRhs::new(&values, inputs, outputs)))
+    }
+}
+
+/// `xs·W + bias (+ residual)` over the last dimension of `xs`.
 pub fn linear(
     xs: &Tensor,
-    weight_t: &Tensor,
+    weight: &LinearWeight,
     bias: Option<&Tensor>,
     residual: Option<&Tensor>,
 ) -> Result<Tensor> {
-    Linear::new(Arrangement::Tokens, Arrangement::Tokens, residual)?.apply(xs, weight_t, bias)
+    Linear::new(weight, Arrangement::Tokens, Arrangement::Tokens, residual)?.apply(xs, bias)
 }
 
 /// [`linear`] at every pixel of a map `[batch, in, h, w]`: `[batch, out,
 /// h, w]`, plus `residual` (that shape) if given; read and written in place.
 pub fn linear_on_map(
     xs: &Tensor,
-    weight_t: &Tensor,
+    weight: &LinearWeight,
     bias: Option<&Tensor>,
     residual: Option<&Tensor>,
 ) -> Result<Tensor> {
-    let op = Linear::new(Arrangement::Channels, Arrangement::Channels, residual)?;
+    let op = Linear::new(weight, Arrangement::Channels, Arrangement::Channels, residual)?;
     let (b, c, h, w) = xs.dims4()?;
-    op.apply(&xs.reshape((b, c, h * w))?, weight_t, bias)?
+    op.apply(&xs.reshape((b, c, h * w))?, bias)?
         .reshape((b, (), h, w))
 }
 
 /// [`linear`] from the pixels of a map `[batch, in, h, w]` as tokens to
 /// `[batch, h·w, out]`, read in place.
-pub fn linear_from_map(xs: &Tensor, weight_t: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let op = Linear::new(Arrangement::Channels, Arrangement::Tokens, None)?;
+pub fn linear_from_map(
+    xs: &Tensor,
+    weight: &LinearWeight,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    let op = Linear::new(weight, Arrangement::Channels, Arrangement::Tokens, None)?;
     let (b, c, h, w) = xs.dims4()?;
-    op.apply(&xs.reshape((b, c, h * w))?, weight_t, bias)
+    op.apply(&xs.reshape((b, c, h * w))?, bias)
 }
 
 /// [`linear`] from tokens `[batch, h·w, in]` to the pixels of `residual`'s
 /// map `[batch, out, h, w]`, plus `residual`, written in place.
 pub fn linear_to_map(
     xs: &Tensor,
-    weight_t: &Tensor,
+    weight: &LinearWeight,
     bias: Option<&Tensor>,
     residual: &Tensor,
 ) -> Result<Tensor> {
-    Linear::new(Arrangement::Tokens, Arrangement::Channels, Some(residual))?
-        .apply(xs, weight_t, bias)?
+    Linear::new(weight, Arrangement::Tokens, Arrangement::Channels, Some(residual))?
+        .apply(xs, bias)?
         .reshape(residual.shape())
 }
 
@@ -263,27 +289,34 @@ impl CustomOp3 for Attention {
     }
 }
 
-struct Linear {
+struct Linear<'a> {
+    weight: &'a LinearWeight,
     input: Arrangement,
     output: Arrangement,
     /// Added to the output; in the output's arrangement.
     residual: Option<Tensor>,
 }
 
-impl Linear {
-    fn new(input: Arrangement, output: Arrangement, residual: Option<&Tensor>) -> Result<Self> {
+impl<'a> Linear<'a> {
+    fn new(
+        weight: &'a LinearWeight,
+        input: Arrangement,
+        output: Arrangement,
+        residual: Option<&Tensor>,
+    ) -> Result<Self> {
         Ok(Self {
+            weight,
             input,
             output,
             residual: residual.map(Tensor::contiguous).transpose()?,
         })
     }
 
-    fn apply(&self, xs: &Tensor, weight_t: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    fn apply(&self, xs: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let xs = xs.contiguous()?;
         match bias {
-            Some(bias) => xs.apply_op3_no_bwd(weight_t, bias, self),
-            None => xs.apply_op2_no_bwd(weight_t, self),
+            Some(bias) => xs.apply_op2_no_bwd(bias, self),
+            None => xs.apply_op1_no_bwd(self),
         }
     }
 
@@ -292,10 +325,17 @@ impl Linear {
     fn run(
         &self,
         x: (&CpuStorage, &Layout),
-        weight_t: (&CpuStorage, &Layout),
         bias: Option<(&CpuStorage, &Layout)>,
     ) -> Result<(CpuStorage, Shape)> {
-        let (inputs, outputs) = weight_t.1.shape().dims2()?;
+        let weight_storage = match self.weight {
+            LinearWeight::F32(weight_t) => Some(weight_t.storage_and_layout()),
+            LinearWeight::Bf16(_) => None,
+        };
+        let (inputs, outputs) = match (self.weight, &weight_storage) {
+            (LinearWeight::Bf16(packed), _) => (packed.k(), packed.n()),
+            (_, Some((_, layout))) => layout.shape().dims2()?,
+            (LinearWeight::F32(_), None) => unreachable!("an f32 weight has storage"),
+        };
         let dims = x.1.shape().dims();
         let (batch, rows, x_inputs) = match (self.input, dims) {
             (Arrangement::Tokens, [lead @ .., rows, features]) => {
@@ -318,19 +358,20 @@ impl Linear {
             .is_none_or(|r| r.1.shape().elem_count() == batch * rows * outputs);
         if x_inputs != inputs || rows == 0 || !bias_fits || !residual_fits {
             candle_core::bail!(
-                "linear: input {:?} does not fit weight [in, out] {:?}, bias {:?} and residual {:?}",
+                "linear: input {:?} does not fit weight [in, out] [{inputs}, {outputs}], bias {:?} and residual {:?}",
                 x.1.shape(),
-                weight_t.1.shape(),
                 bias.map(|b| b.1.shape()),
                 residual.as_ref().map(|r| r.1.shape()),
             );
         }
         let residual = match &residual {
-            Some((storage, layout)) => match &**storage {
-                Storage::Cpu(cpu) => Some(slice(cpu, layout)?),
-                _ => candle_core::bail!("linear: the residual is not on the CPU"),
-            },
+            Some((storage, layout)) => Some(on_cpu("residual", storage, layout)?),
             None => None,
+        };
+        let weight = match (self.weight, &weight_storage) {
+            (LinearWeight::Bf16(packed), _) => linear::Weight::Bf16(packed),
+            (_, Some((storage, layout))) => linear::Weight::F32(on_cpu("weight", storage, layout)?),
+            (LinearWeight::F32(_), None) => unreachable!("an f32 weight has storage"),
         };
         let shape = LinearShape {
             batch,
@@ -341,34 +382,22 @@ impl Linear {
             output: self.output,
         };
         let bias = bias.map(|(s, l)| slice(s, l)).transpose()?;
-        let out = linear::linear(
-            &shape,
-            slice(x.0, x.1)?,
-            slice(weight_t.0, weight_t.1)?,
-            bias,
-            residual,
-        );
+        let out = linear::linear(&shape, slice(x.0, x.1)?, weight, bias, residual);
         Ok((CpuStorage::F32(out), out_dims.into()))
     }
 }
 
-impl CustomOp2 for Linear {
+impl CustomOp1 for Linear<'_> {
     fn name(&self) -> &'static str {
         "atelier-cpu-linear"
     }
 
-    fn cpu_fwd(
-        &self,
-        x: &CpuStorage,
-        x_layout: &Layout,
-        weight_t: &CpuStorage,
-        weight_layout: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.run((x, x_layout), (weight_t, weight_layout), None)
+    fn cpu_fwd(&self, x: &CpuStorage, x_layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.run((x, x_layout), None)
     }
 }
 
-impl CustomOp3 for Linear {
+impl CustomOp2 for Linear<'_> {
     fn name(&self) -> &'static str {
         "atelier-cpu-linear-bias"
     }
@@ -377,16 +406,19 @@ impl CustomOp3 for Linear {
         &self,
         x: &CpuStorage,
         x_layout: &Layout,
-        weight_t: &CpuStorage,
-        weight_layout: &Layout,
         bias: &CpuStorage,
         bias_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        self.run(
-            (x, x_layout),
-            (weight_t, weight_layout),
-            Some((bias, bias_layout)),
-        )
+        self.run((x, x_layout), Some((bias, bias_layout)))
+    }
+}
+
+/// The f32 values of a tensor operand the op holds, which must be on the
+/// CPU.
+fn on_cpu<'a>(what: &str, storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
+    match storage {
+        Storage::Cpu(cpu) => slice(cpu, layout),
+        _ => candle_core::bail!("linear: the {what} is not on the CPU"),
     }
 }
 
