@@ -14,8 +14,8 @@
 use std::time::Instant;
 
 use atelier::engine::blocks;
-use atelier::engine::cpu::bf16;
 use atelier::engine::cpu::attention::{self, AttentionShape};
+use atelier::engine::cpu::bf16;
 use atelier::engine::cpu::conv::{self as cpu_conv, Algorithm, ConvShape};
 use candle_core::{Device, Module, Tensor};
 

@@ -99,9 +99,15 @@ fn assert_drift_within(dtype: DType, max_abs: f32, max_mean: f32) {
             common::max_abs_diff(&pixels, &want),
             mean_abs_diff(&pixels, &want),
         );
-        println!("{}: {dtype:?} max abs diff {max:e}, mean {mean:e}", dir.display());
+        println!(
+            "{}: {dtype:?} max abs diff {max:e}, mean {mean:e}",
+            dir.display()
+        );
         if !(max <= max_abs && mean <= max_mean) {
-            failures.push(format!("{}: {dtype:?} max {max}, mean {mean}", dir.display()));
+            failures.push(format!(
+                "{}: {dtype:?} max {max}, mean {mean}",
+                dir.display()
+            ));
         }
     }
     assert!(

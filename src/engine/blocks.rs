@@ -60,9 +60,7 @@ impl Linear {
     /// `forward(xs) + residual`, the sum made by the product on the CPU.
     pub fn forward_add(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
         match self {
-            Self::Cpu { weight, bias } => {
-                ops::linear(xs, weight, bias.as_ref(), Some(residual))
-            }
+            Self::Cpu { weight, bias } => ops::linear(xs, weight, bias.as_ref(), Some(residual)),
             Self::Candle(_) => self.forward(xs)? + residual,
         }
     }
@@ -71,9 +69,7 @@ impl Linear {
     /// h, w]`, plus `residual` if given (a map of that shape).
     pub fn forward_on_map(&self, map: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
         match self {
-            Self::Cpu { weight, bias } => {
-                ops::linear_on_map(map, weight, bias.as_ref(), residual)
-            }
+            Self::Cpu { weight, bias } => ops::linear_on_map(map, weight, bias.as_ref(), residual),
             Self::Candle(linear) => {
                 let (b, c, h, w) = map.dims4()?;
                 let flat = map.reshape((b, c, h * w))?;
@@ -107,9 +103,7 @@ impl Linear {
     /// permuted elsewhere).
     pub fn forward_to_map_add(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
         match self {
-            Self::Cpu { weight, bias } => {
-                ops::linear_to_map(xs, weight, bias.as_ref(), residual)
-            }
+            Self::Cpu { weight, bias } => ops::linear_to_map(xs, weight, bias.as_ref(), residual),
             Self::Candle(_) => {
                 let (b, c, h, w) = residual.dims4()?;
                 self.forward(xs)?
@@ -124,9 +118,7 @@ impl Linear {
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let linear = match self {
-            Self::Cpu { weight, bias } => {
-                return ops::linear(xs, weight, bias.as_ref(), None)
-            }
+            Self::Cpu { weight, bias } => return ops::linear(xs, weight, bias.as_ref(), None),
             Self::Candle(linear) => linear,
         };
         let dims = xs.dims();

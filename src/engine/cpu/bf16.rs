@@ -129,25 +129,28 @@ unsafe fn product_x86(
     rhs: &PackedRhs,
 ) {
     let (k, n, pairs) = (rhs.k, rhs.n, rhs.pairs());
-    // The left operand as bf16 pairs, [m rounded up to MR][k/2] (u32 each:
-    // the lower half is the even k).
-    let rows = m.next_multiple_of(MR);
-    let mut packed = vec![0u32; rows * pairs];
+    // The left operand as bf16 pairs (u32 each, the lower half the even k),
+    // [m / MR blocks][k/2][MR]: the kernel's MR broadcasts per pair come
+    // from one 32-byte line.
+    let blocks = m.div_ceil(MR);
+    let mut packed = vec![0u32; blocks * pairs * MR];
     let (lhs_ptr, lhs_rs, lhs_cs) = (lhs.0 as usize, lhs.1, lhs.2);
     packed
         .par_chunks_mut(pairs * MR)
         .enumerate()
         .for_each(|(block, dst)| {
-            for (r, row) in dst.chunks_exact_mut(pairs).enumerate() {
-                let i = block * MR + r;
-                if i >= m {
-                    break;
-                }
-                let src = lhs_ptr as *const f32;
-                // SAFETY: row i of lhs, k elements at column stride lhs_cs
-                // (the caller's promise).
-                unsafe { pack_row(src.add(i * lhs_rs), lhs_cs, k, row) };
-            }
+            let src = lhs_ptr as *const f32;
+            // SAFETY: rows block * MR.. (up to m) of lhs, k elements each,
+            // at the caller's strides.
+            unsafe {
+                pack_block(
+                    src.add(block * MR * lhs_rs),
+                    (lhs_rs, lhs_cs),
+                    MR.min(m - block * MR),
+                    k,
+                    dst,
+                )
+            };
         });
 
     let panels = n.div_ceil(NR);
@@ -155,61 +158,106 @@ unsafe fn product_x86(
     let panel_tasks = panels.div_ceil(PANELS_PER_TASK);
     let out = SharedMut(dst.0);
     let (dst_rs, dst_cs) = (dst.1, dst.2);
-    (0..row_tasks * panel_tasks).into_par_iter().for_each(|task| {
-        let (rt, pt) = (task / panel_tasks, task % panel_tasks);
-        let row_blocks = (rt * ROWS_PER_TASK..((rt + 1) * ROWS_PER_TASK).min(m)).step_by(MR);
-        for panel in pt * PANELS_PER_TASK..((pt + 1) * PANELS_PER_TASK).min(panels) {
-            let b = rhs.panel(panel);
-            let cols = NR.min(n - panel * NR);
-            for r0 in row_blocks.clone() {
-                let a = &packed[r0 * pairs..(r0 + MR) * pairs];
-                // SAFETY: a holds MR rows of `pairs`, b one panel; the
-                // tile (r0.., panel * NR..) is inside dst up to m rows and
-                // `cols` columns, and only this task writes it.
-                unsafe {
-                    let tile = out.ptr().add(r0 * dst_rs + panel * NR * dst_cs);
-                    kernel(a, b, pairs, (tile, dst_rs, dst_cs), MR.min(m - r0), cols);
+    (0..row_tasks * panel_tasks)
+        .into_par_iter()
+        .for_each(|task| {
+            let (rt, pt) = (task / panel_tasks, task % panel_tasks);
+            let row_blocks = (rt * ROWS_PER_TASK..((rt + 1) * ROWS_PER_TASK).min(m)).step_by(MR);
+            for panel in pt * PANELS_PER_TASK..((pt + 1) * PANELS_PER_TASK).min(panels) {
+                let b = rhs.panel(panel);
+                let cols = NR.min(n - panel * NR);
+                for r0 in row_blocks.clone() {
+                    let a = &packed[r0 * pairs..(r0 + MR) * pairs];
+                    // SAFETY: a holds MR rows of `pairs`, b one panel; the
+                    // tile (r0.., panel * NR..) is inside dst up to m rows and
+                    // `cols` columns, and only this task writes it.
+                    unsafe {
+                        let tile = out.ptr().add(r0 * dst_rs + panel * NR * dst_cs);
+                        kernel(a, b, pairs, (tile, dst_rs, dst_cs), MR.min(m - r0), cols);
+                    }
                 }
             }
-        }
-    });
+        });
 }
 
-/// Row `src` (k floats at stride `cs`) as bf16 pairs into `dst`.
+/// `rows` rows of `src` (k floats each, at `(row stride, column stride)`)
+/// as bf16 pairs into `dst` `[k/2][MR]`; rows past `rows` stay zero.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
-unsafe fn pack_row(src: *const f32, cs: usize, k: usize, dst: &mut [u32]) {
-    let mut p = 0;
-    if cs == 1 {
-        // 16 floats -> 8 pairs per instruction, already in pair order.
-        while 2 * p + 16 <= k {
-            // SAFETY: 16 floats from 2p are inside the row.
+unsafe fn pack_block(
+    src: *const f32,
+    (rs, cs): (usize, usize),
+    rows: usize,
+    k: usize,
+    dst: &mut [u32],
+) {
+    let full_pairs = k / 2;
+    if rs == 1 && rows == MR {
+        // Column-major (im2col's columns): each k is MR consecutive
+        // floats; two of them make the block's MR pairs.
+        for p in 0..full_pairs {
+            // SAFETY: columns 2p and 2p + 1, rows 0..MR, are inside lhs.
             unsafe {
-                let x = _mm512_loadu_ps(src.add(2 * p));
-                let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(x));
-                _mm256_storeu_si256(dst.as_mut_ptr().add(p) as *mut __m256i, h);
+                let even: __m128i =
+                    std::mem::transmute(_mm256_cvtneps_pbh(_mm256_loadu_ps(src.add(2 * p * cs))));
+                let odd: __m128i = std::mem::transmute(_mm256_cvtneps_pbh(_mm256_loadu_ps(
+                    src.add((2 * p + 1) * cs),
+                )));
+                let at = dst.as_mut_ptr().add(p * MR) as *mut __m128i;
+                _mm_storeu_si128(at, _mm_unpacklo_epi16(even, odd));
+                _mm_storeu_si128(at.add(1), _mm_unpackhi_epi16(even, odd));
             }
-            p += 8;
+        }
+    } else if cs == 1 {
+        // Row-major (tokens): 16 floats of a row are 8 pairs in order.
+        for r in 0..rows {
+            let row = src.wrapping_add(r * rs);
+            let mut p = 0;
+            while p + 8 <= full_pairs {
+                // SAFETY: 16 floats from 2p are inside the row.
+                let pairs: [u32; 8] = unsafe {
+                    std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(row.add(2 * p))))
+                };
+                for (q, pair) in pairs.into_iter().enumerate() {
+                    dst[(p + q) * MR + r] = pair;
+                }
+                p += 8;
+            }
+            for p in p..full_pairs {
+                // SAFETY: elements 2p and 2p + 1 are inside the row.
+                let (even, odd) = unsafe { (*row.add(2 * p), *row.add(2 * p + 1)) };
+                dst[p * MR + r] = pair_bits(even, odd);
+            }
+        }
+    } else {
+        for r in 0..rows {
+            for p in 0..full_pairs {
+                // SAFETY: elements 2p and 2p + 1 of row r are inside lhs.
+                let (even, odd) = unsafe {
+                    (
+                        *src.add(r * rs + 2 * p * cs),
+                        *src.add(r * rs + (2 * p + 1) * cs),
+                    )
+                };
+                dst[p * MR + r] = pair_bits(even, odd);
+            }
         }
     }
-    while 2 * p < k {
-        // SAFETY: element 2p, and 2p + 1 when it exists, are in the row.
-        let (lo, hi) = unsafe {
-            (
-                *src.add(2 * p * cs),
-                if 2 * p + 1 < k {
-                    *src.add((2 * p + 1) * cs)
-                } else {
-                    0.0
-                },
-            )
-        };
-        dst[p] = to_bf16(lo) as u32 | (to_bf16(hi) as u32) << 16;
-        p += 1;
+    if k % 2 == 1 {
+        for r in 0..rows {
+            // SAFETY: the last element of row r is inside lhs.
+            let last = unsafe { *src.add(r * rs + (k - 1) * cs) };
+            dst[full_pairs * MR + r] = pair_bits(last, 0.0);
+        }
     }
 }
 
-/// `tile[rows, cols] += a[MR][pairs] · b[pairs][NR][2]` for the first
+/// Two floats as one u32 of bf16 bits, the first in the lower half.
+fn pair_bits(even: f32, odd: f32) -> u32 {
+    to_bf16(even) as u32 | (to_bf16(odd) as u32) << 16
+}
+
+/// `tile[rows, cols] += a[pairs][MR] · b[pairs][NR][2]` for the first
 /// `rows` rows and `cols` columns.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
@@ -232,7 +280,7 @@ unsafe fn kernel(
             )
         };
         for (r, acc) in acc.iter_mut().enumerate() {
-            let pair: __m512bh = std::mem::transmute(_mm512_set1_epi32(a[r * pairs + p] as i32));
+            let pair: __m512bh = std::mem::transmute(_mm512_set1_epi32(a[p * MR + r] as i32));
             acc[0] = _mm512_dpbf16_ps(acc[0], pair, b0);
             acc[1] = _mm512_dpbf16_ps(acc[1], pair, b1);
         }
@@ -282,7 +330,9 @@ mod tests {
         let mut out = vec![0f64; m * n];
         for i in 0..m {
             for j in 0..n {
-                out[i * n + j] = (0..k).map(|l| round(a[i * k + l]) * round(b[l * n + j])).sum();
+                out[i * n + j] = (0..k)
+                    .map(|l| round(a[i * k + l]) * round(b[l * n + j]))
+                    .sum();
             }
         }
         out

@@ -81,7 +81,12 @@ pub fn linear_on_map(
     bias: Option<&Tensor>,
     residual: Option<&Tensor>,
 ) -> Result<Tensor> {
-    let op = Linear::new(weight, Arrangement::Channels, Arrangement::Channels, residual)?;
+    let op = Linear::new(
+        weight,
+        Arrangement::Channels,
+        Arrangement::Channels,
+        residual,
+    )?;
     let (b, c, h, w) = xs.dims4()?;
     op.apply(&xs.reshape((b, c, h * w))?, bias)?
         .reshape((b, (), h, w))
@@ -107,9 +112,14 @@ pub fn linear_to_map(
     bias: Option<&Tensor>,
     residual: &Tensor,
 ) -> Result<Tensor> {
-    Linear::new(weight, Arrangement::Tokens, Arrangement::Channels, Some(residual))?
-        .apply(xs, bias)?
-        .reshape(residual.shape())
+    Linear::new(
+        weight,
+        Arrangement::Tokens,
+        Arrangement::Channels,
+        Some(residual),
+    )?
+    .apply(xs, bias)?
+    .reshape(residual.shape())
 }
 
 /// GEGLU over the last dimension: `[.., 2n]` to `[.., n]`.
