@@ -165,8 +165,8 @@ fn attentions() -> candle_core::Result<()> {
 fn convolutions() -> candle_core::Result<()> {
     let dev = Device::Cpu;
     println!(
-        "{:<34} {:>16} {:>16} {:>16}",
-        "shape (batch, C->K, map)", "candle ms", "im2col ms", "F(4x4) ms"
+        "{:<34} {:>16} {:>16} {:>16} {:>16}",
+        "shape (batch, C->K, map)", "candle ms", "im2col ms", "F(4x4) ms", "bf16 im2col ms"
     );
     for (batch, c, k, size, stride) in [
         (2, 320, 320, 32, 1),
@@ -218,12 +218,21 @@ fn convolutions() -> candle_core::Result<()> {
             });
             ms.map(rate).unwrap_or_else(|| "-".into())
         };
+        let bf16_im2col = if bf16::available() {
+            let kernel = cpu_conv::Bf16Kernel::new(&wv, k, c, 3);
+            rate(median_ms(|| {
+                cpu_conv::conv2d_bf16(&shape, &xv, &kernel, &bv);
+            }))
+        } else {
+            "no AVX512-BF16".into()
+        };
         println!(
-            "{:<34} {:>16} {:>16} {:>16}  used: {:?}",
+            "{:<34} {:>16} {:>16} {:>16} {:>16}  used: {:?}",
             format!("{batch}, {c}->{k}, {size}x{size} /{stride}"),
             rate(candle),
             rate(im2col),
             winograd(Algorithm::WinogradF4),
+            bf16_im2col,
             cpu_conv::algorithm(&shape),
         );
     }

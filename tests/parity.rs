@@ -86,8 +86,10 @@ fn bf16_drift_from_diffusers_is_bounded() {
         eprintln!("skipped: this CPU has no AVX512-BF16");
         return;
     }
-    // Measured on these cases: max BF16_MAX, mean BF16_MEAN (2026-11-28).
-    assert_drift_within(DType::BF16, 1.0, 1.0);
+    // Measured on these cases: max 4.1e-2, mean 2.2e-3 (2026-11-28; the
+    // largest on the v-prediction SD 2 case). bf16 keeps 8 significant bits
+    // where f16 keeps 11, so its bounds are wider.
+    assert_drift_within(DType::BF16, 0.1, 0.006);
 }
 
 fn assert_drift_within(dtype: DType, max_abs: f32, max_mean: f32) {

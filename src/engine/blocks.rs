@@ -30,27 +30,31 @@ thread_local! {
     static BF16_PRODUCTS: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Runs `build` with the CPU linear layers it makes taking bf16 weights:
-/// products in bf16 with f32 sums (AVX512-BF16), everything else f32.
-/// That is what `--dtype bf16` means on the CPU, where candle has no bf16
-/// kernels of its own.
-pub fn with_bf16_products<R>(build: impl FnOnce() -> R) -> R {
+/// Runs `build` with the CPU layers it makes (linear layers and
+/// convolutions) taking bf16 weights when `on`: products in bf16 with f32
+/// sums (AVX512-BF16), everything else f32. That is what `--dtype bf16`
+/// means on the CPU, where candle has no bf16 kernels of its own.
+pub fn with_bf16_products<R>(on: bool, build: impl FnOnce() -> R) -> R {
     struct Restore(bool);
     impl Drop for Restore {
         fn drop(&mut self) {
             BF16_PRODUCTS.with(|flag| flag.set(self.0));
         }
     }
-    let _restore = Restore(BF16_PRODUCTS.with(|flag| flag.replace(true)));
+    let _restore = Restore(BF16_PRODUCTS.with(|flag| flag.replace(on)));
     build()
+}
+
+/// Whether layers made now take bf16 weights (inside [`with_bf16_products`]).
+pub fn bf16_products() -> bool {
+    BF16_PRODUCTS.with(Cell::get)
 }
 
 impl Linear {
     /// `weight` [out, in], `bias` [out].
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
         if ops::applies(&weight) {
-            let bf16 = BF16_PRODUCTS.with(Cell::get);
-            let weight = ops::LinearWeight::new(&weight, bf16)?;
+            let weight = ops::LinearWeight::new(&weight, bf16_products())?;
             Ok(Self::Cpu { weight, bias })
         } else {
             Ok(Self::Candle(candle_nn::Linear::new(weight, bias)))
@@ -203,9 +207,10 @@ pub struct Conv1x1(Linear);
 
 impl Conv1x1 {
     pub fn new(vb: VarBuilder, cin: usize, cout: usize) -> Result<Self> {
-        let conv = Conv2d::new(vb, cin, cout, 1, 1, 0)?;
+        let conv = candle_nn::conv2d(cin, cout, 1, Default::default(), vb)?;
         let weight = conv.weight().reshape((cout, cin))?;
-        Ok(Self(Linear::new(weight, Some(conv.bias().clone()))?))
+        let bias = conv.bias().expect("candle_nn::conv2d reads a bias");
+        Ok(Self(Linear::new(weight, Some(bias.clone()))?))
     }
 
     /// The same product as a linear layer over `[.., cin]` tokens.

@@ -1,17 +1,30 @@
-//! A 2-D convolution layer that runs [`super::cpu::conv`] for f32 on the CPU,
-//! on CUDA what [`super::cuda::conv_backend`] picks, and candle's own
-//! convolution everywhere else (Metal, half precision on the CPU).
+//! A 2-D convolution layer that runs [`super::cpu::conv`] for f32 on the CPU
+//! (with bf16 products when the model is built for them, see
+//! [`super::blocks::with_bf16_products`]), on CUDA what
+//! [`super::cuda::conv_backend`] picks, and candle's own convolution
+//! everywhere else (Metal, half precision on the CPU).
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
+use super::blocks;
+use super::cpu::conv::Bf16Kernel;
 use super::cpu::ops;
 use super::cuda;
 
 pub struct Conv2d {
-    inner: candle_nn::Conv2d,
+    weights: Weights,
     stride: usize,
     padding: usize,
+}
+
+enum Weights {
+    Candle(candle_nn::Conv2d),
+    /// Only the packed kernel is kept: the f32 one is not needed again.
+    CpuBf16 {
+        kernel: Bf16Kernel,
+        bias: Tensor,
+    },
 }
 
 impl Conv2d {
@@ -30,35 +43,41 @@ impl Conv2d {
             stride,
             ..Default::default()
         };
+        let conv = candle_nn::conv2d(cin, cout, kernel, cfg, vb)?;
+        let bias = conv.bias().expect("candle_nn::conv2d reads a bias").clone();
+        let weights = if ops::applies(conv.weight()) && blocks::bf16_products() {
+            let values = conv.weight().flatten_all()?.to_vec1::<f32>()?;
+            let kernel = Bf16Kernel::new(&values, cout, cin, kernel);
+            Weights::CpuBf16 { kernel, bias }
+        } else {
+            Weights::Candle(conv)
+        };
         Ok(Self {
-            inner: candle_nn::conv2d(cin, cout, kernel, cfg, vb)?,
+            weights,
             stride,
             padding,
         })
-    }
-
-    pub fn weight(&self) -> &Tensor {
-        self.inner.weight()
-    }
-
-    pub fn bias(&self) -> &Tensor {
-        self.inner.bias().expect("candle_nn::conv2d reads a bias")
     }
 }
 
 impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let (s, p) = (self.stride, self.padding);
+        let conv = match &self.weights {
+            Weights::CpuBf16 { kernel, bias } => return ops::conv2d_bf16(xs, kernel, bias, s, p),
+            Weights::Candle(conv) => conv,
+        };
+        let (w, b) = (conv.weight(), conv.bias().expect("read with a bias"));
         if ops::applies(xs) {
-            ops::conv2d(xs, self.weight(), self.bias(), self.stride, self.padding)
+            ops::conv2d(xs, w, b, s, p)
         } else if cuda::applies(xs) {
-            let (w, b, s, p) = (self.weight(), self.bias(), self.stride, self.padding);
             match cuda::conv_backend()? {
                 cuda::ConvBackend::Cudnn => cuda::cudnn_conv2d(xs, w, b, s, p),
                 cuda::ConvBackend::Im2col => cuda::conv2d(xs, w, b, s, p),
-                cuda::ConvBackend::Candle => self.inner.forward(xs),
+                cuda::ConvBackend::Candle => conv.forward(xs),
             }
         } else {
-            self.inner.forward(xs)
+            conv.forward(xs)
         }
     }
 }
@@ -70,7 +89,8 @@ mod tests {
     use candle_nn::VarMap;
 
     /// The CPU path gives what candle's own convolution gives, for each
-    /// shape the UNet and VAE use.
+    /// shape the UNet and VAE use; with bf16 products, within bf16's
+    /// rounding.
     #[test]
     fn matches_candle_on_the_cpu() -> Result<()> {
         let dev = Device::Cpu;
@@ -82,14 +102,31 @@ mod tests {
         ] {
             let map = VarMap::new();
             let vb = VarBuilder::from_varmap(&map, DType::F32, &dev);
-            let conv = Conv2d::new(vb, cin, cout, k, stride, padding)?;
+            let conv = Conv2d::new(vb.clone(), cin, cout, k, stride, padding)?;
+            // The same variables (a VarMap hands out what it holds).
+            let cfg = Conv2dConfig {
+                padding,
+                stride,
+                ..Default::default()
+            };
+            let candle = candle_nn::conv2d(cin, cout, k, cfg, vb.clone())?;
             let xs = Tensor::randn(0f32, 1., (2, cin, size, size + 1), &dev)?;
-            let want = conv.inner.forward(&xs)?;
-            let got = conv.forward(&xs)?;
-            assert_eq!(got.dims(), want.dims());
-            let scale = want.abs()?.max_all()?.to_scalar::<f32>()?;
-            let err = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()? / scale;
+            let want = candle.forward(&xs)?;
+            let relative_error = |got: Tensor| -> Result<f32> {
+                assert_eq!(got.dims(), want.dims());
+                let scale = want.abs()?.max_all()?.to_scalar::<f32>()?;
+                Ok((got - &want)?.abs()?.max_all()?.to_scalar::<f32>()? / scale)
+            };
+            let err = relative_error(conv.forward(&xs)?)?;
             assert!(err < 1e-5, "{cin}->{cout} k{k} s{stride} p{padding}: {err}");
+            if crate::engine::cpu::bf16::available() {
+                let conv = blocks::with_bf16_products(true, || {
+                    Conv2d::new(vb, cin, cout, k, stride, padding)
+                })?;
+                assert!(matches!(conv.weights, Weights::CpuBf16 { .. }));
+                let err = relative_error(conv.forward(&xs)?)?;
+                assert!(err < 1e-2, "bf16 {cin}->{cout} k{k}: {err}");
+            }
         }
         Ok(())
     }

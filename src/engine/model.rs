@@ -136,8 +136,9 @@ impl Model {
         // candle has no bf16 kernels on the CPU: there bf16 means an f32
         // network whose linear layers multiply in bf16 (AVX512-BF16).
         if device.is_cpu() && dtype == DType::BF16 {
-            let mut model =
-                blocks::with_bf16_products(|| Self::build_in(dir, device, DType::F32, source))?;
+            let mut model = blocks::with_bf16_products(true, || {
+                Self::build_in(dir, device, DType::F32, source)
+            })?;
             model.precision = DType::BF16;
             return Ok(model);
         }
@@ -214,7 +215,11 @@ impl Model {
                 dtype
             };
         let (vb, files) = part("vae", "diffusion_pytorch_model", vae_dtype)?;
-        let vae = Vae::new(vb, &vae_spec).with_context(|| weights_error(&files))?;
+        // The VAE stays f32 even with bf16 products: it runs twice per
+        // generation, not per step, and its large maps take Winograd, faster
+        // in f32 there than im2col in bf16 (`cargo bench --bench cpu_kernels`).
+        let vae = blocks::with_bf16_products(false, || Vae::new(vb, &vae_spec))
+            .with_context(|| weights_error(&files))?;
         let fingerprint = match source {
             Weights::Files => fingerprint(&all_files)?,
             Weights::Random => "random".into(),

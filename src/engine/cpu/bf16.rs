@@ -273,14 +273,14 @@ unsafe fn kernel(
     let bp = b.as_ptr();
     for p in 0..pairs {
         // SAFETY: b has pairs * NR * 2 elements: pair p's 64 bf16.
-        let (b0, b1): (__m512bh, __m512bh) = unsafe {
+        let (b0, b1) = unsafe {
             (
-                std::mem::transmute(_mm512_loadu_si512(bp.add(p * NR * 2) as *const _)),
-                std::mem::transmute(_mm512_loadu_si512(bp.add(p * NR * 2 + 32) as *const _)),
+                as_bf16(_mm512_loadu_si512(bp.add(p * NR * 2) as *const __m512i)),
+                as_bf16(_mm512_loadu_si512(bp.add(p * NR * 2 + 32) as *const __m512i)),
             )
         };
         for (r, acc) in acc.iter_mut().enumerate() {
-            let pair: __m512bh = std::mem::transmute(_mm512_set1_epi32(a[p * MR + r] as i32));
+            let pair = as_bf16(_mm512_set1_epi32(a[p * MR + r] as i32));
             acc[0] = _mm512_dpbf16_ps(acc[0], pair, b0);
             acc[1] = _mm512_dpbf16_ps(acc[1], pair, b1);
         }
@@ -305,6 +305,14 @@ unsafe fn kernel(
             }
         }
     }
+}
+
+/// 32 bf16 held as integers, as the bf16 instructions take them.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn as_bf16(bits: __m512i) -> __m512bh {
+    // SAFETY: both are 64 bytes of plain data.
+    unsafe { std::mem::transmute::<__m512i, __m512bh>(bits) }
 }
 
 #[cfg(test)]

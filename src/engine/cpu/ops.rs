@@ -10,7 +10,7 @@ use candle_core::{
 use super::add;
 use super::attention::{self, AttentionShape};
 use super::bf16::PackedRhs;
-use super::conv::{self, ConvShape};
+use super::conv::{self, Bf16Kernel, ConvShape};
 use super::geglu;
 use super::group_norm::{self, GroupShape};
 use super::linear::{self, Arrangement, LinearShape};
@@ -30,6 +30,24 @@ pub fn conv2d(
 ) -> Result<Tensor> {
     xs.contiguous()?
         .apply_op3_no_bwd(weight, bias, &Conv { stride, padding })
+}
+
+/// [`conv2d`] with the kernel packed for bf16 products.
+pub fn conv2d_bf16(
+    xs: &Tensor,
+    kernel: &Bf16Kernel,
+    bias: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    xs.contiguous()?.apply_op2_no_bwd(
+        bias,
+        &ConvBf16 {
+            kernel,
+            stride,
+            padding,
+        },
+    )
 }
 
 /// Multi-head attention over `[batch, tokens, heads * head_dim]` q, k, v.
@@ -243,6 +261,57 @@ impl CustomOp3 for Conv {
             slice(bias, bias_layout)?,
         );
         let dims = (batch, out_channels, shape.out_height(), shape.out_width());
+        Ok((CpuStorage::F32(out), dims.into()))
+    }
+}
+
+struct ConvBf16<'a> {
+    kernel: &'a Bf16Kernel,
+    stride: usize,
+    padding: usize,
+}
+
+impl CustomOp2 for ConvBf16<'_> {
+    fn name(&self) -> &'static str {
+        "atelier-cpu-conv2d-bf16"
+    }
+
+    fn cpu_fwd(
+        &self,
+        input: &CpuStorage,
+        input_layout: &Layout,
+        bias: &CpuStorage,
+        bias_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (batch, in_channels, height, width) = input_layout.shape().dims4()?;
+        let k = self.kernel;
+        if in_channels != k.in_channels {
+            candle_core::bail!(
+                "conv2d: input {:?} does not fit kernel [{}, {}, {}, {}]",
+                input_layout.shape(),
+                k.out_channels,
+                k.in_channels,
+                k.size,
+                k.size
+            );
+        }
+        let shape = ConvShape {
+            batch,
+            in_channels,
+            height,
+            width,
+            out_channels: k.out_channels,
+            kernel: k.size,
+            stride: self.stride,
+            padding: self.padding,
+        };
+        let out = conv::conv2d_bf16(
+            &shape,
+            slice(input, input_layout)?,
+            k,
+            slice(bias, bias_layout)?,
+        );
+        let dims = (batch, k.out_channels, shape.out_height(), shape.out_width());
         Ok((CpuStorage::F32(out), dims.into()))
     }
 }

@@ -1,6 +1,7 @@
 //! Convolution as unfold + one matrix product per band of output rows:
 //! `out[K, band] = kernel[K, C*kh*kw] x columns[C*kh*kw, band]`. The kernel
-//! is the left operand as stored, so it is never copied. A band runs over
+//! is the left operand as stored, so it is never copied (or, for bf16
+//! products, the same product transposed, with the kernel packed once). A band runs over
 //! output rows of all images at once (rows counted image after image), so
 //! small maps still make one wide product; the product lands in a scratch
 //! `[K, band]` that is copied into the NCHW output with the bias added.
@@ -9,6 +10,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+use super::super::bf16::{self, PackedRhs};
 use super::ConvShape;
 
 /// Unfolded input held at once, in floats (16 MiB): large maps are done a
@@ -20,7 +22,15 @@ thread_local! {
     static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
-pub(super) fn conv2d(s: &ConvShape, input: &[f32], kernel: &[f32], bias: &[f32]) -> Vec<f32> {
+/// The kernel as one of the two products takes it.
+pub(super) enum Weights<'a> {
+    /// `[K, C*kh*kw]` as stored, the product's left operand.
+    F32(&'a [f32]),
+    /// Its transpose, packed for bf16 products (the right operand).
+    Bf16(&'a PackedRhs),
+}
+
+pub(super) fn conv2d(s: &ConvShape, input: &[f32], kernel: Weights, bias: &[f32]) -> Vec<f32> {
     let (ho, wo) = (s.out_height(), s.out_width());
     let depth = s.in_channels * s.kernel * s.kernel;
     let rows = s.batch * ho;
@@ -34,18 +44,31 @@ pub(super) fn conv2d(s: &ConvShape, input: &[f32], kernel: &[f32], bias: &[f32])
             columns.resize(depth * cols, 0.0);
             product.resize(s.out_channels * cols, 0.0);
             unfold(s, input, band.clone(), columns);
-            // SAFETY: kernel is [K, depth], columns [depth, cols] and
-            // product [K, cols], each contiguous and as long as that.
-            unsafe {
-                super::super::product(
-                    [s.out_channels, cols, depth],
-                    (product.as_mut_ptr(), cols, 1),
-                    false,
-                    (kernel.as_ptr(), depth, 1),
-                    (columns.as_ptr(), cols, 1),
-                    1.0,
-                    gemm::Parallelism::Rayon(rayon::current_num_threads()),
-                );
+            match kernel {
+                // SAFETY: kernel is [K, depth], columns [depth, cols] and
+                // product [K, cols], each contiguous and as long as that.
+                Weights::F32(kernel) => unsafe {
+                    super::super::product(
+                        [s.out_channels, cols, depth],
+                        (product.as_mut_ptr(), cols, 1),
+                        false,
+                        (kernel.as_ptr(), depth, 1),
+                        (columns.as_ptr(), cols, 1),
+                        1.0,
+                        gemm::Parallelism::Rayon(rayon::current_num_threads()),
+                    );
+                },
+                // productᵀ [cols, K] += columnsᵀ [cols, depth] · kernelᵀ:
+                // the same buffers read transposed (checked as above).
+                Weights::Bf16(kernel_t) => unsafe {
+                    product.fill(0.0);
+                    bf16::product(
+                        cols,
+                        (product.as_mut_ptr(), 1, cols),
+                        (columns.as_ptr(), 1, cols),
+                        kernel_t,
+                    );
+                },
             }
             scatter(s, band, product, bias, &mut out);
         }
