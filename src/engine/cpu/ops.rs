@@ -79,6 +79,14 @@ impl LinearWeight {
         let values = weight_t.flatten_all()?.to_vec1::<f32>()?;
         Ok(Self::Bf16(PackedRhs::new(&values, inputs, outputs)))
     }
+
+    /// (inputs, outputs).
+    fn dims(&self) -> Result<(usize, usize)> {
+        match self {
+            Self::F32(weight_t) => weight_t.dims2(),
+            Self::Bf16(packed) => Ok((packed.k(), packed.n())),
+        }
+    }
 }
 
 /// `xs·W + bias (+ residual)` over the last dimension of `xs`.
@@ -406,15 +414,7 @@ impl<'a> Linear<'a> {
         x: (&CpuStorage, &Layout),
         bias: Option<(&CpuStorage, &Layout)>,
     ) -> Result<(CpuStorage, Shape)> {
-        let weight_storage = match self.weight {
-            LinearWeight::F32(weight_t) => Some(weight_t.storage_and_layout()),
-            LinearWeight::Bf16(_) => None,
-        };
-        let (inputs, outputs) = match (self.weight, &weight_storage) {
-            (LinearWeight::Bf16(packed), _) => (packed.k(), packed.n()),
-            (_, Some((_, layout))) => layout.shape().dims2()?,
-            (LinearWeight::F32(_), None) => unreachable!("an f32 weight has storage"),
-        };
+        let (inputs, outputs) = self.weight.dims()?;
         let dims = x.1.shape().dims();
         let (batch, rows, x_inputs) = match (self.input, dims) {
             (Arrangement::Tokens, [lead @ .., rows, features]) => {
@@ -447,10 +447,14 @@ impl<'a> Linear<'a> {
             Some((storage, layout)) => Some(on_cpu("residual", storage, layout)?),
             None => None,
         };
-        let weight = match (self.weight, &weight_storage) {
-            (LinearWeight::Bf16(packed), _) => linear::Weight::Bf16(packed),
-            (_, Some((storage, layout))) => linear::Weight::F32(on_cpu("weight", storage, layout)?),
-            (LinearWeight::F32(_), None) => unreachable!("an f32 weight has storage"),
+        // Holds the f32 weight's storage readable while the product runs.
+        let weight_storage;
+        let weight = match self.weight {
+            LinearWeight::F32(weight_t) => {
+                weight_storage = weight_t.storage_and_layout();
+                linear::Weight::F32(on_cpu("weight", &weight_storage.0, weight_storage.1)?)
+            }
+            LinearWeight::Bf16(packed) => linear::Weight::Bf16(packed),
         };
         let shape = LinearShape {
             batch,
