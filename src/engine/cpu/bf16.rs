@@ -99,6 +99,106 @@ impl PackedRhs {
     }
 }
 
+/// A `[m, k]` left operand rounded to bf16 pairs (u32 each, the lower half
+/// the even k), `[m / LHS_BLOCK blocks][k/2][LHS_BLOCK]`: the kernel's
+/// broadcasts for one pair come from one 32-byte line.
+pub struct PackedLhs {
+    m: usize,
+    k: usize,
+    data: Vec<u32>,
+}
+
+/// Rows per block of a [`PackedLhs`].
+pub const LHS_BLOCK: usize = MR;
+
+impl PackedLhs {
+    /// Each block of [`LHS_BLOCK`] rows filled by `fill(block, pairs)`,
+    /// blocks in parallel; `pairs` is `[k/2][LHS_BLOCK]`, zeroed.
+    pub fn from_blocks(m: usize, k: usize, fill: impl Fn(usize, &mut [u32]) + Sync) -> Self {
+        let pairs = k.div_ceil(2);
+        let mut data = vec![0u32; m.div_ceil(MR) * pairs * MR];
+        data.par_chunks_mut(pairs * MR)
+            .enumerate()
+            .for_each(|(block, dst)| fill(block, dst));
+        Self { m, k, data }
+    }
+
+    /// `lhs` `[m, k]` at (pointer, row stride, column stride) in floats.
+    ///
+    /// # Safety
+    /// Every element at those strides lies inside its buffer; the CPU has
+    /// [`available`].
+    pub unsafe fn new(m: usize, k: usize, lhs: (*const f32, usize, usize)) -> Self {
+        let (ptr, rs, cs) = (lhs.0 as usize, lhs.1, lhs.2);
+        Self::from_blocks(m, k, |block, dst| {
+            let src = ptr as *const f32;
+            // SAFETY: rows block * MR.. (up to m) of lhs, k elements each,
+            // at the caller's strides, on a CPU with the instructions.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                pack_block(
+                    src.add(block * MR * rs),
+                    (rs, cs),
+                    MR.min(m - block * MR),
+                    k,
+                    dst,
+                )
+            };
+        })
+    }
+}
+
+/// Fills one block of a [`PackedLhs`] from its columns: `column(d)` is
+/// [`LHS_BLOCK`] floats of column d, one per row (row r at `ptr + r`),
+/// with a mask of the rows to read (the others are zero, and are not
+/// touched: the pointer may run off its buffer there), or None for a
+/// column of zeros.
+///
+/// # Safety
+/// Each row the masks select lies inside its buffer; the CPU has
+/// [`available`].
+pub unsafe fn pack_block_from_columns(
+    k: usize,
+    dst: &mut [u32],
+    column: impl Fn(usize) -> Option<(*const f32, u8)>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as the caller promises.
+    unsafe {
+        pack_columns_x86(k, dst, column)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+unsafe fn pack_columns_x86(
+    k: usize,
+    dst: &mut [u32],
+    column: impl Fn(usize) -> Option<(*const f32, u8)>,
+) {
+    let load = |d: usize| -> __m128i {
+        match (d < k).then(|| column(d)).flatten() {
+            // SAFETY: the masked rows are inside their buffer (the
+            // caller's promise); masked-off lanes are not read.
+            Some((ptr, mask)) => unsafe {
+                std::mem::transmute::<__m128bh, __m128i>(_mm256_cvtneps_pbh(_mm256_maskz_loadu_ps(
+                    mask, ptr,
+                )))
+            },
+            None => _mm_setzero_si128(),
+        }
+    };
+    for p in 0..k.div_ceil(2) {
+        let (even, odd) = (load(2 * p), load(2 * p + 1));
+        // SAFETY: dst holds [k/2][MR] u32.
+        unsafe {
+            let at = dst.as_mut_ptr().add(p * MR) as *mut __m128i;
+            _mm_storeu_si128(at, _mm_unpacklo_epi16(even, odd));
+            _mm_storeu_si128(at.add(1), _mm_unpackhi_epi16(even, odd));
+        }
+    }
+}
+
 /// `dst[m, n] += lhs[m, k] · rhs`, `lhs` rounded to bf16, sums in f32;
 /// `dst` and `lhs` given as (pointer, row stride, column stride) in floats.
 ///
@@ -114,45 +214,28 @@ pub unsafe fn product(
     rhs: &PackedRhs,
 ) {
     assert!(available(), "bf16 products need AVX512-BF16");
+    // SAFETY: as the caller promises, on a CPU that has the instructions.
+    unsafe { product_packed(dst, &PackedLhs::new(m, rhs.k, lhs), rhs) }
+}
+
+/// [`product`] with the left operand packed already.
+///
+/// # Safety
+/// As [`product`], for `dst` `[lhs.m, rhs.n]`.
+pub unsafe fn product_packed(dst: (*mut f32, usize, usize), lhs: &PackedLhs, rhs: &PackedRhs) {
+    assert!(available(), "bf16 products need AVX512-BF16");
+    assert_eq!(lhs.k, rhs.k, "the operands' inner sizes");
     #[cfg(target_arch = "x86_64")]
     // SAFETY: as the caller promises, on a CPU that has the instructions.
     unsafe {
-        product_x86(m, dst, lhs, rhs)
+        product_x86(dst, lhs, rhs)
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-unsafe fn product_x86(
-    m: usize,
-    dst: (*mut f32, usize, usize),
-    lhs: (*const f32, usize, usize),
-    rhs: &PackedRhs,
-) {
-    let (k, n, pairs) = (rhs.k, rhs.n, rhs.pairs());
-    // The left operand as bf16 pairs (u32 each, the lower half the even k),
-    // [m / MR blocks][k/2][MR]: the kernel's MR broadcasts per pair come
-    // from one 32-byte line.
-    let blocks = m.div_ceil(MR);
-    let mut packed = vec![0u32; blocks * pairs * MR];
-    let (lhs_ptr, lhs_rs, lhs_cs) = (lhs.0 as usize, lhs.1, lhs.2);
-    packed
-        .par_chunks_mut(pairs * MR)
-        .enumerate()
-        .for_each(|(block, dst)| {
-            let src = lhs_ptr as *const f32;
-            // SAFETY: rows block * MR.. (up to m) of lhs, k elements each,
-            // at the caller's strides.
-            unsafe {
-                pack_block(
-                    src.add(block * MR * lhs_rs),
-                    (lhs_rs, lhs_cs),
-                    MR.min(m - block * MR),
-                    k,
-                    dst,
-                )
-            };
-        });
-
+unsafe fn product_x86(dst: (*mut f32, usize, usize), lhs: &PackedLhs, rhs: &PackedRhs) {
+    let (m, n, pairs) = (lhs.m, rhs.n, rhs.pairs());
+    let packed = &lhs.data;
     let panels = n.div_ceil(NR);
     let row_tasks = m.div_ceil(ROWS_PER_TASK);
     let panel_tasks = panels.div_ceil(PANELS_PER_TASK);

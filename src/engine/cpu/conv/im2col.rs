@@ -10,7 +10,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::super::bf16::{self, PackedRhs};
+use super::super::bf16::{self, PackedLhs, PackedRhs};
 use super::ConvShape;
 
 /// Unfolded input held at once, in floats (16 MiB): large maps are done a
@@ -41,34 +41,43 @@ pub(super) fn conv2d(s: &ConvShape, input: &[f32], kernel: Weights, bias: &[f32]
         for first in (0..rows).step_by(band_rows) {
             let band = first..(first + band_rows).min(rows);
             let cols = band.len() * wo;
-            columns.resize(depth * cols, 0.0);
             product.resize(s.out_channels * cols, 0.0);
-            unfold(s, input, band.clone(), columns);
             match kernel {
-                // SAFETY: kernel is [K, depth], columns [depth, cols] and
-                // product [K, cols], each contiguous and as long as that.
-                Weights::F32(kernel) => unsafe {
-                    super::super::product(
-                        [s.out_channels, cols, depth],
-                        (product.as_mut_ptr(), cols, 1),
-                        false,
-                        (kernel.as_ptr(), depth, 1),
-                        (columns.as_ptr(), cols, 1),
-                        1.0,
-                        gemm::Parallelism::Rayon(rayon::current_num_threads()),
-                    );
-                },
-                // productᵀ [cols, K] += columnsᵀ [cols, depth] · kernelᵀ:
-                // the same buffers read transposed (checked as above).
-                Weights::Bf16(kernel_t) => unsafe {
+                Weights::F32(kernel) => {
+                    columns.resize(depth * cols, 0.0);
+                    unfold(s, input, band.clone(), columns);
+                    // SAFETY: kernel is [K, depth], columns [depth, cols]
+                    // and product [K, cols], each contiguous and as long as
+                    // that.
+                    unsafe {
+                        super::super::product(
+                            [s.out_channels, cols, depth],
+                            (product.as_mut_ptr(), cols, 1),
+                            false,
+                            (kernel.as_ptr(), depth, 1),
+                            (columns.as_ptr(), cols, 1),
+                            1.0,
+                            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+                        );
+                    }
+                }
+                // productᵀ [cols, K] += columnsᵀ [cols, depth] · kernelᵀ: the
+                // same buffers read transposed.
+                Weights::Bf16(kernel_t) => {
+                    let lhs = if s.stride == 1 && wo.is_multiple_of(bf16::LHS_BLOCK) {
+                        pack_unfolded(s, input, band.clone())
+                    } else {
+                        columns.resize(depth * cols, 0.0);
+                        unfold(s, input, band.clone(), columns);
+                        // SAFETY: columns is [depth, cols], contiguous.
+                        unsafe { PackedLhs::new(cols, depth, (columns.as_ptr(), 1, cols)) }
+                    };
                     product.fill(0.0);
-                    bf16::product(
-                        cols,
-                        (product.as_mut_ptr(), 1, cols),
-                        (columns.as_ptr(), 1, cols),
-                        kernel_t,
-                    );
-                },
+                    // SAFETY: product is [K, cols], contiguous.
+                    unsafe {
+                        bf16::product_packed((product.as_mut_ptr(), 1, cols), &lhs, kernel_t)
+                    };
+                }
             }
             scatter(s, band, product, bias, &mut out);
         }
@@ -102,6 +111,47 @@ fn unfold(s: &ConvShape, input: &[f32], band: std::ops::Range<usize>, columns: &
                 }
             }
         });
+}
+
+/// The band's `columnsᵀ`, as [`unfold`] would write them, packed for bf16
+/// products straight from the input (no f32 copy in between). Needs stride
+/// 1 and `Wo` a multiple of the packing's block: then each block of output
+/// pixels lies in one output row, and each of its columns is that many
+/// consecutive floats of one input row, cut at the image's edges.
+fn pack_unfolded(s: &ConvShape, input: &[f32], band: std::ops::Range<usize>) -> PackedLhs {
+    const BLOCK: usize = bf16::LHS_BLOCK;
+    let (h, w, k) = (s.height, s.width, s.kernel);
+    let (ho, wo) = (s.out_height(), s.out_width());
+    debug_assert!(s.stride == 1 && wo.is_multiple_of(BLOCK));
+    let pad = s.padding as isize;
+    // Per column d = (c, i, j): the channel's plane and the tap's offsets,
+    // so the packing loop does no divisions.
+    let taps: Vec<(usize, isize, isize)> = (0..s.in_channels)
+        .flat_map(|c| (0..k * k).map(move |t| (c, (t / k) as isize - pad, (t % k) as isize - pad)))
+        .map(|(c, di, dj)| (c * h * w, di, dj))
+        .collect();
+    PackedLhs::from_blocks(band.len() * wo, taps.len(), |block, dst| {
+        let first = block * BLOCK;
+        let (g, x0) = (band.start + first / wo, (first % wo) as isize);
+        let (n, y) = (g / ho, (g % ho) as isize);
+        let image = &input[n * s.in_channels * h * w..][..s.in_channels * h * w];
+        let column = |d: usize| {
+            let (plane, di, dj) = taps[d];
+            let iy = y + di;
+            if iy < 0 || iy >= h as isize {
+                return None;
+            }
+            // Lanes l read input column x0 + dj + l: those inside 0..w.
+            let ix = x0 + dj;
+            let lo = (-ix).clamp(0, BLOCK as isize);
+            let hi = (w as isize - ix).clamp(0, BLOCK as isize);
+            let mask = ((1u32 << hi) - 1) & !((1u32 << lo) - 1);
+            let row = &image[plane + iy as usize * w..][..w];
+            (mask != 0).then(|| (row.as_ptr().wrapping_offset(ix), mask as u8))
+        };
+        // SAFETY: each mask selects lanes ix + l in 0..w, inside `row`.
+        unsafe { bf16::pack_block_from_columns(taps.len(), dst, column) };
+    })
 }
 
 /// One output row's worth of kernel column `j` from input row `src`.

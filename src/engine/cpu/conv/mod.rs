@@ -265,9 +265,12 @@ mod tests {
             eprintln!("skipped: this CPU has no AVX512-BF16");
             return;
         }
+        // Widths that are multiples of 8 (packed straight from the input,
+        // an odd depth among them) and others (unfolded first).
         for s in [
             shape(2, 5, 9, 7, 6),
             shape(1, 40, 8, 8, 33),
+            shape(2, 3, 5, 16, 4),
             ConvShape {
                 stride: 2,
                 padding: 0,
