@@ -12,7 +12,7 @@
 mod im2col;
 mod winograd;
 
-use super::bf16::PackedRhs;
+use super::bf16::{self, PackedRhs};
 
 /// Geometry of one convolution (NCHW input, `[K, C, kh, kw]` kernel, square
 /// stride and zero padding, no dilation or groups).
@@ -100,7 +100,9 @@ pub fn conv2d_with(
     assert_eq!(bias.len(), shape.out_channels, "bias size");
     match algorithm {
         Algorithm::Im2col => im2col::conv2d(shape, input, im2col::Weights::F32(kernel), bias),
-        Algorithm::WinogradF4 => winograd::conv2d::<winograd::F4>(shape, input, kernel, bias),
+        Algorithm::WinogradF4 => {
+            winograd::conv2d::<winograd::F4>(shape, input, winograd::Taps::F32(kernel), bias)
+        }
     }
 }
 
@@ -112,6 +114,8 @@ pub struct Bf16Kernel {
     pub size: usize,
     /// `[C*kh*kw, K]`, the kernel transposed.
     packed: PackedRhs,
+    /// 3x3 kernels as stored, in bf16 bits, for Winograd.
+    taps: Option<Vec<u16>>,
 }
 
 impl Bf16Kernel {
@@ -130,13 +134,20 @@ impl Bf16Kernel {
             in_channels,
             size,
             packed: PackedRhs::new(&transposed, depth, out_channels),
+            taps: (size == 3).then(|| kernel.iter().map(|&x| bf16::to_bf16(x)).collect()),
         }
     }
 }
 
-/// [`conv2d`] with bf16 products (sums in f32): im2col for every shape,
-/// since at twice the multiply rate it matches Winograd's f32 on the large
-/// maps and doubles im2col's on the small ones.
+/// Below this many 4x4 tiles, im2col with bf16 products beats Winograd
+/// (in f32, on the bf16-rounded kernel) in `cargo bench --bench
+/// cpu_kernels`: a 640->640 convolution on one 16x16 map (16 tiles) took
+/// 4.9 ms against 6.0, on two (32 tiles) 10.6 against 9.4.
+const F4_MIN_TILES_BF16: usize = 32;
+
+/// [`conv2d`] with the kernel rounded to bf16: Winograd (f32 arithmetic)
+/// on large maps, otherwise im2col with bf16 products (sums in f32), which
+/// at twice the multiply rate of f32 beats Winograd on the small ones.
 pub fn conv2d_bf16(
     shape: &ConvShape,
     input: &[f32],
@@ -150,7 +161,13 @@ pub fn conv2d_bf16(
         "kernel shape"
     );
     assert_eq!(bias.len(), shape.out_channels, "bias size");
-    im2col::conv2d(shape, input, im2col::Weights::Bf16(&kernel.packed), bias)
+    let tiles = shape.batch * shape.out_height().div_ceil(4) * shape.out_width().div_ceil(4);
+    match &kernel.taps {
+        Some(taps) if algorithm(shape) == Algorithm::WinogradF4 && tiles >= F4_MIN_TILES_BF16 => {
+            winograd::conv2d::<winograd::F4>(shape, input, winograd::Taps::Bf16(taps), bias)
+        }
+        _ => im2col::conv2d(shape, input, im2col::Weights::Bf16(&kernel.packed), bias),
+    }
 }
 
 /// The straightforward loop nest, the reference the tests hold the fast
@@ -260,17 +277,19 @@ mod tests {
     }
 
     #[test]
-    fn bf16_im2col_matches_the_reference_within_bf16_rounding() {
+    fn bf16_kernels_match_the_reference_within_bf16_rounding() {
         if !super::super::bf16::available() {
             eprintln!("skipped: this CPU has no AVX512-BF16");
             return;
         }
-        // Widths that are multiples of 8 (packed straight from the input,
-        // an odd depth among them) and others (unfolded first).
+        // im2col: widths that are multiples of 8 (packed straight from the
+        // input, an odd depth among them) and others (unfolded first);
+        // Winograd from the bf16 taps (2 x 16x16: 32 tiles).
         for s in [
             shape(2, 5, 9, 7, 6),
             shape(1, 40, 8, 8, 33),
             shape(2, 3, 5, 16, 4),
+            shape(2, 6, 16, 16, 5),
             ConvShape {
                 stride: 2,
                 padding: 0,

@@ -23,7 +23,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::super::{product, vectorized, SharedMut};
+use super::super::{bf16, product, vectorized, SharedMut};
 use super::ConvShape;
 
 const LANES: usize = 8;
@@ -79,8 +79,10 @@ const INPUT_CHUNK: usize = 128;
 const BAND_TILES: usize = 512;
 
 thread_local! {
-    /// Per-thread `U` and `M`, kept between calls.
-    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// Per-thread `U`, `M` and bf16 taps widened to f32, kept between calls.
+    #[allow(clippy::type_complexity)]
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>, Vec<f32>)> =
+        const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
 /// Where the tiles of one band are: tile `t` of the band is tile row
@@ -111,10 +113,43 @@ impl Band {
     }
 }
 
+/// A 3x3 kernel `[K, C, 3, 3]` as stored for Winograd.
+#[derive(Clone, Copy)]
+pub(super) enum Taps<'a> {
+    F32(&'a [f32]),
+    /// Rounded to bf16 (bits); widened to f32 a block at a time.
+    Bf16(&'a [u16]),
+}
+
+impl<'a> Taps<'a> {
+    /// The taps of output channel `k` over input channels `cs` (`c` in
+    /// all), as f32: in place, or widened into `scratch`.
+    fn of<'s>(
+        self,
+        k: usize,
+        c: usize,
+        cs: &std::ops::Range<usize>,
+        scratch: &'s mut Vec<f32>,
+    ) -> &'s [f32]
+    where
+        'a: 's,
+    {
+        let range = (k * c + cs.start) * 9..(k * c + cs.end) * 9;
+        match self {
+            Self::F32(kernel) => &kernel[range],
+            Self::Bf16(kernel) => {
+                scratch.clear();
+                scratch.extend(kernel[range].iter().map(|&bits| bf16::from_bf16(bits)));
+                scratch
+            }
+        }
+    }
+}
+
 pub(super) fn conv2d<V: Variant>(
     s: &ConvShape,
     input: &[f32],
-    kernel: &[f32],
+    kernel: Taps,
     bias: &[f32],
 ) -> Vec<f32> {
     assert!(s.kernel == 3 && s.stride == 1 && s.padding == 1);
@@ -149,12 +184,12 @@ pub(super) fn conv2d<V: Variant>(
         chunks.par_iter().for_each(|&k0| {
             let ks = k0..(k0 + chunk).min(k);
             SCRATCH.with(|scratch| {
-                let (u, m) = &mut *scratch.borrow_mut();
+                let (u, m, taps) = &mut *scratch.borrow_mut();
                 m.resize(positions * ks.len() * band.padded, 0.0);
                 for c0 in (0..c).step_by(INPUT_CHUNK) {
                     let cs = c0..(c0 + INPUT_CHUNK).min(c);
                     u.resize(positions * ks.len() * cs.len(), 0.0);
-                    transform_kernel(&t, positions, kernel, c, ks.clone(), cs.clone(), u);
+                    transform_kernel(&t, positions, kernel, c, ks.clone(), cs.clone(), u, taps);
                     multiply(&band, positions, ks.len(), cs, u, &v, m);
                 }
                 transform_output::<V>(s, &band, ks, bias, m, out_ptr);
@@ -295,19 +330,21 @@ fn kernel_matrix<V: Variant>() -> Vec<f32> {
 /// (the taps of consecutive input channels are 9 floats apart, which the
 /// product reads in place; gathering them into lanes by hand took as long
 /// as the convolution's own products on 16x16 maps).
+#[allow(clippy::too_many_arguments)]
 fn transform_kernel(
     t: &[f32],
     positions: usize,
-    kernel: &[f32],
+    kernel: Taps,
     c: usize,
     ks: std::ops::Range<usize>,
     cs: std::ops::Range<usize>,
     u: &mut [f32],
+    scratch: &mut Vec<f32>,
 ) {
     let (chunk, width) = (ks.len(), cs.len());
     assert!(t.len() == positions * 9 && u.len() >= positions * chunk * width);
     for (kk, k) in ks.enumerate() {
-        let taps = &kernel[(k * c + cs.start) * 9..(k * c + cs.end) * 9];
+        let taps = kernel.of(k, c, &cs, scratch);
         // SAFETY: t is [positions, 9] row-major; taps is [width, 9]
         // row-major, read as its [9, width] transpose; U[ξ][kk][..width]
         // is at row stride chunk * width from kk * width, inside u
