@@ -5,8 +5,11 @@
 //! The right operand (a linear layer's `[in, out]` weight) is rounded to
 //! bf16 once and packed into panels of [`NR`] columns, each `[k/2][NR][2]`,
 //! the pairs of consecutive `k` that one instruction sums. The left
-//! operand (activations, f32) is rounded to bf16 pairs at each call.
-//! Rounding is to nearest even, as PyTorch's bf16 casts do.
+//! operand (activations, f32) is rounded to bf16 pairs at each call
+//! ([`PackedLhs`]): by [`product`] from a strided matrix, or by the caller
+//! a block of 8 rows at a time (the convolution packs its unfolded input
+//! so, straight from the image). Rounding is to nearest even, as PyTorch's
+//! bf16 casts do.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;

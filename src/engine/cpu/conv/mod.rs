@@ -228,11 +228,21 @@ mod tests {
     /// Largest difference from the reference, relative to the output's
     /// largest magnitude.
     fn relative_error(shape: ConvShape, algorithm: Algorithm) -> f32 {
+        relative_error_of(shape, |input, kernel, bias| {
+            conv2d_with(algorithm, &shape, input, kernel, bias)
+        })
+    }
+
+    /// [`relative_error`] of `conv(input, kernel, bias)`, random operands.
+    fn relative_error_of(
+        shape: ConvShape,
+        conv: impl Fn(&[f32], &[f32], &[f32]) -> Vec<f32>,
+    ) -> f32 {
         let input = random(shape.input_len(), 1);
         let kernel = random(shape.kernel_len(), 2);
         let bias = random(shape.out_channels, 3);
         let want = conv2d_reference(&shape, &input, &kernel, &bias);
-        let got = conv2d_with(algorithm, &shape, &input, &kernel, &bias);
+        let got = conv(&input, &kernel, &bias);
         assert_eq!(got.len(), want.len());
         let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
         let err = got
@@ -255,11 +265,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn im2col_matches_the_reference() {
-        for s in [
-            shape(2, 5, 9, 7, 6),
-            shape(1, 3, 1, 1, 4),
+    /// Shapes only im2col takes: strided, unpadded, 1x1.
+    fn strided_and_pointwise() -> [ConvShape; 2] {
+        [
             ConvShape {
                 stride: 2,
                 padding: 0,
@@ -270,7 +278,15 @@ mod tests {
                 padding: 0,
                 ..shape(1, 7, 5, 6, 2)
             },
-        ] {
+        ]
+    }
+
+    #[test]
+    fn im2col_matches_the_reference() {
+        for s in [shape(2, 5, 9, 7, 6), shape(1, 3, 1, 1, 4)]
+            .into_iter()
+            .chain(strided_and_pointwise())
+        {
             let err = relative_error(s, Algorithm::Im2col);
             assert!(err < 1e-6, "{s:?}: {err}");
         }
@@ -290,29 +306,14 @@ mod tests {
             shape(1, 40, 8, 8, 33),
             shape(2, 3, 5, 16, 4),
             shape(2, 6, 16, 16, 5),
-            ConvShape {
-                stride: 2,
-                padding: 0,
-                ..shape(2, 4, 9, 8, 3)
-            },
-            ConvShape {
-                kernel: 1,
-                padding: 0,
-                ..shape(1, 7, 5, 6, 2)
-            },
-        ] {
-            let input = random(s.input_len(), 1);
-            let kernel = random(s.kernel_len(), 2);
-            let bias = random(s.out_channels, 3);
-            let want = conv2d_reference(&s, &input, &kernel, &bias);
-            let packed = Bf16Kernel::new(&kernel, s.out_channels, s.in_channels, s.kernel);
-            let got = conv2d_bf16(&s, &input, &packed, &bias);
-            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let err = got
-                .iter()
-                .zip(&want)
-                .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
-                / scale;
+        ]
+        .into_iter()
+        .chain(strided_and_pointwise())
+        {
+            let err = relative_error_of(s, |input, kernel, bias| {
+                let packed = Bf16Kernel::new(kernel, s.out_channels, s.in_channels, s.kernel);
+                conv2d_bf16(&s, input, &packed, bias)
+            });
             // Both operands rounded to 8 significant bits: ~2^-9 each.
             assert!(err < 1e-2, "{s:?}: {err}");
         }
