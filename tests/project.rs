@@ -75,6 +75,7 @@ fn gen_records_the_run_with_its_recipe_and_embeds_it_in_the_png() {
     );
     assert_eq!((run.recipe.width, run.recipe.height), (128, 128));
     assert_eq!(run.model.fingerprint.len(), 16);
+    assert_eq!(run.device, "cpu f32", "the device and its precision");
     assert_eq!(run.timings.as_ref().unwrap().steps_s.len(), 2);
     // The source is stored by content, once.
     gen(dir.path(), source.to_str().unwrap(), &[]);

@@ -22,6 +22,9 @@ pub struct RerunArgs {
     /// cpu, cuda, cuda:N or metal.
     #[arg(long)]
     pub device: Option<String>,
+    /// f32, f16 or bf16 [default: f32 on the CPU, f16 on GPUs].
+    #[arg(long)]
+    pub dtype: Option<String>,
     #[arg(long)]
     pub quiet: bool,
 }
@@ -121,7 +124,12 @@ pub fn run(args: RerunArgs, global: &Global) -> Result<()> {
         noise_file: None,
         out: None,
     };
-    let mut runner = Runner::for_project(args.device.as_deref(), None, args.quiet, Some(&project))?;
+    let mut runner = Runner::for_project(
+        args.device.as_deref(),
+        args.dtype.as_deref(),
+        args.quiet,
+        Some(&project),
+    )?;
     for o in runner.run_all(Some(&project), vec![plan])? {
         println!(
             "#{}  {}  seed {}  {} steps  (child of #{id})",

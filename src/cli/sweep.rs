@@ -35,6 +35,9 @@ pub struct SweepArgs {
     pub out: Option<PathBuf>,
     #[arg(long)]
     pub device: Option<String>,
+    /// f32, f16 or bf16 [default: f32 on the CPU, f16 on GPUs].
+    #[arg(long)]
+    pub dtype: Option<String>,
     #[arg(long)]
     pub quiet: bool,
 }
@@ -130,7 +133,12 @@ pub fn run(args: SweepArgs, global: &Global) -> Result<()> {
             });
         }
     }
-    let mut runner = Runner::for_project(args.device.as_deref(), None, args.quiet, Some(&project))?;
+    let mut runner = Runner::for_project(
+        args.device.as_deref(),
+        args.dtype.as_deref(),
+        args.quiet,
+        Some(&project),
+    )?;
     let outcomes = runner.run_all(Some(&project), plans)?;
 
     let cells: Vec<crate::sheet::Cell> = outcomes

@@ -84,6 +84,16 @@ pub fn default_device_name() -> &'static str {
     }
 }
 
+/// The name `--dtype` takes for `dtype`.
+pub fn dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F32 => "f32",
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        _ => "other",
+    }
+}
+
 /// `--dtype f32 | f16 | bf16`: overrides the device's default precision.
 pub fn parse_dtype(name: &str) -> Result<DType> {
     Ok(match name.trim().to_ascii_lowercase().as_str() {
