@@ -84,6 +84,27 @@ impl PackedRhs {
         Self { k, n, data }
     }
 
+    /// Packs the `[k, n]` operand whose transpose `rhs_t` `[n, k]` is given
+    /// row-major: a checkpoint's `[out, in]` weight, a convolution's `[K,
+    /// C*kh*kw]` kernel. Each panel reads its 32 rows in order, so no
+    /// transposed copy is made first.
+    pub fn from_transposed(rhs_t: &[f32], k: usize, n: usize) -> Self {
+        assert_eq!(rhs_t.len(), k * n, "rhs_t of [{n}, {k}]");
+        let pairs = k.div_ceil(2);
+        let mut data = vec![0u16; n.div_ceil(NR) * pairs * NR * 2];
+        data.par_chunks_mut(pairs * NR * 2)
+            .enumerate()
+            .for_each(|(panel, dst)| {
+                for j in 0..NR.min(n - panel * NR) {
+                    let row = &rhs_t[(panel * NR + j) * k..][..k];
+                    for (i, &value) in row.iter().enumerate() {
+                        dst[((i / 2) * NR + j) * 2 + i % 2] = to_bf16(value);
+                    }
+                }
+            });
+        Self { k, n, data }
+    }
+
     pub fn k(&self) -> usize {
         self.k
     }
@@ -447,6 +468,11 @@ mod tests {
             let start: Vec<f32> = (0..m * n).map(|_| rng.random_range(-1.0..1.0)).collect();
             let want = reference(&a, &b, m, k, n);
             let packed = PackedRhs::new(&b, k, n);
+            let b_t: Vec<f32> = (0..k * n).map(|x| b[(x % k) * n + x / k]).collect();
+            assert!(
+                PackedRhs::from_transposed(&b_t, k, n).data == packed.data,
+                "[{k}, {n}] packed from its transpose"
+            );
             // lhs row-major or column-major; dst row-major or column-major.
             let a_cols: Vec<f32> = (0..m * k).map(|x| a[(x % m) * k + x / m]).collect();
             for (lhs, lhs_strides) in [(&a, (k, 1)), (&a_cols, (1, m))] {

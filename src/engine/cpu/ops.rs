@@ -71,13 +71,14 @@ impl LinearWeight {
     /// From W `[out, in]` (as checkpoints store it) on the CPU in f32;
     /// packed for bf16 products when `bf16`.
     pub fn new(weight: &Tensor, bf16: bool) -> Result<Self> {
-        let weight_t = weight.t()?.contiguous()?;
         if !bf16 {
-            return Ok(Self::F32(weight_t));
+            return Ok(Self::F32(weight.t()?.contiguous()?));
         }
-        let (inputs, outputs) = weight_t.dims2()?;
-        let values = weight_t.flatten_all()?.to_vec1::<f32>()?;
-        Ok(Self::Bf16(PackedRhs::new(&values, inputs, outputs)))
+        let (outputs, inputs) = weight.dims2()?;
+        let values = weight.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Self::Bf16(PackedRhs::from_transposed(
+            &values, inputs, outputs,
+        )))
     }
 
     /// (inputs, outputs).

@@ -112,7 +112,7 @@ pub struct Bf16Kernel {
     pub out_channels: usize,
     pub in_channels: usize,
     pub size: usize,
-    /// `[C*kh*kw, K]`, the kernel transposed.
+    /// The kernel transposed, `[C*kh*kw, K]`.
     packed: PackedRhs,
     /// 3x3 kernels as stored, in bf16 bits, for Winograd.
     taps: Option<Vec<u16>>,
@@ -123,17 +123,11 @@ impl Bf16Kernel {
     pub fn new(kernel: &[f32], out_channels: usize, in_channels: usize, size: usize) -> Self {
         let depth = in_channels * size * size;
         assert_eq!(kernel.len(), out_channels * depth, "kernel size");
-        let mut transposed = vec![0f32; kernel.len()];
-        for (k, row) in kernel.chunks_exact(depth).enumerate() {
-            for (d, &value) in row.iter().enumerate() {
-                transposed[d * out_channels + k] = value;
-            }
-        }
         Self {
             out_channels,
             in_channels,
             size,
-            packed: PackedRhs::new(&transposed, depth, out_channels),
+            packed: PackedRhs::from_transposed(kernel, depth, out_channels),
             taps: (size == 3).then(|| kernel.iter().map(|&x| bf16::to_bf16(x)).collect()),
         }
     }
