@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use super::runner::{PlannedRun, Runner, SourceRef};
+use super::runner::{PlannedRun, RunnerArgs, SourceRef};
 use super::Global;
 use crate::engine::{CropRect, Fit, SchedulerKind};
 use crate::project::{parse_run_id, Access, Project};
@@ -62,20 +62,13 @@ pub struct GenArgs {
     /// Initial noise from a safetensors file (`init_noise`, f32 [1, 4, h/8, w/8]).
     #[arg(long)]
     pub noise: Option<PathBuf>,
-    /// cpu, cuda, cuda:N or metal [default: the project's, else the best available].
-    #[arg(long)]
-    pub device: Option<String>,
-    /// f32, f16 or bf16 [default: f32 on the CPU, f16 on GPUs].
-    #[arg(long)]
-    pub dtype: Option<String>,
     /// The output PNG; with --count N, FILE-1.png ... FILE-N.png. A
     /// `.safetensors` name writes the f32 image (`image`, [3, h, w] in [0, 1]).
     /// Required outside a project.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Print no progress.
-    #[arg(long)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub run: RunnerArgs,
 }
 
 /// `FILE.png` for one image, `FILE-i.png` (1-based) for several.
@@ -200,12 +193,7 @@ pub fn run(args: GenArgs, global: &Global) -> Result<()> {
             out: args.out.as_deref().map(|o| output_path(o, i, args.count)),
         })
         .collect();
-    let mut runner = Runner::for_project(
-        args.device.as_deref(),
-        args.dtype.as_deref(),
-        args.quiet,
-        project.as_ref(),
-    )?;
+    let mut runner = args.run.runner(project.as_ref())?;
     for o in runner.run_all(project.as_ref(), plans)? {
         let id = o.id.map(|id| format!("#{id}  ")).unwrap_or_default();
         println!(

@@ -5,7 +5,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 
 use super::gen::open_project;
-use super::runner::{PlannedRun, Runner};
+use super::runner::{PlannedRun, RunnerArgs};
 use super::Global;
 use crate::project::{parse_run_id, Access};
 use crate::recipe::Recipe;
@@ -19,14 +19,8 @@ pub struct RerunArgs {
     /// +N, -N), scheduler, width, height, fit, crop (X,Y,W,H or none), model.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// cpu, cuda, cuda:N or metal.
-    #[arg(long)]
-    pub device: Option<String>,
-    /// f32, f16 or bf16 [default: f32 on the CPU, f16 on GPUs].
-    #[arg(long)]
-    pub dtype: Option<String>,
-    #[arg(long)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub run: RunnerArgs,
 }
 
 pub const SET_KEYS: &str =
@@ -124,12 +118,7 @@ pub fn run(args: RerunArgs, global: &Global) -> Result<()> {
         noise_file: None,
         out: None,
     };
-    let mut runner = Runner::for_project(
-        args.device.as_deref(),
-        args.dtype.as_deref(),
-        args.quiet,
-        Some(&project),
-    )?;
+    let mut runner = args.run.runner(Some(&project))?;
     for o in runner.run_all(Some(&project), vec![plan])? {
         println!(
             "#{}  {}  seed {}  {} steps  (child of #{id})",

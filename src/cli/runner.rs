@@ -12,6 +12,30 @@ use crate::engine::{Cancelled, Engine, Event};
 pub use crate::jobs::{Outcome, PlannedRun, SourceRef};
 use crate::project::{Project, RunRecord};
 
+/// The flags of the commands that generate (`gen`, `rerun`, `sweep`):
+/// where runs go and how much they print.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunnerArgs {
+    /// cpu, cuda, cuda:N or metal [default: the project's, else the best available].
+    #[arg(long)]
+    pub device: Option<String>,
+    /// f32, f16 or bf16 [default: f32 on the CPU, f16 on GPUs].
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// Print no progress.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl RunnerArgs {
+    /// A runner for these flags: `--device` first, then the project's.
+    pub fn runner(&self, project: Option<&Project>) -> Result<Runner> {
+        let device = self.device.as_deref();
+        let device = device.or(project.and_then(|p| p.settings.device.as_deref()));
+        Runner::new(device, self.dtype.as_deref(), self.quiet)
+    }
+}
+
 pub struct Runner {
     engine: Engine,
     device_name: String,
@@ -42,17 +66,6 @@ impl Runner {
             cancel,
             quiet,
         })
-    }
-
-    /// A runner for a project command: `--device` first, then the project's.
-    pub fn for_project(
-        device: Option<&str>,
-        dtype: Option<&str>,
-        quiet: bool,
-        project: Option<&Project>,
-    ) -> Result<Self> {
-        let device = device.or(project.and_then(|p| p.settings.device.as_deref()));
-        Self::new(device, dtype, quiet)
     }
 
     /// Runs every plan. In a project, all are first recorded as queued (so

@@ -9,7 +9,7 @@ use clap::Args;
 
 use super::gen::open_project;
 use super::rerun::apply_set;
-use super::runner::{PlannedRun, Runner};
+use super::runner::{PlannedRun, RunnerArgs};
 use super::Global;
 use crate::project::{parse_run_id, Access};
 
@@ -33,13 +33,8 @@ pub struct SweepArgs {
     /// The contact sheet [default: the project's sheets/ folder].
     #[arg(long)]
     pub out: Option<PathBuf>,
-    #[arg(long)]
-    pub device: Option<String>,
-    /// f32, f16 or bf16 [default: f32 on the CPU, f16 on GPUs].
-    #[arg(long)]
-    pub dtype: Option<String>,
-    #[arg(long)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub run: RunnerArgs,
 }
 
 /// The values of one axis, as strings `--set` understands.
@@ -133,12 +128,7 @@ pub fn run(args: SweepArgs, global: &Global) -> Result<()> {
             });
         }
     }
-    let mut runner = Runner::for_project(
-        args.device.as_deref(),
-        args.dtype.as_deref(),
-        args.quiet,
-        Some(&project),
-    )?;
+    let mut runner = args.run.runner(Some(&project))?;
     let outcomes = runner.run_all(Some(&project), plans)?;
 
     let cells: Vec<crate::sheet::Cell> = outcomes
