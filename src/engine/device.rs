@@ -64,11 +64,9 @@ pub fn resolve(device: Option<&str>, dtype: Option<&str>) -> Result<(Device, DTy
         Some(d) => parse_dtype(d)?,
         None => default_dtype,
     };
+    // Checked here too, before a project records a run that cannot start.
     if device.is_cpu() && dtype == DType::BF16 && !super::cpu::bf16::available() {
-        bail!(
-            "bf16 on the CPU needs AVX512-BF16 (AMD Zen 4, Intel Cooper Lake, Sapphire Rapids \
-             or later), which this CPU lacks; use f32"
-        );
+        bail!(super::cpu::bf16::UNAVAILABLE);
     }
     Ok((device, dtype))
 }

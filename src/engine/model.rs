@@ -137,7 +137,7 @@ impl Model {
         // network whose linear layers multiply in bf16 (AVX512-BF16).
         if device.is_cpu() && dtype == DType::BF16 {
             if !super::cpu::bf16::available() {
-                bail!("bf16 on the CPU needs AVX512-BF16, which this CPU lacks; use f32");
+                bail!(super::cpu::bf16::UNAVAILABLE);
             }
             let mut model = blocks::with_bf16_products(true, || {
                 Self::build_in(dir, device, DType::F32, source)

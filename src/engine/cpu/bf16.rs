@@ -38,6 +38,10 @@ pub fn available() -> bool {
     false
 }
 
+/// What to tell a user who asks for bf16 on a CPU without [`available`].
+pub const UNAVAILABLE: &str = "bf16 on the CPU needs AVX512-BF16 (AMD Zen 4, Intel Cooper Lake, \
+     Sapphire Rapids or later), which this CPU lacks; use f32";
+
 /// f32 to bf16 bits, rounded to nearest even (NaN stays NaN).
 pub fn to_bf16(x: f32) -> u16 {
     let bits = x.to_bits();
