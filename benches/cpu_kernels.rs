@@ -219,7 +219,7 @@ fn convolutions() -> candle_core::Result<()> {
             ms.map(rate).unwrap_or_else(|| "-".into())
         };
         let bf16_im2col = if bf16::available() {
-            let kernel = cpu_conv::Bf16Kernel::new(&wv, k, c, 3);
+            let kernel = cpu_conv::Bf16Kernel::new(&wv, [k, c, 3], stride, 1);
             rate(median_ms(|| {
                 cpu_conv::conv2d_bf16(&shape, &xv, &kernel, &bv);
             }))

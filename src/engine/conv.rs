@@ -47,7 +47,7 @@ impl Conv2d {
         let bias = conv.bias().expect("candle_nn::conv2d reads a bias").clone();
         let weights = if ops::applies(conv.weight()) && blocks::bf16_products() {
             let values = conv.weight().flatten_all()?.to_vec1::<f32>()?;
-            let kernel = Bf16Kernel::new(&values, cout, cin, kernel);
+            let kernel = Bf16Kernel::new(&values, [cout, cin, kernel], stride, padding);
             Weights::CpuBf16 { kernel, bias }
         } else {
             Weights::Candle(conv)

@@ -69,16 +69,22 @@ pub enum Algorithm {
 const F4_MIN_TILES: usize = 16;
 
 pub fn algorithm(shape: &ConvShape) -> Algorithm {
-    let tiles = |side: usize| {
-        shape.batch * shape.out_height().div_ceil(side) * shape.out_width().div_ceil(side)
-    };
-    if shape.kernel != 3 || shape.stride != 1 || shape.padding != 1 {
-        Algorithm::Im2col
-    } else if tiles(4) >= F4_MIN_TILES {
+    if winograd_fits(shape.kernel, shape.stride, shape.padding) && tiles(shape) >= F4_MIN_TILES {
         Algorithm::WinogradF4
     } else {
         Algorithm::Im2col
     }
+}
+
+/// Whether Winograd's F(4x4, 3x3) computes this convolution: 3x3, stride 1,
+/// padding 1.
+fn winograd_fits(kernel: usize, stride: usize, padding: usize) -> bool {
+    (kernel, stride, padding) == (3, 1, 1)
+}
+
+/// 4x4 output tiles over all images.
+fn tiles(shape: &ConvShape) -> usize {
+    shape.batch * shape.out_height().div_ceil(4) * shape.out_width().div_ceil(4)
 }
 
 /// `output = conv(input, kernel) + bias`, all contiguous, NCHW.
@@ -114,13 +120,20 @@ pub struct Bf16Kernel {
     pub size: usize,
     /// The kernel transposed, `[C*kh*kw, K]`.
     packed: PackedRhs,
-    /// 3x3 kernels as stored, in bf16 bits, for Winograd.
+    /// The kernel as stored, in bf16 bits, for Winograd (only where it
+    /// fits the convolution).
     taps: Option<Vec<u16>>,
 }
 
 impl Bf16Kernel {
-    /// From `kernel` `[K, C, size, size]`, as checkpoints store it.
-    pub fn new(kernel: &[f32], out_channels: usize, in_channels: usize, size: usize) -> Self {
+    /// From `kernel` `[K, C, size, size]`, as checkpoints store it, for a
+    /// convolution at `stride` and `padding`.
+    pub fn new(
+        kernel: &[f32],
+        [out_channels, in_channels, size]: [usize; 3],
+        stride: usize,
+        padding: usize,
+    ) -> Self {
         let depth = in_channels * size * size;
         assert_eq!(kernel.len(), out_channels * depth, "kernel size");
         Self {
@@ -128,7 +141,8 @@ impl Bf16Kernel {
             in_channels,
             size,
             packed: PackedRhs::from_transposed(kernel, depth, out_channels),
-            taps: (size == 3).then(|| kernel.iter().map(|&x| bf16::to_bf16(x)).collect()),
+            taps: winograd_fits(size, stride, padding)
+                .then(|| kernel.iter().map(|&x| bf16::to_bf16(x)).collect()),
         }
     }
 }
@@ -155,9 +169,10 @@ pub fn conv2d_bf16(
         "kernel shape"
     );
     assert_eq!(bias.len(), shape.out_channels, "bias size");
-    let tiles = shape.batch * shape.out_height().div_ceil(4) * shape.out_width().div_ceil(4);
     match &kernel.taps {
-        Some(taps) if algorithm(shape) == Algorithm::WinogradF4 && tiles >= F4_MIN_TILES_BF16 => {
+        Some(taps)
+            if algorithm(shape) == Algorithm::WinogradF4 && tiles(shape) >= F4_MIN_TILES_BF16 =>
+        {
             winograd::conv2d::<winograd::F4>(shape, input, winograd::Taps::Bf16(taps), bias)
         }
         _ => im2col::conv2d(shape, input, im2col::Weights::Bf16(&kernel.packed), bias),
@@ -305,7 +320,8 @@ mod tests {
         .chain(strided_and_pointwise())
         {
             let err = relative_error_of(s, |input, kernel, bias| {
-                let packed = Bf16Kernel::new(kernel, s.out_channels, s.in_channels, s.kernel);
+                let dims = [s.out_channels, s.in_channels, s.kernel];
+                let packed = Bf16Kernel::new(kernel, dims, s.stride, s.padding);
                 conv2d_bf16(&s, input, &packed, bias)
             });
             // Both operands rounded to 8 significant bits: ~2^-9 each.
