@@ -69,8 +69,8 @@ fn linears() -> candle_core::Result<()> {
         });
         let bf16 = if bf16::available() {
             let xv = x.flatten_all()?.to_vec1::<f32>()?;
-            let wt = w.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-            let packed = bf16::PackedRhs::new(&wt, inputs, outputs);
+            let wv = w.flatten_all()?.to_vec1::<f32>()?;
+            let packed = bf16::PackedRhs::from_transposed(&wv, inputs, outputs);
             rate(median_ms(|| {
                 let mut out = vec![0f32; rows * outputs];
                 // SAFETY: available() is true; out is [rows, outputs] and

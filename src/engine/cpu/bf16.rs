@@ -57,6 +57,8 @@ pub fn from_bf16(bits: u16) -> f32 {
 }
 
 /// A `[k, n]` right operand rounded to bf16 and packed for [`product`].
+/// It is made from its transpose ([`PackedRhs::from_transposed`]), the
+/// layout weights are stored in.
 pub struct PackedRhs {
     k: usize,
     n: usize,
@@ -65,29 +67,6 @@ pub struct PackedRhs {
 }
 
 impl PackedRhs {
-    /// Packs `rhs` `[k, n]`, row-major.
-    pub fn new(rhs: &[f32], k: usize, n: usize) -> Self {
-        assert_eq!(rhs.len(), k * n, "rhs of [{k}, {n}]");
-        let pairs = k.div_ceil(2);
-        let panels = n.div_ceil(NR);
-        let mut data = vec![0u16; panels * pairs * NR * 2];
-        data.par_chunks_mut(pairs * NR * 2)
-            .enumerate()
-            .for_each(|(panel, dst)| {
-                for (p, pair) in dst.chunks_exact_mut(NR * 2).enumerate() {
-                    for j in 0..NR.min(n - panel * NR) {
-                        for e in 0..2 {
-                            let row = 2 * p + e;
-                            if row < k {
-                                pair[j * 2 + e] = to_bf16(rhs[row * n + panel * NR + j]);
-                            }
-                        }
-                    }
-                }
-            });
-        Self { k, n, data }
-    }
-
     /// Packs the `[k, n]` operand whose transpose `rhs_t` `[n, k]` is given
     /// row-major: a checkpoint's `[out, in]` weight, a convolution's `[K,
     /// C*kh*kw]` kernel. Each panel reads its 32 rows in order, so no
@@ -471,12 +450,8 @@ mod tests {
             let b: Vec<f32> = (0..k * n).map(|_| rng.random_range(-2.0..2.0)).collect();
             let start: Vec<f32> = (0..m * n).map(|_| rng.random_range(-1.0..1.0)).collect();
             let want = reference(&a, &b, m, k, n);
-            let packed = PackedRhs::new(&b, k, n);
             let b_t: Vec<f32> = (0..k * n).map(|x| b[(x % k) * n + x / k]).collect();
-            assert!(
-                PackedRhs::from_transposed(&b_t, k, n).data == packed.data,
-                "[{k}, {n}] packed from its transpose"
-            );
+            let packed = PackedRhs::from_transposed(&b_t, k, n);
             // lhs row-major or column-major; dst row-major or column-major.
             let a_cols: Vec<f32> = (0..m * k).map(|x| a[(x % m) * k + x / m]).collect();
             for (lhs, lhs_strides) in [(&a, (k, 1)), (&a_cols, (1, m))] {

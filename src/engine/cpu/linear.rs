@@ -181,7 +181,10 @@ mod tests {
                 // bf16 products: the same sums within bf16's rounding of
                 // both operands (values below 1, 7 inputs).
                 let bf16_got = bf16::available().then(|| {
-                    let packed = PackedRhs::new(&wt, inputs, outputs);
+                    let w: Vec<f32> = (0..inputs * outputs)
+                        .map(|x| wt[(x % inputs) * outputs + x / inputs])
+                        .collect();
+                    let packed = PackedRhs::from_transposed(&w, inputs, outputs);
                     linear(&s, &x, Weight::Bf16(&packed), b, res)
                 });
                 for n in 0..batch {
