@@ -244,33 +244,15 @@ impl CustomOp3 for Conv {
         bias: &CpuStorage,
         bias_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (batch, in_channels, height, width) = input_layout.shape().dims4()?;
-        let (out_channels, weight_in, kh, kw) = weight_layout.shape().dims4()?;
-        if weight_in != in_channels || kh != kw {
-            candle_core::bail!(
-                "conv2d: input {:?} does not fit kernel {:?}",
-                input_layout.shape(),
-                weight_layout.shape()
-            );
-        }
-        let shape = ConvShape {
-            batch,
-            in_channels,
-            height,
-            width,
-            out_channels,
-            kernel: kh,
-            stride: self.stride,
-            padding: self.padding,
-        };
+        let (k, c, kh, kw) = weight_layout.shape().dims4()?;
+        let shape = conv_shape(input_layout, [k, c, kh, kw], self.stride, self.padding)?;
         let out = conv::conv2d(
             &shape,
             slice(input, input_layout)?,
             slice(weight, weight_layout)?,
             slice(bias, bias_layout)?,
         );
-        let dims = (batch, out_channels, shape.out_height(), shape.out_width());
-        Ok((CpuStorage::F32(out), dims.into()))
+        Ok((CpuStorage::F32(out), output_shape(&shape)))
     }
 }
 
@@ -292,37 +274,50 @@ impl CustomOp2 for ConvBf16<'_> {
         bias: &CpuStorage,
         bias_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (batch, in_channels, height, width) = input_layout.shape().dims4()?;
         let k = self.kernel;
-        if in_channels != k.in_channels {
-            candle_core::bail!(
-                "conv2d: input {:?} does not fit kernel [{}, {}, {}, {}]",
-                input_layout.shape(),
-                k.out_channels,
-                k.in_channels,
-                k.size,
-                k.size
-            );
-        }
-        let shape = ConvShape {
-            batch,
-            in_channels,
-            height,
-            width,
-            out_channels: k.out_channels,
-            kernel: k.size,
-            stride: self.stride,
-            padding: self.padding,
-        };
+        let kernel_dims = [k.out_channels, k.in_channels, k.size, k.size];
+        let shape = conv_shape(input_layout, kernel_dims, self.stride, self.padding)?;
         let out = conv::conv2d_bf16(
             &shape,
             slice(input, input_layout)?,
             k,
             slice(bias, bias_layout)?,
         );
-        let dims = (batch, k.out_channels, shape.out_height(), shape.out_width());
-        Ok((CpuStorage::F32(out), dims.into()))
+        Ok((CpuStorage::F32(out), output_shape(&shape)))
     }
+}
+
+/// The convolution of an input `[b, c, h, w]` by a kernel `[k, c, kh, kw]`
+/// (square), or why they do not make one.
+fn conv_shape(
+    input: &Layout,
+    [out_channels, kernel_in, kh, kw]: [usize; 4],
+    stride: usize,
+    padding: usize,
+) -> Result<ConvShape> {
+    let (batch, in_channels, height, width) = input.shape().dims4()?;
+    if kernel_in != in_channels || kh != kw {
+        candle_core::bail!(
+            "conv2d: input {:?} does not fit kernel {:?}",
+            input.shape(),
+            [out_channels, kernel_in, kh, kw]
+        );
+    }
+    Ok(ConvShape {
+        batch,
+        in_channels,
+        height,
+        width,
+        out_channels,
+        kernel: kh,
+        stride,
+        padding,
+    })
+}
+
+/// `[b, k, oh, ow]`.
+fn output_shape(s: &ConvShape) -> Shape {
+    (s.batch, s.out_channels, s.out_height(), s.out_width()).into()
 }
 
 struct Attention {
