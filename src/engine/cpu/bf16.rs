@@ -58,33 +58,76 @@ pub fn from_bf16(bits: u16) -> f32 {
 
 /// A `[k, n]` right operand rounded to bf16 and packed for [`product`].
 /// It is made from its transpose ([`PackedRhs::from_transposed`]), the
-/// layout weights are stored in.
+/// layout weights are stored in, or two rows at a time
+/// ([`PackedRhs::from_row_pairs`]).
 pub struct PackedRhs {
     k: usize,
     n: usize,
-    /// `[panel][k/2][NR][2]` bf16 bits; zeros past `k` and `n`.
-    data: Vec<u16>,
+    /// `[panel][k/2][NR]` bf16 pairs (the even k in the lower half); zeros
+    /// past `k` and `n`.
+    data: Vec<u32>,
 }
+
+/// Below this many elements an operand is packed on the calling thread
+/// (attention packs small ones inside its own parallel tasks).
+const PARALLEL_PACKING: usize = 1 << 16;
 
 impl PackedRhs {
     /// Packs the `[k, n]` operand whose transpose `rhs_t` `[n, k]` is given
     /// row-major: a checkpoint's `[out, in]` weight, a convolution's `[K,
-    /// C*kh*kw]` kernel. Each panel reads its 32 rows in order, so no
-    /// transposed copy is made first.
+    /// C*kh*kw]` kernel.
     pub fn from_transposed(rhs_t: &[f32], k: usize, n: usize) -> Self {
         assert_eq!(rhs_t.len(), k * n, "rhs_t of [{n}, {k}]");
+        Self::from_columns(k, n, |j| &rhs_t[j * k..][..k])
+    }
+
+    /// Packs the `[k, n]` operand whose column `j` is `column(j)`, `k`
+    /// floats. Each panel reads its 32 columns in order, so no transposed
+    /// copy is made first.
+    pub fn from_columns<'a>(
+        k: usize,
+        n: usize,
+        column: impl Fn(usize) -> &'a [f32] + Sync,
+    ) -> Self {
         let pairs = k.div_ceil(2);
-        let mut data = vec![0u16; n.div_ceil(NR) * pairs * NR * 2];
-        data.par_chunks_mut(pairs * NR * 2)
-            .enumerate()
-            .for_each(|(panel, dst)| {
-                for j in 0..NR.min(n - panel * NR) {
-                    let row = &rhs_t[(panel * NR + j) * k..][..k];
-                    for (i, &value) in row.iter().enumerate() {
-                        dst[((i / 2) * NR + j) * 2 + i % 2] = to_bf16(value);
-                    }
-                }
-            });
+        let mut data = vec![0u32; n.div_ceil(NR) * pairs * NR];
+        let fill = |(panel, dst): (usize, &mut [u32])| {
+            for j in 0..NR.min(n - panel * NR) {
+                let column = column(panel * NR + j);
+                assert_eq!(column.len(), k, "column {} of [{k}, {n}]", panel * NR + j);
+                pack_column(column, j, dst);
+            }
+        };
+        if k * n >= PARALLEL_PACKING {
+            data.par_chunks_mut(pairs * NR).enumerate().for_each(fill);
+        } else {
+            data.chunks_mut(pairs * NR).enumerate().for_each(fill);
+        }
+        Self { k, n, data }
+    }
+
+    /// Packs the `[k, n]` operand made two rows at a time, on this thread:
+    /// `rows(p, even, odd)` writes rows `2p` and `2p + 1` (`n` floats each;
+    /// for odd `k` the last odd row is not used).
+    pub fn from_row_pairs(
+        k: usize,
+        n: usize,
+        mut rows: impl FnMut(usize, &mut [f32], &mut [f32]),
+    ) -> Self {
+        let pairs = k.div_ceil(2);
+        let mut data = vec![0u32; n.div_ceil(NR) * pairs * NR];
+        let (mut even, mut odd) = (vec![0f32; n], vec![0f32; n]);
+        for p in 0..pairs {
+            rows(p, &mut even, &mut odd);
+            if 2 * p + 1 == k {
+                odd.fill(0.0);
+            }
+            for panel in 0..n.div_ceil(NR) {
+                let dst = &mut data[(panel * pairs + p) * NR..][..NR];
+                let first = panel * NR;
+                interleave(&even[first..], &odd[first..], dst);
+            }
+        }
         Self { k, n, data }
     }
 
@@ -100,9 +143,105 @@ impl PackedRhs {
         self.k.div_ceil(2)
     }
 
-    fn panel(&self, panel: usize) -> &[u16] {
-        let len = self.pairs() * NR * 2;
+    fn panel(&self, panel: usize) -> &[u32] {
+        let len = self.pairs() * NR;
         &self.data[panel * len..][..len]
+    }
+}
+
+/// Column `j` of a panel (`[k/2][NR]` pairs) from its `k` floats.
+fn pack_column(column: &[f32], j: usize, panel: &mut [u32]) {
+    let mut start = 0;
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        // SAFETY: the CPU has the instructions; the writes stay inside the
+        // panel, which holds k/2 rows of NR.
+        start = unsafe { pack_column_x86(column, j, panel) };
+    }
+    let k = column.len();
+    for i in (start..k).step_by(2) {
+        let odd = if i + 1 < k { column[i + 1] } else { 0.0 };
+        panel[(i / 2) * NR + j] = pair_bits(column[i], odd);
+    }
+}
+
+/// [`pack_column`] for the whole groups of 16 floats; returns where the
+/// rest starts.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+unsafe fn pack_column_x86(column: &[f32], j: usize, panel: &mut [u32]) -> usize {
+    let mut i = 0;
+    while i + 16 <= column.len() {
+        // SAFETY: floats i..i + 16 are inside the column.
+        let pairs: [u32; 8] = unsafe {
+            std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(column.as_ptr().add(i))))
+        };
+        for (q, pair) in pairs.into_iter().enumerate() {
+            panel[(i / 2 + q) * NR + j] = pair;
+        }
+        i += 16;
+    }
+    i
+}
+
+/// `dst[j] = (even[j], odd[j])` as bf16 pairs for `j < dst.len()`, as far
+/// as the rows reach (the rest is zero).
+fn interleave(even: &[f32], odd: &[f32], dst: &mut [u32]) {
+    let len = dst.len().min(even.len()).min(odd.len());
+    let mut start = 0;
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        while start + 8 <= len {
+            // SAFETY: 8 floats of each row from `start` and 8 pairs of dst
+            // are inside them; the CPU has the instructions.
+            unsafe {
+                interleave8_x86(
+                    (even.as_ptr().add(start), odd.as_ptr().add(start)),
+                    0xff,
+                    dst.as_mut_ptr().add(start),
+                )
+            };
+            start += 8;
+        }
+    }
+    for j in start..len {
+        dst[j] = pair_bits(even[j], odd[j]);
+    }
+    dst[len..].fill(0);
+}
+
+/// The 8 pairs `(even[r], odd[r])` as bf16 into `dst[0..8]`; rows outside
+/// `mask` are zeros, and are not read.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+unsafe fn interleave8_x86((even, odd): (*const f32, *const f32), mask: u8, dst: *mut u32) {
+    // SAFETY: the caller's promise: the masked rows are readable and dst
+    // holds 8 pairs.
+    unsafe { store_pairs8(load8(even, mask), load8(odd, mask), dst) }
+}
+
+/// 8 floats (those in `mask`, the others zero and not read) as 8 bf16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+unsafe fn load8(ptr: *const f32, mask: u8) -> __m128i {
+    // SAFETY: the caller's promise: the masked floats are readable.
+    unsafe {
+        std::mem::transmute::<__m128bh, __m128i>(_mm256_cvtneps_pbh(_mm256_maskz_loadu_ps(
+            mask, ptr,
+        )))
+    }
+}
+
+/// Two rows of 8 bf16 as their 8 pairs (the even row's in the lower
+/// halves) into `dst[0..8]`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+unsafe fn store_pairs8(even: __m128i, odd: __m128i, dst: *mut u32) {
+    // SAFETY: the caller's promise: dst holds 8 pairs.
+    unsafe {
+        let at = dst as *mut __m128i;
+        _mm_storeu_si128(at, _mm_unpacklo_epi16(even, odd));
+        _mm_storeu_si128(at.add(1), _mm_unpackhi_epi16(even, odd));
     }
 }
 
@@ -187,22 +326,13 @@ unsafe fn pack_columns_x86(
         match (d < k).then(|| column(d)).flatten() {
             // SAFETY: the masked rows are inside their buffer (the
             // caller's promise); masked-off lanes are not read.
-            Some((ptr, mask)) => unsafe {
-                std::mem::transmute::<__m128bh, __m128i>(_mm256_cvtneps_pbh(_mm256_maskz_loadu_ps(
-                    mask, ptr,
-                )))
-            },
+            Some((ptr, mask)) => unsafe { load8(ptr, mask) },
             None => _mm_setzero_si128(),
         }
     };
     for p in 0..k.div_ceil(2) {
-        let (even, odd) = (load(2 * p), load(2 * p + 1));
         // SAFETY: dst holds [k/2][MR] u32.
-        unsafe {
-            let at = dst.as_mut_ptr().add(p * MR) as *mut __m128i;
-            _mm_storeu_si128(at, _mm_unpacklo_epi16(even, odd));
-            _mm_storeu_si128(at.add(1), _mm_unpackhi_epi16(even, odd));
-        }
+        unsafe { store_pairs8(load(2 * p), load(2 * p + 1), dst.as_mut_ptr().add(p * MR)) };
     }
 }
 
@@ -232,42 +362,64 @@ pub unsafe fn product(
 pub unsafe fn product_packed(dst: (*mut f32, usize, usize), lhs: &PackedLhs, rhs: &PackedRhs) {
     assert!(available(), "bf16 products need AVX512-BF16");
     assert_eq!(lhs.k, rhs.k, "the operands' inner sizes");
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: as the caller promises, on a CPU that has the instructions.
-    unsafe {
-        product_x86(dst, lhs, rhs)
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-unsafe fn product_x86(dst: (*mut f32, usize, usize), lhs: &PackedLhs, rhs: &PackedRhs) {
-    let (m, n, pairs) = (lhs.m, rhs.n, rhs.pairs());
-    let packed = &lhs.data;
-    let panels = n.div_ceil(NR);
+    let (m, panels) = (lhs.m, rhs.n.div_ceil(NR));
     let row_tasks = m.div_ceil(ROWS_PER_TASK);
     let panel_tasks = panels.div_ceil(PANELS_PER_TASK);
     let out = SharedMut(dst.0);
-    let (dst_rs, dst_cs) = (dst.1, dst.2);
     (0..row_tasks * panel_tasks)
         .into_par_iter()
         .for_each(|task| {
             let (rt, pt) = (task / panel_tasks, task % panel_tasks);
-            let row_blocks = (rt * ROWS_PER_TASK..((rt + 1) * ROWS_PER_TASK).min(m)).step_by(MR);
-            for panel in pt * PANELS_PER_TASK..((pt + 1) * PANELS_PER_TASK).min(panels) {
-                let b = rhs.panel(panel);
-                let cols = NR.min(n - panel * NR);
-                for r0 in row_blocks.clone() {
-                    let a = &packed[r0 * pairs..(r0 + MR) * pairs];
-                    // SAFETY: a holds MR rows of `pairs`, b one panel; the
-                    // tile (r0.., panel * NR..) is inside dst up to m rows and
-                    // `cols` columns, and only this task writes it.
-                    unsafe {
-                        let tile = out.ptr().add(r0 * dst_rs + panel * NR * dst_cs);
-                        kernel(a, b, pairs, (tile, dst_rs, dst_cs), MR.min(m - r0), cols);
-                    }
-                }
-            }
+            let rows = rt * ROWS_PER_TASK..((rt + 1) * ROWS_PER_TASK).min(m);
+            let panels = pt * PANELS_PER_TASK..((pt + 1) * PANELS_PER_TASK).min(panels);
+            // SAFETY: as the caller promises; only this task writes these
+            // rows and panels of dst.
+            unsafe { tiles((out.ptr(), dst.1, dst.2), lhs, rhs, rows, panels, false) };
         });
+}
+
+/// `dst[m, n] = lhs · rhs` (overwritten, not added to) on the calling
+/// thread, for callers that share out the work themselves.
+///
+/// # Safety
+/// As [`product`], for `dst` `[lhs.m, rhs.n]`.
+pub unsafe fn product_packed_into(dst: (*mut f32, usize, usize), lhs: &PackedLhs, rhs: &PackedRhs) {
+    assert!(available(), "bf16 products need AVX512-BF16");
+    assert_eq!(lhs.k, rhs.k, "the operands' inner sizes");
+    // SAFETY: as the caller promises.
+    unsafe { tiles(dst, lhs, rhs, 0..lhs.m, 0..rhs.n.div_ceil(NR), true) };
+}
+
+/// The tiles of `dst` in `rows` (a multiple of [`MR`] from its start) and
+/// `panels`: added to, or overwritten.
+///
+/// # Safety
+/// As [`product`], for those tiles of `dst`; the CPU has [`available`].
+unsafe fn tiles(
+    dst: (*mut f32, usize, usize),
+    lhs: &PackedLhs,
+    rhs: &PackedRhs,
+    rows: std::ops::Range<usize>,
+    panels: std::ops::Range<usize>,
+    overwrite: bool,
+) {
+    let (m, n, pairs) = (lhs.m, rhs.n, rhs.pairs());
+    let (ptr, dst_rs, dst_cs) = dst;
+    for panel in panels {
+        let b = rhs.panel(panel);
+        let cols = NR.min(n - panel * NR);
+        for r0 in rows.clone().step_by(MR) {
+            let a = &lhs.data[r0 * pairs..(r0 + MR) * pairs];
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a holds MR rows of `pairs`, b one panel; the tile
+            // (r0.., panel * NR..) is inside dst up to m rows and `cols`
+            // columns (the caller's promise).
+            unsafe {
+                let tile = (ptr.add(r0 * dst_rs + panel * NR * dst_cs), dst_rs, dst_cs);
+                kernel(a, b, pairs, tile, [MR.min(m - r0), cols], overwrite);
+            }
+        }
+    }
 }
 
 /// `rows` rows of `src` (k floats each, at `(row stride, column stride)`)
@@ -288,14 +440,8 @@ unsafe fn pack_block(
         for p in 0..full_pairs {
             // SAFETY: columns 2p and 2p + 1, rows 0..MR, are inside lhs.
             unsafe {
-                let even: __m128i =
-                    std::mem::transmute(_mm256_cvtneps_pbh(_mm256_loadu_ps(src.add(2 * p * cs))));
-                let odd: __m128i = std::mem::transmute(_mm256_cvtneps_pbh(_mm256_loadu_ps(
-                    src.add((2 * p + 1) * cs),
-                )));
-                let at = dst.as_mut_ptr().add(p * MR) as *mut __m128i;
-                _mm_storeu_si128(at, _mm_unpacklo_epi16(even, odd));
-                _mm_storeu_si128(at.add(1), _mm_unpackhi_epi16(even, odd));
+                let (even, odd) = (src.add(2 * p * cs), src.add((2 * p + 1) * cs));
+                interleave8_x86((even, odd), 0xff, dst.as_mut_ptr().add(p * MR));
             }
         }
     } else if cs == 1 {
@@ -347,26 +493,26 @@ fn pair_bits(even: f32, odd: f32) -> u32 {
     to_bf16(even) as u32 | (to_bf16(odd) as u32) << 16
 }
 
-/// `tile[rows, cols] += a[pairs][MR] · b[pairs][NR][2]` for the first
-/// `rows` rows and `cols` columns.
+/// `tile[rows, cols] += a[pairs][MR] · b[pairs][NR]` (or `=`, when
+/// `overwrite`) for the first `rows` rows and `cols` columns.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
 unsafe fn kernel(
     a: &[u32],
-    b: &[u16],
+    b: &[u32],
     pairs: usize,
     tile: (*mut f32, usize, usize),
-    rows: usize,
-    cols: usize,
+    [rows, cols]: [usize; 2],
+    overwrite: bool,
 ) {
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
     let bp = b.as_ptr();
     for p in 0..pairs {
-        // SAFETY: b has pairs * NR * 2 elements: pair p's 64 bf16.
+        // SAFETY: b has pairs * NR elements: pair p's 32.
         let (b0, b1) = unsafe {
             (
-                as_bf16(_mm512_loadu_si512(bp.add(p * NR * 2) as *const __m512i)),
-                as_bf16(_mm512_loadu_si512(bp.add(p * NR * 2 + 32) as *const __m512i)),
+                as_bf16(_mm512_loadu_si512(bp.add(p * NR) as *const __m512i)),
+                as_bf16(_mm512_loadu_si512(bp.add(p * NR + 16) as *const __m512i)),
             )
         };
         for (r, acc) in acc.iter_mut().enumerate() {
@@ -383,14 +529,20 @@ unsafe fn kernel(
             if cs == 1 && cols == NR {
                 for (half, &sum) in acc.iter().enumerate() {
                     let at = row.add(16 * half);
-                    _mm512_storeu_ps(at, _mm512_add_ps(_mm512_loadu_ps(at), sum));
+                    let sum = if overwrite {
+                        sum
+                    } else {
+                        _mm512_add_ps(_mm512_loadu_ps(at), sum)
+                    };
+                    _mm512_storeu_ps(at, sum);
                 }
             } else {
                 let mut sums = [0f32; NR];
                 _mm512_storeu_ps(sums.as_mut_ptr(), acc[0]);
                 _mm512_storeu_ps(sums.as_mut_ptr().add(16), acc[1]);
-                for (j, sum) in sums.iter().enumerate().take(cols) {
-                    *row.add(j * cs) += sum;
+                for (j, &sum) in sums.iter().enumerate().take(cols) {
+                    let at = row.add(j * cs);
+                    *at = if overwrite { sum } else { *at + sum };
                 }
             }
         }
@@ -455,7 +607,12 @@ mod tests {
             // lhs row-major or column-major; dst row-major or column-major.
             let a_cols: Vec<f32> = (0..m * k).map(|x| a[(x % m) * k + x / m]).collect();
             for (lhs, lhs_strides) in [(&a, (k, 1)), (&a_cols, (1, m))] {
-                for dst_strides in [(n, 1), (1, m)] {
+                // Added to dst by `product`, or overwriting it by
+                // `product_packed_into`.
+                for (dst_strides, overwrite) in [(n, 1), (1, m)]
+                    .into_iter()
+                    .flat_map(|s| [(s, false), (s, true)])
+                {
                     let at = |i: usize, j: usize| i * dst_strides.0 + j * dst_strides.1;
                     let mut dst = vec![0f32; m * n];
                     for i in 0..m {
@@ -463,28 +620,61 @@ mod tests {
                             dst[at(i, j)] = start[i * n + j];
                         }
                     }
+                    let dst_at = (dst.as_mut_ptr(), dst_strides.0, dst_strides.1);
+                    let lhs_at = (lhs.as_ptr(), lhs_strides.0, lhs_strides.1);
                     // SAFETY: both buffers are m x n or m x k at the
                     // strides given.
                     unsafe {
-                        product(
-                            m,
-                            (dst.as_mut_ptr(), dst_strides.0, dst_strides.1),
-                            (lhs.as_ptr(), lhs_strides.0, lhs_strides.1),
-                            &packed,
-                        );
+                        if overwrite {
+                            product_packed_into(dst_at, &PackedLhs::new(m, k, lhs_at), &packed);
+                        } else {
+                            product(m, dst_at, lhs_at, &packed);
+                        }
                     }
                     for i in 0..m {
                         for j in 0..n {
-                            let want = want[i * n + j] + start[i * n + j] as f64;
+                            let added = if overwrite { 0.0 } else { start[i * n + j] };
+                            let want = want[i * n + j] + added as f64;
                             let got = dst[at(i, j)] as f64;
                             assert!(
                                 (got - want).abs() < 1e-4 * (1.0 + want.abs()),
-                                "[{m}, {k}, {n}] lhs {lhs_strides:?} dst {dst_strides:?} at ({i}, {j}): {got} vs {want}"
+                                "[{m}, {k}, {n}] lhs {lhs_strides:?} dst {dst_strides:?} overwrite {overwrite} at ({i}, {j}): {got} vs {want}"
                             );
                         }
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn the_right_operand_packs_the_same_from_columns_or_row_pairs() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
+        // Odd k (the last odd row must be ignored), n past a panel, and
+        // lengths that leave tails after the 16- and 8-wide conversions.
+        for (k, n) in [(37, 70), (1, 1), (64, 160), (40, 33), (2, 7)] {
+            let b: Vec<f32> = (0..k * n).map(|_| rng.random_range(-2.0..2.0)).collect();
+            let b_t: Vec<f32> = (0..k * n).map(|x| b[(x % k) * n + x / k]).collect();
+            let columns = PackedRhs::from_transposed(&b_t, k, n);
+            let rows = PackedRhs::from_row_pairs(k, n, |p, even, odd| {
+                even.copy_from_slice(&b[2 * p * n..][..n]);
+                match b.get((2 * p + 1) * n..(2 * p + 2) * n) {
+                    Some(row) => odd.copy_from_slice(row),
+                    None => odd.fill(f32::NAN),
+                }
+            });
+            let pairs = k.div_ceil(2);
+            for i in 0..k {
+                for j in 0..n {
+                    let at = ((j / NR) * pairs + i / 2) * NR + j % NR;
+                    let bits = (columns.data[at] >> (16 * (i % 2))) as u16;
+                    assert_eq!(bits, to_bf16(b[i * n + j]), "[{k}, {n}] at ({i}, {j})");
+                }
+            }
+            assert!(
+                columns.data == rows.data,
+                "[{k}, {n}]: the two packings differ"
+            );
         }
     }
 }
