@@ -3,10 +3,14 @@
 //! process, same inputs, median of 5 after a warm-up: the 3x3 convolutions
 //! (candle's `conv2d` vs atelier's im2col and Winograd F(4x4)) and attention
 //! (candle's matmul + softmax + matmul with the heads split out, as the
-//! generic path runs it, vs the fused kernel), and the linear layers
+//! generic path runs it, vs the fused kernel, in f32 and with bf16
+//! products), and the linear layers
 //! (candle's, weight `[out, in]`, vs the CPU kernel's, weight `[in, out]`).
 //!
-//!     cargo bench --bench cpu_kernels
+//!     cargo bench --bench cpu_kernels [-- convolution|attention|linear]
+//!
+//! The process keeps freed memory, as `atelier` does
+//! (`cpu::keep_freed_memory`).
 //!
 //! GFLOP/s counts a direct convolution's work (2·K·C·9 per output pixel)
 //! for every column, so Winograd's column shows its effective rate.
@@ -33,9 +37,25 @@ fn median_ms(mut f: impl FnMut()) -> f64 {
 }
 
 fn main() -> candle_core::Result<()> {
-    convolutions()?;
-    attentions()?;
-    linears()
+    // As the atelier binary runs them.
+    atelier::engine::cpu::keep_freed_memory();
+    // `cargo bench --bench cpu_kernels -- attention` runs that table only.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    type Table = fn() -> candle_core::Result<()>;
+    let tables: [(&str, Table); 3] = [
+        ("convolution", convolutions),
+        ("attention", attentions),
+        ("linear", linears),
+    ];
+    for (name, table) in tables {
+        if only.is_empty() || only.iter().any(|o| name.starts_with(o.as_str())) {
+            table()?;
+        }
+    }
+    Ok(())
 }
 
 fn linears() -> candle_core::Result<()> {
@@ -101,8 +121,8 @@ fn linears() -> candle_core::Result<()> {
 fn attentions() -> candle_core::Result<()> {
     let dev = Device::Cpu;
     println!(
-        "\n{:<44} {:>16} {:>16}",
-        "attention (batch, queries x keys, heads x dim)", "candle ms", "fused ms"
+        "\n{:<44} {:>16} {:>16} {:>16}",
+        "attention (batch, queries x keys, heads x dim)", "candle ms", "fused ms", "bf16 ms"
     );
     for (batch, queries, keys, heads, head_dim) in [
         (2, 1024, 1024, 8, 40),
@@ -152,11 +172,19 @@ fn attentions() -> candle_core::Result<()> {
         let fused = median_ms(|| {
             attention::attention(&shape, &qv, &kv, &vv, scale);
         });
+        let fused_bf16 = if bf16::available() {
+            rate(median_ms(|| {
+                attention::attention_bf16(&shape, &qv, &kv, &vv, scale);
+            }))
+        } else {
+            "no AVX512-BF16".into()
+        };
         println!(
-            "{:<44} {:>16} {:>16}",
+            "{:<44} {:>16} {:>16} {:>16}",
             format!("{batch}, {queries} x {keys}, {heads} x {head_dim}"),
             rate(candle),
             rate(fused),
+            fused_bf16,
         );
     }
     Ok(())

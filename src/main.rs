@@ -54,20 +54,6 @@ enum Command {
     Trash(cli::manage::TrashCommand),
 }
 
-/// Each UNet step allocates and frees the same large buffers (tens of MiB,
-/// tens of times). glibc's defaults hand buffers that size back to the
-/// kernel on free and fault them in again, page by page, on the next step:
-/// on the CPU that was a fifth of an img2img's time (SD 1.5 at 256 px: 7.1M
-/// page faults, 19 s of system time; with these settings 1.2M and 6 s).
-/// Keep freed memory in the process instead; the peak stays the same.
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 512 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-    }
-}
-
 fn main() {
     // Behave like other Unix tools in a pipe (`atelier history | head`):
     // end quietly when the reader goes away.
@@ -75,7 +61,7 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    keep_freed_memory();
+    atelier::engine::cpu::keep_freed_memory();
     let cli = Cli::parse();
     init_logging(cli.command.is_none());
     let g = &cli.global;

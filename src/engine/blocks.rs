@@ -305,20 +305,46 @@ fn add_to_fresh(fresh: Tensor, other: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// How an attention layer computes, fixed when it is made.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionMode {
+    /// SD 2.x's `upcast_attention`: f16 scores computed in f32.
+    pub upcast: bool,
+    /// The CPU kernel's two products in bf16 (see [`with_bf16_products`]).
+    pub bf16_products: bool,
+}
+
+impl AttentionMode {
+    /// For a layer made now: bf16 products inside [`with_bf16_products`].
+    pub fn new(upcast: bool) -> Self {
+        Self {
+            upcast,
+            bf16_products: bf16_products(),
+        }
+    }
+}
+
 /// `softmax(q kᵀ / √head_dim) v` per head for q `[batch, n, heads·head_dim]`
 /// and k, v `[batch, m, heads·head_dim]`, in q's layout. f32 on the CPU
-/// runs the fused kernel, and so do f16 and bf16 on CUDA where that measured
+/// runs the fused kernel (with bf16 products if `mode` says so), and so do f16 and bf16 on CUDA where that measured
 /// faster (`cuda::prefer_fused_attention`; its scores are f32, as `upcast`
 /// asks). Elsewhere the scale is folded into q before the product, as fused
 /// attention does, so that half-precision scores stay far from f16's range
 /// limit, `upcast` (SD 2.x's `upcast_attention`) computes f16 scores in
 /// f32, and CUDA runs atelier's softmax kernel.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, upcast: bool) -> Result<Tensor> {
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    mode: AttentionMode,
+) -> Result<Tensor> {
+    let upcast = mode.upcast;
     let (b, n, dim) = q.dims3()?;
     let head_dim = dim / heads;
     let scale = (head_dim as f64).powf(-0.5);
     if ops::applies(q) {
-        return ops::attention(q, k, v, heads, scale as f32);
+        return ops::attention(q, k, v, heads, scale as f32, mode.bf16_products);
     }
     if cuda::applies(q) && cuda::prefer_fused_attention(q, k, heads, upcast)? {
         if let Some(out) = cuda::flash_attention(q, k, v, heads, scale as f32)? {

@@ -9,7 +9,8 @@ use candle_core::{Module, Result, Tensor, TensorId, D};
 use candle_nn::{layer_norm, LayerNorm, VarBuilder};
 
 use super::blocks::{
-    attention, group_norm, linear, linear_no_bias, Conv1x1, GroupNorm, Linear, ResnetBlock,
+    attention, group_norm, linear, linear_no_bias, AttentionMode, Conv1x1, GroupNorm, Linear,
+    ResnetBlock,
 };
 use super::config::UnetSpec;
 use super::conv::Conv2d;
@@ -80,7 +81,7 @@ struct Attention {
     to_v: Linear,
     to_out: Linear,
     heads: usize,
-    upcast: bool,
+    mode: AttentionMode,
     /// Cross-attention's K and V for the last context seen, by the context
     /// tensor's id. A generation passes the same context tensor at every
     /// step, so they are projected once per generation rather than once per
@@ -103,7 +104,7 @@ impl Attention {
             to_v: linear_no_bias(context_dim, dim, vb.pp("to_v"))?,
             to_out: linear(dim, dim, vb.pp("to_out.0"))?,
             heads,
-            upcast,
+            mode: AttentionMode::new(upcast),
             context_kv: Mutex::new(None),
         })
     }
@@ -137,7 +138,7 @@ impl Attention {
             Some(context) => self.context_kv(context)?,
             None => (self.to_k.forward(xs)?, self.to_v.forward(xs)?),
         };
-        let out = attention(&q, &k, &v, self.heads, self.upcast)?;
+        let out = attention(&q, &k, &v, self.heads, self.mode)?;
         self.to_out.forward_add(&out, residual)
     }
 }
@@ -583,7 +584,7 @@ mod tests {
             let q = attn.to_q.forward(&xs)?;
             let k = attn.to_k.forward(context)?;
             let v = attn.to_v.forward(context)?;
-            attn.to_out.forward(&attention(&q, &k, &v, 2, false)?)
+            attn.to_out.forward(&attention(&q, &k, &v, 2, attn.mode)?)
         };
         for context in [&a, &a, &b, &a] {
             let got = attn.forward_add(&xs, Some(context), &residual)?;

@@ -5,7 +5,9 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::blocks::{attention, group_norm, linear, Conv1x1, GroupNorm, Linear, ResnetBlock};
+use super::blocks::{
+    attention, group_norm, linear, AttentionMode, Conv1x1, GroupNorm, Linear, ResnetBlock,
+};
 use super::config::VaeSpec;
 use super::conv::Conv2d;
 use super::profile::section;
@@ -32,6 +34,7 @@ struct PixelAttention {
     to_k: Linear,
     to_v: Linear,
     to_out: Linear,
+    mode: AttentionMode,
 }
 
 impl PixelAttention {
@@ -48,6 +51,8 @@ impl PixelAttention {
             to_k: projection(vb.pp(k), channels)?,
             to_v: projection(vb.pp(v), channels)?,
             to_out: projection(vb.pp(out), channels)?,
+            // diffusers computes the VAE's softmax in f32 (`upcast_softmax`).
+            mode: AttentionMode::new(true),
         })
     }
 
@@ -66,9 +71,8 @@ impl PixelAttention {
         let q = self.to_q.forward(&tokens)?;
         let k = self.to_k.forward(&tokens)?;
         let v = self.to_v.forward(&tokens)?;
-        // diffusers computes the VAE's softmax in f32 (`upcast_softmax`).
         self.to_out
-            .forward_to_map_add(&attention(&q, &k, &v, 1, true)?, xs)
+            .forward_to_map_add(&attention(&q, &k, &v, 1, self.mode)?, xs)
     }
 }
 

@@ -50,12 +50,24 @@ pub fn conv2d_bf16(
     )
 }
 
-/// Multi-head attention over `[batch, tokens, heads * head_dim]` q, k, v.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f32) -> Result<Tensor> {
+/// Multi-head attention over `[batch, tokens, heads * head_dim]` q, k, v;
+/// its products in bf16 (f32 sums) if `bf16_products`.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f32,
+    bf16_products: bool,
+) -> Result<Tensor> {
     q.contiguous()?.apply_op3_no_bwd(
         &k.contiguous()?,
         &v.contiguous()?,
-        &Attention { heads, scale },
+        &Attention {
+            heads,
+            scale,
+            bf16_products,
+        },
     )
 }
 
@@ -323,6 +335,7 @@ fn output_shape(s: &ConvShape) -> Shape {
 struct Attention {
     heads: usize,
     scale: f32,
+    bf16_products: bool,
 }
 
 impl CustomOp3 for Attention {
@@ -361,7 +374,12 @@ impl CustomOp3 for Attention {
             heads: self.heads,
             head_dim: dim / self.heads,
         };
-        let out = attention::attention(
+        let kernel = if self.bf16_products {
+            attention::attention_bf16
+        } else {
+            attention::attention
+        };
+        let out = kernel(
             &shape,
             slice(q, q_layout)?,
             slice(k, k_layout)?,
