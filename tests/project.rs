@@ -101,6 +101,37 @@ fn gen_records_the_run_with_its_recipe_and_embeds_it_in_the_png() {
 }
 
 #[test]
+fn the_projects_precision_is_the_default_and_dtype_overrides_it() {
+    let (dir, source) = project();
+    let settings = dir.path().join("atelier.toml");
+    let mut text = std::fs::read_to_string(&settings).unwrap();
+    text.push_str("dtype = \"bf16\"\n");
+    std::fs::write(&settings, text).unwrap();
+    let source = source.to_str().unwrap();
+    let args = [
+        "gen", "--source", source, "--prompt", "a fox", "--steps", "2", "--quiet",
+    ];
+    if atelier::engine::cpu::bf16::available() {
+        common::ok(&atelier_in(dir.path(), &args));
+        let project = Project::open(dir.path(), Access::Read).unwrap();
+        assert_eq!(project.record(1).unwrap().device, "cpu bf16");
+    } else {
+        let e = err(atelier_in(dir.path(), &args));
+        assert!(e.contains("AVX512-BF16"), "{e}");
+    }
+    let mut with_flag = args.to_vec();
+    with_flag.extend(["--dtype", "f32"]);
+    common::ok(&atelier_in(dir.path(), &with_flag));
+    let project = Project::open(dir.path(), Access::Read).unwrap();
+    let last = project.history().unwrap().runs.last().unwrap().clone();
+    assert_eq!(last.device, "cpu f32", "--dtype wins over the project's");
+    with_flag.pop();
+    with_flag.push("f8");
+    let e = err(atelier_in(dir.path(), &with_flag));
+    assert!(e.contains("unknown dtype \"f8\""), "{e}");
+}
+
+#[test]
 fn commands_find_the_project_from_a_subfolder_or_say_there_is_none() {
     let (dir, source) = project();
     gen(dir.path(), source.to_str().unwrap(), &[]);

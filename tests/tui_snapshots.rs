@@ -49,7 +49,7 @@ fn record(id: u64, prompt: &str, strength: f64, parent: Option<u64>, status: Sta
 }
 
 fn state() -> State {
-    State::new(
+    let mut s = State::new(
         vec![
             record(
                 1,
@@ -75,7 +75,9 @@ fn state() -> State {
             ),
         ],
         "sd-turbo".into(),
-    )
+    );
+    s.device = "cpu f32".into();
+    s
 }
 
 /// A thumbnail for every run with an image: a colour ramp by id.

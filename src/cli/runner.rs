@@ -19,7 +19,7 @@ pub struct RunnerArgs {
     /// cpu, cuda, cuda:N or metal [default: the project's, else the best available].
     #[arg(long)]
     pub device: Option<String>,
-    /// f32, f16 or bf16 [default: f32 on the CPU, f16 on GPUs].
+    /// f32, f16 or bf16 [default: the project's, else f32 on the CPU and f16 on GPUs].
     #[arg(long)]
     pub dtype: Option<String>,
     /// Print no progress.
@@ -28,11 +28,15 @@ pub struct RunnerArgs {
 }
 
 impl RunnerArgs {
-    /// A runner for these flags: `--device` first, then the project's.
+    /// A runner for these flags: `--device` and `--dtype` first, then the
+    /// project's.
     pub fn runner(&self, project: Option<&Project>) -> Result<Runner> {
+        let settings = project.map(|p| &p.settings);
         let device = self.device.as_deref();
-        let device = device.or(project.and_then(|p| p.settings.device.as_deref()));
-        Runner::new(device, self.dtype.as_deref(), self.quiet)
+        let device = device.or(settings.and_then(|s| s.device.as_deref()));
+        let dtype = self.dtype.as_deref();
+        let dtype = dtype.or(settings.and_then(|s| s.dtype.as_deref()));
+        Runner::new(device, dtype, self.quiet)
     }
 }
 

@@ -33,6 +33,9 @@ pub struct Settings {
     pub model: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// f32, f16 or bf16 (see `--dtype`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strength: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

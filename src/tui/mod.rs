@@ -26,7 +26,7 @@ use self::state::{
 };
 use self::theme::Theme;
 use self::view::PreviewTarget;
-use crate::engine::device::{default_device_name, open_device};
+use crate::engine::device::{default_device_name, dtype_name, resolve};
 use crate::engine::Engine;
 use crate::jobs::{PlannedRun, SourceRef};
 use crate::project::{Access, Project, Status};
@@ -40,6 +40,9 @@ pub struct TuiArgs {
     /// cpu, cuda, cuda:N or metal [default: the project's, else the best available].
     #[arg(long)]
     pub device: Option<String>,
+    /// f32, f16 or bf16 [default: the project's, else f32 on the CPU and f16 on GPUs].
+    #[arg(long)]
+    pub dtype: Option<String>,
 }
 
 /// The keymap: defaults with `keymap.toml` from the config folder on top.
@@ -151,9 +154,11 @@ pub fn run(global: &crate::cli::Global, args: TuiArgs) -> Result<()> {
         .device
         .or(project.settings.device.clone())
         .unwrap_or_else(|| default_device_name().to_string());
-    let (device, dtype) = open_device(&device_name)?;
+    let dtype = args.dtype.or(project.settings.dtype.clone());
+    let (device, dtype) = resolve(Some(&device_name), dtype.as_deref())?;
 
     let mut state = State::new(history.runs, model);
+    state.device = format!("{device_name} {}", dtype_name(dtype));
     state.styles = load_styles()?;
     if let Some(bad) = history.unreadable.first() {
         state.message = format!(

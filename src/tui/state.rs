@@ -309,6 +309,9 @@ pub struct State {
     pub styles: Vec<Style>,
     /// The model new runs use unless changed (the project's, or --model).
     pub default_model: String,
+    /// Where new runs go and in what precision, as records name it (`cpu
+    /// bf16`); set by the loop.
+    pub device: String,
 }
 
 impl State {
@@ -329,6 +332,7 @@ impl State {
             source_size: None,
             styles: builtin_styles(),
             default_model: model.clone(),
+            device: String::new(),
         };
         update(&mut s, Action::History(runs));
         s

@@ -458,6 +458,7 @@ fn draw_recipe(frame: &mut Frame, s: &State, theme: &Theme, area: Rect) {
             },
         ),
         ("model", cut(&e.model, width)),
+        ("device", s.device.clone()),
         ("source", source),
         (
             "parent",
