@@ -193,8 +193,13 @@ fn attentions() -> candle_core::Result<()> {
 fn convolutions() -> candle_core::Result<()> {
     let dev = Device::Cpu;
     println!(
-        "{:<34} {:>16} {:>16} {:>16} {:>16}",
-        "shape (batch, C->K, map)", "candle ms", "im2col ms", "F(4x4) ms", "bf16 im2col ms"
+        "{:<34} {:>16} {:>16} {:>16} {:>16} {:>16}",
+        "shape (batch, C->K, map)",
+        "candle ms",
+        "im2col ms",
+        "F(4x4) ms",
+        "bf16 im2col ms",
+        "bf16 F(2x2) ms"
     );
     for (batch, c, k, size, stride) in [
         (2, 320, 320, 32, 1),
@@ -246,21 +251,26 @@ fn convolutions() -> candle_core::Result<()> {
             });
             ms.map(rate).unwrap_or_else(|| "-".into())
         };
-        let bf16_im2col = if bf16::available() {
-            let kernel = cpu_conv::Bf16Kernel::new(&wv, [k, c, 3], stride, 1);
+        let in_bf16 = |algorithm| {
+            if !bf16::available() {
+                return "no AVX512-BF16".into();
+            }
+            if algorithm == Algorithm::WinogradF2 && stride != 1 {
+                return "-".into();
+            }
+            let kernel = cpu_conv::Bf16Kernel::for_algorithm(algorithm, &wv, [k, c, 3]);
             rate(median_ms(|| {
                 cpu_conv::conv2d_bf16(&shape, &xv, &kernel, &bv);
             }))
-        } else {
-            "no AVX512-BF16".into()
         };
         println!(
-            "{:<34} {:>16} {:>16} {:>16} {:>16}  used: {:?}",
+            "{:<34} {:>16} {:>16} {:>16} {:>16} {:>16}  f32 uses {:?}",
             format!("{batch}, {c}->{k}, {size}x{size} /{stride}"),
             rate(candle),
             rate(im2col),
             winograd(Algorithm::WinogradF4),
-            bf16_im2col,
+            in_bf16(Algorithm::Im2col),
+            in_bf16(Algorithm::WinogradF2),
             cpu_conv::algorithm(&shape),
         );
     }

@@ -374,7 +374,12 @@ pub unsafe fn product_packed(dst: (*mut f32, usize, usize), lhs: &PackedLhs, rhs
             let panels = pt * PANELS_PER_TASK..((pt + 1) * PANELS_PER_TASK).min(panels);
             // SAFETY: as the caller promises; only this task writes these
             // rows and panels of dst.
-            unsafe { tiles((out.ptr(), dst.1, dst.2), lhs, rhs, rows, panels, false) };
+            unsafe {
+                let at = out
+                    .ptr()
+                    .add(rows.start * dst.1 + panels.start * NR * dst.2);
+                product_part((at, dst.1, dst.2), lhs, rows, rhs, panels, false)
+            };
         });
 }
 
@@ -384,39 +389,50 @@ pub unsafe fn product_packed(dst: (*mut f32, usize, usize), lhs: &PackedLhs, rhs
 /// # Safety
 /// As [`product`], for `dst` `[lhs.m, rhs.n]`.
 pub unsafe fn product_packed_into(dst: (*mut f32, usize, usize), lhs: &PackedLhs, rhs: &PackedRhs) {
-    assert!(available(), "bf16 products need AVX512-BF16");
-    assert_eq!(lhs.k, rhs.k, "the operands' inner sizes");
     // SAFETY: as the caller promises.
-    unsafe { tiles(dst, lhs, rhs, 0..lhs.m, 0..rhs.n.div_ceil(NR), true) };
+    unsafe { product_part(dst, lhs, 0..lhs.m, rhs, 0..rhs.n.div_ceil(NR), true) };
 }
 
-/// The tiles of `dst` in `rows` (a multiple of [`MR`] from its start) and
-/// `panels`: added to, or overwritten.
+/// Columns per panel of a [`PackedRhs`].
+pub const RHS_PANEL: usize = NR;
+
+/// Part of a product on the calling thread: `dst = lhs[rows] · rhs[..,
+/// panels]` (or `+=`, unless `overwrite`), for the left operand's rows
+/// `rows` (starting at a multiple of [`LHS_BLOCK`]) and the right operand's
+/// columns in `panels` ([`RHS_PANEL`] each). `dst` points at the element
+/// of row `rows.start` and the first column of `panels.start`.
 ///
 /// # Safety
-/// As [`product`], for those tiles of `dst`; the CPU has [`available`].
-unsafe fn tiles(
+/// As [`product`], for that part of `dst`.
+pub unsafe fn product_part(
     dst: (*mut f32, usize, usize),
     lhs: &PackedLhs,
-    rhs: &PackedRhs,
     rows: std::ops::Range<usize>,
+    rhs: &PackedRhs,
     panels: std::ops::Range<usize>,
     overwrite: bool,
 ) {
-    let (m, n, pairs) = (lhs.m, rhs.n, rhs.pairs());
+    assert!(available(), "bf16 products need AVX512-BF16");
+    assert_eq!(lhs.k, rhs.k, "the operands' inner sizes");
+    assert!(
+        rows.start.is_multiple_of(MR) && rows.end <= lhs.m,
+        "rows {rows:?}"
+    );
+    let (n, pairs) = (rhs.n, rhs.pairs());
     let (ptr, dst_rs, dst_cs) = dst;
-    for panel in panels {
+    for panel in panels.clone() {
         let b = rhs.panel(panel);
         let cols = NR.min(n - panel * NR);
         for r0 in rows.clone().step_by(MR) {
             let a = &lhs.data[r0 * pairs..(r0 + MR) * pairs];
+            let (row, col) = (r0 - rows.start, (panel - panels.start) * NR);
             #[cfg(target_arch = "x86_64")]
             // SAFETY: a holds MR rows of `pairs`, b one panel; the tile
-            // (r0.., panel * NR..) is inside dst up to m rows and `cols`
+            // (row.., col..) is inside dst up to the last row and `cols`
             // columns (the caller's promise).
             unsafe {
-                let tile = (ptr.add(r0 * dst_rs + panel * NR * dst_cs), dst_rs, dst_cs);
-                kernel(a, b, pairs, tile, [MR.min(m - r0), cols], overwrite);
+                let tile = (ptr.add(row * dst_rs + col * dst_cs), dst_rs, dst_cs);
+                kernel(a, b, pairs, tile, [MR.min(rows.end - r0), cols], overwrite);
             }
         }
     }

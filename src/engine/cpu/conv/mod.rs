@@ -8,11 +8,15 @@
 //! and the product writes straight into the NCHW output with the bias in it.
 //! 3x3 convolutions over maps with enough tiles go through Winograd's
 //! F(4x4, 3x3) instead, which needs a quarter of the multiplications.
+//! With bf16 products (`--dtype bf16`), 3x3 convolutions at stride 1 take
+//! Winograd's F(2x2, 3x3) on every map, with the kernel transformed once
+//! at load, and the others im2col.
 
 mod im2col;
 mod winograd;
 
-use super::bf16::{self, PackedRhs};
+use super::bf16::PackedRhs;
+use winograd::bf16_products::TransformedKernel;
 
 /// Geometry of one convolution (NCHW input, `[K, C, kh, kw]` kernel, square
 /// stride and zero padding, no dilation or groups).
@@ -57,6 +61,9 @@ pub enum Algorithm {
     Im2col,
     /// Winograd F(4x4, 3x3).
     WinogradF4,
+    /// Winograd F(2x2, 3x3): bf16's (see [`conv2d_bf16`]); in f32, F(4x4)
+    /// or im2col beat it on every shape of the UNet and VAE.
+    WinogradF2,
 }
 
 /// Winograd pays a transform of every weight per call (4x the kernel's
@@ -106,9 +113,8 @@ pub fn conv2d_with(
     assert_eq!(bias.len(), shape.out_channels, "bias size");
     match algorithm {
         Algorithm::Im2col => im2col::conv2d(shape, input, im2col::Weights::F32(kernel), bias),
-        Algorithm::WinogradF4 => {
-            winograd::conv2d::<winograd::F4>(shape, input, winograd::Taps::F32(kernel), bias)
-        }
+        Algorithm::WinogradF4 => winograd::conv2d::<winograd::F4>(shape, input, kernel, bias),
+        Algorithm::WinogradF2 => winograd::conv2d::<winograd::F2>(shape, input, kernel, bias),
     }
 }
 
@@ -118,44 +124,64 @@ pub struct Bf16Kernel {
     pub out_channels: usize,
     pub in_channels: usize,
     pub size: usize,
-    /// The kernel transposed, `[C*kh*kw, K]`.
-    packed: PackedRhs,
-    /// The kernel as stored, in bf16 bits, for Winograd (only where it
-    /// fits the convolution).
-    taps: Option<Vec<u16>>,
+    form: Bf16Form,
+}
+
+enum Bf16Form {
+    /// For im2col: the kernel transposed, `[C*kh*kw, K]`.
+    Im2col(PackedRhs),
+    /// Winograd F(2x2, 3x3)'s transform of it.
+    WinogradF2(TransformedKernel),
 }
 
 impl Bf16Kernel {
     /// From `kernel` `[K, C, size, size]`, as checkpoints store it, for a
-    /// convolution at `stride` and `padding`.
-    pub fn new(
+    /// convolution at `stride` and `padding`: Winograd F(2x2, 3x3) where it
+    /// fits (at every map size; see [`conv2d_bf16`]), else im2col.
+    pub fn new(kernel: &[f32], dims: [usize; 3], stride: usize, padding: usize) -> Self {
+        let [_, _, size] = dims;
+        let algorithm = if winograd_fits(size, stride, padding) {
+            Algorithm::WinogradF2
+        } else {
+            Algorithm::Im2col
+        };
+        Self::for_algorithm(algorithm, kernel, dims)
+    }
+
+    /// The form `algorithm` takes (im2col, or F(2x2) for a 3x3 kernel at
+    /// stride 1 and padding 1; F(4x4) has no bf16 form), for benchmarks and
+    /// tests.
+    pub fn for_algorithm(
+        algorithm: Algorithm,
         kernel: &[f32],
         [out_channels, in_channels, size]: [usize; 3],
-        stride: usize,
-        padding: usize,
     ) -> Self {
         let depth = in_channels * size * size;
         assert_eq!(kernel.len(), out_channels * depth, "kernel size");
+        let form = match algorithm {
+            Algorithm::Im2col => {
+                Bf16Form::Im2col(PackedRhs::from_transposed(kernel, depth, out_channels))
+            }
+            Algorithm::WinogradF2 => {
+                assert_eq!(size, 3, "Winograd takes 3x3 kernels");
+                Bf16Form::WinogradF2(TransformedKernel::new(kernel, out_channels, in_channels))
+            }
+            Algorithm::WinogradF4 => panic!("F(4x4) rounds too coarsely for bf16 products"),
+        };
         Self {
             out_channels,
             in_channels,
             size,
-            packed: PackedRhs::from_transposed(kernel, depth, out_channels),
-            taps: winograd_fits(size, stride, padding)
-                .then(|| kernel.iter().map(|&x| bf16::to_bf16(x)).collect()),
+            form,
         }
     }
 }
 
-/// Below this many 4x4 tiles, im2col with bf16 products beats Winograd
-/// (in f32, on the bf16-rounded kernel) in `cargo bench --bench
-/// cpu_kernels`: a 640->640 convolution on one 16x16 map (16 tiles) took
-/// 4.9 ms against 6.0, on two (32 tiles) 10.6 against 9.4.
-const F4_MIN_TILES_BF16: usize = 32;
-
-/// [`conv2d`] with the kernel rounded to bf16: Winograd (f32 arithmetic)
-/// on large maps, otherwise im2col with bf16 products (sums in f32), which
-/// at twice the multiply rate of f32 beats Winograd on the small ones.
+/// [`conv2d`] with the kernel rounded to bf16 and bf16 products (f32
+/// sums): Winograd F(2x2, 3x3) for 3x3 kernels at stride 1 and padding 1,
+/// else im2col. F(2x2) beat bf16 im2col on every such shape of the UNet in
+/// `cargo bench --bench cpu_kernels -- convolution`, and F(4x4) in f32 on
+/// the large maps.
 pub fn conv2d_bf16(
     shape: &ConvShape,
     input: &[f32],
@@ -169,13 +195,17 @@ pub fn conv2d_bf16(
         "kernel shape"
     );
     assert_eq!(bias.len(), shape.out_channels, "bias size");
-    match &kernel.taps {
-        Some(taps)
-            if algorithm(shape) == Algorithm::WinogradF4 && tiles(shape) >= F4_MIN_TILES_BF16 =>
-        {
-            winograd::conv2d::<winograd::F4>(shape, input, winograd::Taps::Bf16(taps), bias)
+    match &kernel.form {
+        Bf16Form::WinogradF2(transformed) => {
+            assert!(
+                winograd_fits(shape.kernel, shape.stride, shape.padding),
+                "Winograd takes stride 1 and padding 1"
+            );
+            winograd::bf16_products::conv2d(shape, input, transformed, bias)
         }
-        _ => im2col::conv2d(shape, input, im2col::Weights::Bf16(&kernel.packed), bias),
+        Bf16Form::Im2col(packed) => {
+            im2col::conv2d(shape, input, im2col::Weights::Bf16(packed), bias)
+        }
     }
 }
 
@@ -307,14 +337,20 @@ mod tests {
             eprintln!("skipped: this CPU has no AVX512-BF16");
             return;
         }
-        // im2col: widths that are multiples of 8 (packed straight from the
-        // input, an odd depth among them) and others (unfolded first);
-        // Winograd from the bf16 taps (2 x 16x16: 32 tiles).
+        // 3x3 at stride 1 (Winograd F(2x2)): partial tiles, odd channel
+        // counts, more than one panel of output channels, a map of two
+        // bands (600 tiles). Strided and pointwise (im2col): widths that
+        // are multiples of 8 (packed straight from the input) and others
+        // (unfolded first).
         for s in [
             shape(2, 5, 9, 7, 6),
             shape(1, 40, 8, 8, 33),
             shape(2, 3, 5, 16, 4),
-            shape(2, 6, 16, 16, 5),
+            shape(1, 2, 80, 30, 3),
+            ConvShape {
+                stride: 2,
+                ..shape(1, 40, 8, 16, 33)
+            },
         ]
         .into_iter()
         .chain(strided_and_pointwise())
@@ -341,8 +377,10 @@ mod tests {
             shape(1, 2, 1, 1, 3),
             shape(1, 2, 3, 2, 3),
         ] {
-            let err = relative_error(s, Algorithm::WinogradF4);
-            assert!(err < 1e-5, "{s:?}: {err}");
+            for algorithm in [Algorithm::WinogradF4, Algorithm::WinogradF2] {
+                let err = relative_error(s, algorithm);
+                assert!(err < 1e-5, "{s:?} {algorithm:?}: {err}");
+            }
         }
     }
 

@@ -1,15 +1,17 @@
 //! Winograd's F(4x4, 3x3) for 3x3 convolutions with stride 1 and padding 1
 //! (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks";
-//! interpolation points 0, ±1, ±2, ∞).
+//! interpolation points 0, ±1, ±2, ∞), and F(2x2, 3x3) for bf16 products
+//! ([`bf16_products`]).
 //!
 //! Each m x m block of output comes from an (m+2) x (m+2) block of input:
 //! `Y = Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A`. Summed over input channels, the
 //! elementwise product becomes (m+2)² independent matrix products of `[K,
 //! C] x [C, tiles]`: F(4x4) does 36 multiply-adds per tile and channel pair
-//! where the direct convolution does 144. (F(2x2, 3x3) was here too; once
-//! the kernel transform became a matrix product, F4 or im2col beat it on
-//! every shape the UNet and VAE have.)
+//! where the direct convolution does 144. (In f32, F(4x4) or im2col beat
+//! F(2x2) on every shape the UNet and VAE have, once the kernel transform
+//! became a matrix product.)
 //!
+//! The f32 path, below:
 //! Layout (P = (m+2)² positions): the transformed input `V` is
 //! `[C][P][tiles]` (one contiguous block per input channel, filled in
 //! parallel), the transformed kernel `U` and the products `M` exist only
@@ -23,8 +25,10 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::super::{bf16, product, vectorized, SharedMut};
+use super::super::{product, vectorized, SharedMut};
 use super::ConvShape;
+
+pub(super) mod bf16_products;
 
 const LANES: usize = 8;
 type Lane = [f32; LANES];
@@ -79,10 +83,8 @@ const INPUT_CHUNK: usize = 128;
 const BAND_TILES: usize = 512;
 
 thread_local! {
-    /// Per-thread `U`, `M` and bf16 taps widened to f32, kept between calls.
-    #[allow(clippy::type_complexity)]
-    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>, Vec<f32>)> =
-        const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+    /// Per-thread `U` and `M`, kept between calls.
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// Where the tiles of one band are: tile `t` of the band is tile row
@@ -113,43 +115,10 @@ impl Band {
     }
 }
 
-/// A 3x3 kernel `[K, C, 3, 3]` as stored for Winograd.
-#[derive(Clone, Copy)]
-pub(super) enum Taps<'a> {
-    F32(&'a [f32]),
-    /// Rounded to bf16 (bits); widened to f32 a block at a time.
-    Bf16(&'a [u16]),
-}
-
-impl<'a> Taps<'a> {
-    /// The taps of output channel `k` over input channels `cs` (`c` in
-    /// all), as f32: in place, or widened into `scratch`.
-    fn of<'s>(
-        self,
-        k: usize,
-        c: usize,
-        cs: &std::ops::Range<usize>,
-        scratch: &'s mut Vec<f32>,
-    ) -> &'s [f32]
-    where
-        'a: 's,
-    {
-        let range = (k * c + cs.start) * 9..(k * c + cs.end) * 9;
-        match self {
-            Self::F32(kernel) => &kernel[range],
-            Self::Bf16(kernel) => {
-                scratch.clear();
-                scratch.extend(kernel[range].iter().map(|&bits| bf16::from_bf16(bits)));
-                scratch
-            }
-        }
-    }
-}
-
 pub(super) fn conv2d<V: Variant>(
     s: &ConvShape,
     input: &[f32],
-    kernel: Taps,
+    kernel: &[f32],
     bias: &[f32],
 ) -> Vec<f32> {
     assert!(s.kernel == 3 && s.stride == 1 && s.padding == 1);
@@ -184,12 +153,12 @@ pub(super) fn conv2d<V: Variant>(
         chunks.par_iter().for_each(|&k0| {
             let ks = k0..(k0 + chunk).min(k);
             SCRATCH.with(|scratch| {
-                let (u, m, taps) = &mut *scratch.borrow_mut();
+                let (u, m) = &mut *scratch.borrow_mut();
                 m.resize(positions * ks.len() * band.padded, 0.0);
                 for c0 in (0..c).step_by(INPUT_CHUNK) {
                     let cs = c0..(c0 + INPUT_CHUNK).min(c);
                     u.resize(positions * ks.len() * cs.len(), 0.0);
-                    transform_kernel(&t, positions, kernel, c, ks.clone(), cs.clone(), u, taps);
+                    transform_kernel(&t, positions, kernel, c, ks.clone(), cs.clone(), u);
                     multiply(&band, positions, ks.len(), cs, u, &v, m);
                 }
                 transform_output::<V>(s, &band, ks, bias, m, out_ptr);
@@ -330,21 +299,19 @@ fn kernel_matrix<V: Variant>() -> Vec<f32> {
 /// (the taps of consecutive input channels are 9 floats apart, which the
 /// product reads in place; gathering them into lanes by hand took as long
 /// as the convolution's own products on 16x16 maps).
-#[allow(clippy::too_many_arguments)]
 fn transform_kernel(
     t: &[f32],
     positions: usize,
-    kernel: Taps,
+    kernel: &[f32],
     c: usize,
     ks: std::ops::Range<usize>,
     cs: std::ops::Range<usize>,
     u: &mut [f32],
-    scratch: &mut Vec<f32>,
 ) {
     let (chunk, width) = (ks.len(), cs.len());
     assert!(t.len() == positions * 9 && u.len() >= positions * chunk * width);
     for (kk, k) in ks.enumerate() {
-        let taps = kernel.of(k, c, &cs, scratch);
+        let taps = &kernel[(k * c + cs.start) * 9..(k * c + cs.end) * 9];
         // SAFETY: t is [positions, 9] row-major; taps is [width, 9]
         // row-major, read as its [9, width] transpose; U[ξ][kk][..width]
         // is at row stride chunk * width from kk * width, inside u
@@ -470,6 +437,47 @@ impl Variant for F4 {
             lanes(|l| m[1][l] - m[2][l] + 2.0 * (m[3][l] - m[4][l])),
             lanes(|l| m[1][l] + m[2][l] + 4.0 * (m[3][l] + m[4][l])),
             lanes(|l| m[1][l] - m[2][l] + 8.0 * (m[3][l] - m[4][l]) + m[5][l]),
+        ]
+    }
+}
+
+/// F(2x2, 3x3): 2.25x fewer multiplications, transforms of a 4x4 block
+/// whose coefficients (0, ±1/2, ±1) keep bf16's rounding small (see
+/// [`bf16`]).
+pub(super) struct F2;
+
+impl Variant for F2 {
+    const OUT: usize = 2;
+    const IN: usize = 4;
+
+    #[inline(always)]
+    fn input_1d(d: [Lane; 6]) -> [Lane; 6] {
+        [
+            lanes(|l| d[0][l] - d[2][l]),
+            lanes(|l| d[1][l] + d[2][l]),
+            lanes(|l| d[2][l] - d[1][l]),
+            lanes(|l| d[1][l] - d[3][l]),
+            [0.0; LANES],
+            [0.0; LANES],
+        ]
+    }
+
+    const G: [[f32; 3]; 6] = [
+        [1.0, 0.0, 0.0],
+        [0.5, 0.5, 0.5],
+        [0.5, -0.5, 0.5],
+        [0.0, 0.0, 1.0],
+        [0.0; 3],
+        [0.0; 3],
+    ];
+
+    #[inline(always)]
+    fn output_1d(m: [Lane; 6]) -> [Lane; 4] {
+        [
+            lanes(|l| m[0][l] + m[1][l] + m[2][l]),
+            lanes(|l| m[1][l] - m[2][l] - m[3][l]),
+            [0.0; LANES],
+            [0.0; LANES],
         ]
     }
 }
