@@ -269,6 +269,29 @@ impl PackedLhs {
         Self { m, k, data }
     }
 
+    /// Filled two columns at a time, in parallel: `fill(p, pair)` puts
+    /// columns `2p` and `2p + 1` through [`ColumnPair::put`], 8 rows at a
+    /// time (for odd `k`, the last odd column as zeros).
+    pub fn from_column_pairs(
+        m: usize,
+        k: usize,
+        fill: impl Fn(usize, &mut ColumnPair) + Sync,
+    ) -> Self {
+        let pairs = k.div_ceil(2);
+        let mut data = vec![0u32; data_len(m, pairs)];
+        let shared = SharedPairs(data.as_mut_ptr());
+        (0..pairs).into_par_iter().for_each(|p| {
+            let mut pair = ColumnPair {
+                data: shared,
+                len: data_len(m, pairs),
+                pairs,
+                p,
+            };
+            fill(p, &mut pair);
+        });
+        Self { m, k, data }
+    }
+
     /// `lhs` `[m, k]` at (pointer, row stride, column stride) in floats.
     ///
     /// # Safety
@@ -291,6 +314,42 @@ impl PackedLhs {
                 )
             };
         })
+    }
+}
+
+fn data_len(m: usize, pairs: usize) -> usize {
+    m.div_ceil(MR) * pairs * MR
+}
+
+/// A [`PackedLhs`]'s data, shared by the tasks that fill disjoint pairs of
+/// its columns.
+#[derive(Clone, Copy)]
+struct SharedPairs(*mut u32);
+// SAFETY: each task writes only its own pair of columns.
+unsafe impl Send for SharedPairs {}
+unsafe impl Sync for SharedPairs {}
+
+/// Columns `2p` and `2p + 1` of a [`PackedLhs`] being made
+/// ([`PackedLhs::from_column_pairs`]).
+pub struct ColumnPair {
+    data: SharedPairs,
+    len: usize,
+    pairs: usize,
+    p: usize,
+}
+
+impl ColumnPair {
+    /// Rows `row..row + 8` (`row` a multiple of 8, inside the operand):
+    /// `even` of column 2p, `odd` of column 2p + 1.
+    #[inline(always)]
+    pub fn put(&mut self, row: usize, even: &[f32; MR], odd: &[f32; MR]) {
+        assert!(row.is_multiple_of(MR), "row {row}");
+        let at = ((row / MR) * self.pairs + self.p) * MR;
+        assert!(at + MR <= self.len, "row {row} past the operand");
+        // SAFETY: pair p of block row / MR is inside the data (checked),
+        // and only this task writes it.
+        let dst = unsafe { std::slice::from_raw_parts_mut(self.data.0.add(at), MR) };
+        interleave(even, odd, dst);
     }
 }
 
@@ -690,6 +749,33 @@ mod tests {
             assert!(
                 columns.data == rows.data,
                 "[{k}, {n}]: the two packings differ"
+            );
+        }
+    }
+
+    #[test]
+    fn the_left_operand_packs_the_same_from_rows_or_column_pairs() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
+        // Odd k (the last odd column comes as zeros), one block or several.
+        for (m, k) in [(8, 1), (24, 7), (16, 40)] {
+            let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-2.0..2.0)).collect();
+            // SAFETY: a is [m, k] row-major.
+            let rows = unsafe { PackedLhs::new(m, k, (a.as_ptr(), k, 1)) };
+            let pairs = PackedLhs::from_column_pairs(m, k, |p, pair| {
+                for row in (0..m).step_by(MR) {
+                    let column = |c: usize| -> [f32; MR] {
+                        std::array::from_fn(|r| if c < k { a[(row + r) * k + c] } else { 0.0 })
+                    };
+                    pair.put(row, &column(2 * p), &column(2 * p + 1));
+                }
+            });
+            assert!(
+                rows.data == pairs.data,
+                "[{m}, {k}]: the two packings differ"
             );
         }
     }

@@ -11,17 +11,20 @@
 //! The kernel's transform `U = G g Gᵀ` (16 values per channel pair) is made
 //! once, when the model loads, and kept packed for the products: 32 bytes
 //! per channel pair, where the im2col kernel and the f32 Winograd's bf16
-//! taps took 36. Per band of tiles, the input's transform `V` (f32, as
-//! the f32 variant makes it) is packed as one left operand whose rows are
-//! (position, tile), and each position's rows are multiplied by that
-//! position's `U`.
+//! taps took 36. Per band of tiles, the input's transform `V` is computed
+//! as the f32 variant computes it and packed as it is made into one left
+//! operand whose rows are (position, tile); each position's rows are
+//! multiplied by that position's `U` into `M` `[position][tile][K]`, whose
+//! contiguous channels the products store as whole vectors and the output
+//! transform reads [`LANES`] at a time.
+
+use std::cell::Cell;
 
 use rayon::prelude::*;
 
 use super::super::super::bf16::{self, PackedLhs, PackedRhs, RHS_PANEL};
-use super::super::super::vectorized;
-use super::super::super::{product, SharedMut};
-use super::{kernel_matrix, transform_input, Band, Lane, Variant, F2};
+use super::super::super::{product, vectorized, SharedMut};
+use super::{kernel_matrix, transformed_block, Band, Lane, Variant, F2};
 use super::{BAND_TILES, LANES};
 use crate::engine::cpu::conv::ConvShape;
 
@@ -33,6 +36,11 @@ const OUTPUT_TILES: usize = 16;
 
 /// Panels of output channels per product task.
 const PANELS_PER_TASK: usize = 2;
+
+thread_local! {
+    /// The products `M` of the last call on this thread.
+    static BUFFERS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
 
 /// A 3x3 kernel transformed for [`conv2d`]: `U[ξ]` as the `[C, K]` right
 /// operand of position ξ's product.
@@ -92,7 +100,9 @@ pub fn conv2d(s: &ConvShape, input: &[f32], kernel: &TransformedKernel, bias: &[
 
     let mut out = vec![0f32; s.output_len()];
     let out_ptr = SharedMut(out.as_mut_ptr());
-    let (mut v, mut m) = (Vec::new(), Vec::new());
+    // Every element of M is written before it is read, so the buffer is
+    // kept between calls rather than zeroed at each.
+    let mut m = BUFFERS.take();
     for first_row in (0..rows).step_by(band_rows) {
         let tiles = (band_rows.min(rows - first_row)) * tiles_wide;
         let band = Band {
@@ -104,15 +114,29 @@ pub fn conv2d(s: &ConvShape, input: &[f32], kernel: &TransformedKernel, bias: &[
             padded: tiles.next_multiple_of(LANES),
         };
         let padded = band.padded;
-        // V: [C][ξ][tiles], which read with rows (ξ, tile) and columns C
-        // is column-major, the layout the packing takes 8 rows at a time.
-        v.resize(c * POSITIONS * padded, 0.0);
-        v.par_chunks_mut(POSITIONS * padded)
-            .enumerate()
-            .for_each(|(ci, vc)| transform_input::<F2>(s, input, ci, &band, vc));
-        // SAFETY: element (row, ci) is v[ci * 16 * padded + row], inside v.
-        let lhs =
-            unsafe { PackedLhs::new(POSITIONS * padded, c, (v.as_ptr(), 1, POSITIONS * padded)) };
+        // V, packed as it is made: rows (ξ, tile), columns C, a pair of
+        // input channels per task.
+        let lhs = PackedLhs::from_column_pairs(POSITIONS * padded, c, |p, pair| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    for t0 in (0..padded).step_by(LANES) {
+                        let even = transformed_block::<F2>(s, input, 2 * p, &band, t0);
+                        let odd = if 2 * p + 1 < c {
+                            transformed_block::<F2>(s, input, 2 * p + 1, &band, t0)
+                        } else {
+                            [[[0.0; LANES]; 6]; 6]
+                        };
+                        for i in 0..F2::IN {
+                            for j in 0..F2::IN {
+                                let row = (i * F2::IN + j) * padded + t0;
+                                pair.put(row, &even[i][j], &odd[i][j]);
+                            }
+                        }
+                    }
+                },
+            )
+        });
 
         // M: [ξ][tile][K], each tile's channels contiguous, so that the
         // products store whole vectors.
@@ -154,6 +178,7 @@ pub fn conv2d(s: &ConvShape, input: &[f32], kernel: &TransformedKernel, bias: &[
                 )
             });
     }
+    BUFFERS.set(m);
     out
 }
 
@@ -176,9 +201,12 @@ fn transform_output(
         for k0 in (0..k).step_by(LANES) {
             let lanes = LANES.min(k - k0);
             let at = |xi: usize| -> Lane {
-                let mut lane = [0f32; LANES];
-                lane[..lanes].copy_from_slice(&m[xi * stride + t * k + k0..][..lanes]);
-                lane
+                let from = &m[xi * stride + t * k + k0..];
+                if lanes == LANES {
+                    from[..LANES].try_into().expect("one lane")
+                } else {
+                    std::array::from_fn(|l| if l < lanes { from[l] } else { 0.0 })
+                }
             };
             // Aᵀ down each column of the 4x4 block, then along each row.
             let mut rows = [[[0f32; LANES]; 6]; 4];

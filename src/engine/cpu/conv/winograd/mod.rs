@@ -228,53 +228,74 @@ fn transform_input_lanes<V: Variant>(
     band: &Band,
     vc: &mut [f32],
 ) {
-    let (h, w, side) = (s.height, s.width, V::IN);
+    let side = V::IN;
     for t0 in (0..band.padded).step_by(LANES) {
-        let mut d = [[[0f32; LANES]; 6]; 6];
-        for l in 0..LANES {
-            let t = t0 + l;
-            if t >= band.tiles {
-                break;
-            }
-            let (n, y, x) = band.origin(t);
-            let plane = &input[(n * s.in_channels + ci) * h * w..][..h * w];
-            // The block starts one row and column before the tile.
-            if y >= 1 && y + side - 1 <= h && x >= 1 && x + side - 1 <= w {
-                for (i, row) in d.iter_mut().enumerate().take(side) {
-                    let src = &plane[(y + i - 1) * w + x - 1..][..side];
-                    for (j, &value) in src.iter().enumerate() {
-                        row[j][l] = value;
-                    }
-                }
-            } else {
-                for (i, row) in d.iter_mut().enumerate().take(side) {
-                    let iy = y + i;
-                    if iy == 0 || iy > h {
-                        continue;
-                    }
-                    for (j, cell) in row.iter_mut().enumerate().take(side) {
-                        let ix = x + j;
-                        if ix >= 1 && ix <= w {
-                            cell[l] = plane[(iy - 1) * w + ix - 1];
-                        }
-                    }
-                }
-            }
-        }
-        // Bᵀ down each column, then along each row.
-        let mut columns = [[[0f32; LANES]; 6]; 6];
-        for j in 0..side {
-            let col = V::input_1d(std::array::from_fn(|i| d[i][j]));
-            for (row, value) in columns.iter_mut().zip(col).take(side) {
-                row[j] = value;
-            }
-        }
-        for (i, row) in columns.iter().enumerate().take(side) {
-            for (j, value) in V::input_1d(*row).iter().enumerate().take(side) {
+        let block = transformed_block::<V>(s, input, ci, band, t0);
+        for (i, row) in block.iter().enumerate().take(side) {
+            for (j, value) in row.iter().enumerate().take(side) {
                 vc[(i * side + j) * band.padded + t0..][..LANES].copy_from_slice(value);
             }
         }
     }
+}
+
+/// `(Bᵀ d B)[i][j]` of input channel `ci` for the [`LANES`] tiles of the
+/// band from `t0` (zeros past its last tile).
+#[inline(always)]
+fn transformed_block<V: Variant>(
+    s: &ConvShape,
+    input: &[f32],
+    ci: usize,
+    band: &Band,
+    t0: usize,
+) -> [[Lane; 6]; 6] {
+    let (h, w, side) = (s.height, s.width, V::IN);
+    let mut d = [[[0f32; LANES]; 6]; 6];
+    for l in 0..LANES {
+        let t = t0 + l;
+        if t >= band.tiles {
+            break;
+        }
+        let (n, y, x) = band.origin(t);
+        let plane = &input[(n * s.in_channels + ci) * h * w..][..h * w];
+        // The block starts one row and column before the tile.
+        if y >= 1 && y + side - 1 <= h && x >= 1 && x + side - 1 <= w {
+            for (i, row) in d.iter_mut().enumerate().take(side) {
+                let src = &plane[(y + i - 1) * w + x - 1..][..side];
+                for (j, &value) in src.iter().enumerate() {
+                    row[j][l] = value;
+                }
+            }
+        } else {
+            for (i, row) in d.iter_mut().enumerate().take(side) {
+                let iy = y + i;
+                if iy == 0 || iy > h {
+                    continue;
+                }
+                for (j, cell) in row.iter_mut().enumerate().take(side) {
+                    let ix = x + j;
+                    if ix >= 1 && ix <= w {
+                        cell[l] = plane[(iy - 1) * w + ix - 1];
+                    }
+                }
+            }
+        }
+    }
+    // Bᵀ down each column, then along each row.
+    let mut columns = [[[0f32; LANES]; 6]; 6];
+    for j in 0..side {
+        let col = V::input_1d(std::array::from_fn(|i| d[i][j]));
+        for (row, value) in columns.iter_mut().zip(col).take(side) {
+            row[j] = value;
+        }
+    }
+    // A loop, not `std::array::from_fn`, whose closure would be compiled
+    // outside the vectorised caller.
+    let mut block = [[[0f32; LANES]; 6]; 6];
+    for (row, column) in block.iter_mut().zip(columns).take(side) {
+        *row = V::input_1d(column);
+    }
+    block
 }
 
 /// `G ⊗ G` as an `[IN², 9]` row-major matrix: `(G g Gᵀ)[ξ] = Σₜ T[ξ][t] ·
