@@ -271,7 +271,7 @@ impl PackedLhs {
 
     /// Filled two columns at a time, in parallel: `fill(p, pair)` puts
     /// columns `2p` and `2p + 1` through [`ColumnPair::put`], 8 rows at a
-    /// time (for odd `k`, the last odd column as zeros).
+    /// time (for odd `k`, pass zeros as the last odd column).
     pub fn from_column_pairs(
         m: usize,
         k: usize,
