@@ -79,7 +79,7 @@ fn attentions(dev: &Device) -> Result<()> {
         let time = |fused: &str| {
             std::env::set_var("ATELIER_CUDA_ATTENTION", fused);
             median_ms(dev, || {
-                blocks::attention(&q, &k, &v, heads, upcast).map(drop)
+                blocks::attention(&q, &k, &v, heads, blocks::AttentionMode::new(upcast)).map(drop)
             })
         };
         let (products, fused) = (time("off")?, time("on")?);
