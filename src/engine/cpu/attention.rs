@@ -12,6 +12,7 @@
 //! side, in whole panels of 32.
 
 use std::cell::RefCell;
+use std::ops::Range;
 
 use rayon::prelude::*;
 
@@ -58,56 +59,63 @@ pub fn attention(s: &AttentionShape, q: &[f32], k: &[f32], v: &[f32], scale: f32
     let dim = s.heads * s.head_dim;
     let mut out = vec![0f32; q.len()];
     let out_ptr = SharedMut(out.as_mut_ptr());
+    for_each_block(s, |b, h, rows| {
+        SCORES.with(|scores| {
+            let scores = &mut *scores.borrow_mut();
+            scores.resize(rows.len() * s.keys, 0.0);
+            let head = h * s.head_dim;
+            let q_at = (b * s.queries + rows.start) * dim + head;
+            let kv_at = b * s.keys * dim + head;
+            // SAFETY: the block's rows of q and of the output, and the
+            // batch's rows of k and v, for this head's columns, are
+            // inside their buffers at row stride `dim`; no other task
+            // writes these output rows and columns.
+            unsafe {
+                // scores = scale · q kᵀ
+                product(
+                    [rows.len(), s.keys, s.head_dim],
+                    (scores.as_mut_ptr(), s.keys, 1),
+                    false,
+                    (q.as_ptr().add(q_at), dim, 1),
+                    (k.as_ptr().add(kv_at), 1, dim),
+                    scale,
+                    gemm::Parallelism::None,
+                );
+            }
+            let sums: Vec<f32> = scores.chunks_mut(s.keys).map(exp_shifted).collect();
+            let out_rows = out_ptr.ptr().wrapping_add(q_at);
+            unsafe {
+                // out = e^scores v, then each row divided by its sum.
+                product(
+                    [rows.len(), s.head_dim, s.keys],
+                    (out_rows, dim, 1),
+                    false,
+                    (scores.as_ptr(), s.keys, 1),
+                    (v.as_ptr().add(kv_at), dim, 1),
+                    1.0,
+                    gemm::Parallelism::None,
+                );
+                for (r, sum) in sums.iter().enumerate() {
+                    let row = std::slice::from_raw_parts_mut(out_rows.add(r * dim), s.head_dim);
+                    row.iter_mut().for_each(|x| *x /= sum);
+                }
+            }
+        });
+    });
+    out
+}
+
+/// `task(b, h, rows)` for every batch entry `b`, head `h` and block of
+/// [`QUERY_BLOCK`] query rows, in parallel.
+fn for_each_block(s: &AttentionShape, task: impl Fn(usize, usize, Range<usize>) + Sync) {
     let blocks = s.queries.div_ceil(QUERY_BLOCK);
     (0..s.batch * s.heads * blocks)
         .into_par_iter()
-        .for_each(|task| {
-            let (bh, block) = (task / blocks, task % blocks);
-            let (b, h) = (bh / s.heads, bh % s.heads);
+        .for_each(|i| {
+            let (bh, block) = (i / blocks, i % blocks);
             let rows = block * QUERY_BLOCK..((block + 1) * QUERY_BLOCK).min(s.queries);
-            SCORES.with(|scores| {
-                let scores = &mut *scores.borrow_mut();
-                scores.resize(rows.len() * s.keys, 0.0);
-                let head = h * s.head_dim;
-                let q_at = (b * s.queries + rows.start) * dim + head;
-                let kv_at = b * s.keys * dim + head;
-                // SAFETY: the block's rows of q and of the output, and the
-                // batch's rows of k and v, for this head's columns, are
-                // inside their buffers at row stride `dim`; no other task
-                // writes these output rows and columns.
-                unsafe {
-                    // scores = scale · q kᵀ
-                    product(
-                        [rows.len(), s.keys, s.head_dim],
-                        (scores.as_mut_ptr(), s.keys, 1),
-                        false,
-                        (q.as_ptr().add(q_at), dim, 1),
-                        (k.as_ptr().add(kv_at), 1, dim),
-                        scale,
-                        gemm::Parallelism::None,
-                    );
-                }
-                let sums: Vec<f32> = scores.chunks_mut(s.keys).map(exp_shifted).collect();
-                let out_rows = out_ptr.ptr().wrapping_add(q_at);
-                unsafe {
-                    // out = e^scores v, then each row divided by its sum.
-                    product(
-                        [rows.len(), s.head_dim, s.keys],
-                        (out_rows, dim, 1),
-                        false,
-                        (scores.as_ptr(), s.keys, 1),
-                        (v.as_ptr().add(kv_at), dim, 1),
-                        1.0,
-                        gemm::Parallelism::None,
-                    );
-                    for (r, sum) in sums.iter().enumerate() {
-                        let row = std::slice::from_raw_parts_mut(out_rows.add(r * dim), s.head_dim);
-                        row.iter_mut().for_each(|x| *x /= sum);
-                    }
-                }
-            });
+            task(bh / s.heads, bh % s.heads, rows);
         });
-    out
 }
 
 /// [`attention`] with both products in bf16 (operands rounded to bf16,
@@ -139,39 +147,33 @@ pub fn attention_bf16(s: &AttentionShape, q: &[f32], k: &[f32], v: &[f32], scale
         .collect();
     let mut out = vec![0f32; q.len()];
     let out_ptr = SharedMut(out.as_mut_ptr());
-    let blocks = s.queries.div_ceil(QUERY_BLOCK);
-    (0..s.batch * s.heads * blocks)
-        .into_par_iter()
-        .for_each(|task| {
-            let (bh, block) = (task / blocks, task % blocks);
-            let (b, h) = (bh / s.heads, bh % s.heads);
-            let (keys, values) = &heads[bh];
-            let rows = block * QUERY_BLOCK..((block + 1) * QUERY_BLOCK).min(s.queries);
-            let width = rows.len();
-            let q_at = (b * s.queries + rows.start) * dim + h * s.head_dim;
-            let queries =
-                PackedRhs::from_columns(s.head_dim, width, |j| &q[q_at + j * dim..][..s.head_dim]);
-            SCORES.with(|scores| {
-                let scores = &mut *scores.borrow_mut();
-                scores.resize(s.keys * width, 0.0);
-                // SAFETY: scores is [keys, width] row-major.
-                unsafe {
-                    bf16::product_packed_into((scores.as_mut_ptr(), width, 1), keys, &queries);
+    for_each_block(s, |b, h, rows| {
+        let (keys, values) = &heads[b * s.heads + h];
+        let width = rows.len();
+        let q_at = (b * s.queries + rows.start) * dim + h * s.head_dim;
+        let queries =
+            PackedRhs::from_columns(s.head_dim, width, |j| &q[q_at + j * dim..][..s.head_dim]);
+        SCORES.with(|scores| {
+            let scores = &mut *scores.borrow_mut();
+            scores.resize(s.keys * width, 0.0);
+            // SAFETY: scores is [keys, width] row-major.
+            unsafe {
+                bf16::product_packed_into((scores.as_mut_ptr(), width, 1), keys, &queries);
+            }
+            let (probabilities, sums) = softmax_columns(scores, s.keys, width, scale);
+            // SAFETY: outᵀ [head_dim, width] is this block's rows of
+            // head h in the output, at (row stride 1, column stride
+            // dim); no other task writes them.
+            unsafe {
+                let at = out_ptr.ptr().add(q_at);
+                bf16::product_packed_into((at, 1, dim), values, &probabilities);
+                for (j, sum) in sums.iter().enumerate() {
+                    let row = std::slice::from_raw_parts_mut(at.add(j * dim), s.head_dim);
+                    row.iter_mut().for_each(|x| *x /= sum);
                 }
-                let (probabilities, sums) = softmax_columns(scores, s.keys, width, scale);
-                // SAFETY: outᵀ [head_dim, width] is this block's rows of
-                // head h in the output, at (row stride 1, column stride
-                // dim); no other task writes them.
-                unsafe {
-                    let at = out_ptr.ptr().add(q_at);
-                    bf16::product_packed_into((at, 1, dim), values, &probabilities);
-                    for (j, sum) in sums.iter().enumerate() {
-                        let row = std::slice::from_raw_parts_mut(at.add(j * dim), s.head_dim);
-                        row.iter_mut().for_each(|x| *x /= sum);
-                    }
-                }
-            });
+            }
         });
+    });
     out
 }
 
