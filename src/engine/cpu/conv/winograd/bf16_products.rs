@@ -24,8 +24,8 @@ use rayon::prelude::*;
 
 use super::super::super::bf16::{self, PackedLhs, PackedRhs, RHS_PANEL};
 use super::super::super::{product, vectorized, SharedMut};
-use super::{kernel_matrix, transformed_block, Band, Lane, Variant, F2};
-use super::{BAND_TILES, LANES};
+use super::LANES;
+use super::{bands, kernel_matrix, output_block, transformed_block, Band, Lane, Variant, F2};
 use crate::engine::cpu::conv::ConvShape;
 
 /// Positions of F(2x2, 3x3)'s 4x4 blocks.
@@ -93,26 +93,13 @@ pub fn conv2d(s: &ConvShape, input: &[f32], kernel: &TransformedKernel, bias: &[
     let (c, k) = (s.in_channels, s.out_channels);
     assert_eq!(kernel.out_channels(), k, "kernel's output channels");
     assert_eq!(kernel.positions[0].k(), c, "kernel's input channels");
-    let tiles_high = s.height.div_ceil(F2::OUT);
-    let tiles_wide = s.width.div_ceil(F2::OUT);
-    let rows = s.batch * tiles_high;
-    let band_rows = (BAND_TILES / tiles_wide).clamp(1, rows);
 
     let mut out = vec![0f32; s.output_len()];
     let out_ptr = SharedMut(out.as_mut_ptr());
     // Every element of M is written before it is read, so the buffer is
     // kept between calls rather than zeroed at each.
     let mut m = BUFFERS.take();
-    for first_row in (0..rows).step_by(band_rows) {
-        let tiles = (band_rows.min(rows - first_row)) * tiles_wide;
-        let band = Band {
-            side: F2::OUT,
-            first_row,
-            tiles_high,
-            tiles_wide,
-            tiles,
-            padded: tiles.next_multiple_of(LANES),
-        };
+    for band in bands::<F2>(s) {
         let padded = band.padded;
         // V, packed as it is made: rows (ξ, tile), columns C, a pair of
         // input channels per task.
@@ -208,21 +195,7 @@ fn transform_output(
                     std::array::from_fn(|l| if l < lanes { from[l] } else { 0.0 })
                 }
             };
-            // Aᵀ down each column of the 4x4 block, then along each row.
-            let mut rows = [[[0f32; LANES]; 6]; 4];
-            for j in 0..F2::IN {
-                let column = F2::output_1d(std::array::from_fn(|i| {
-                    if i < F2::IN {
-                        at(i * F2::IN + j)
-                    } else {
-                        [0.0; LANES]
-                    }
-                }));
-                for (row, value) in rows.iter_mut().zip(column).take(F2::OUT) {
-                    row[j] = value;
-                }
-            }
-            let block: [[Lane; 4]; 2] = std::array::from_fn(|i| F2::output_1d(rows[i]));
+            let block = output_block::<F2>(at);
             for (l, kk) in (k0..k0 + lanes).enumerate() {
                 let plane = (n * k + kk) * h * w;
                 for (i, row) in block.iter().enumerate().take(F2::OUT.min(h - y)) {

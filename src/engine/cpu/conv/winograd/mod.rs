@@ -115,6 +115,26 @@ impl Band {
     }
 }
 
+/// The bands that cover the output of `s` in `V`'s tiles, [`BAND_TILES`]
+/// (or one row of tiles, if that is more) at a time.
+fn bands<V: Variant>(s: &ConvShape) -> impl Iterator<Item = Band> {
+    let tiles_high = s.height.div_ceil(V::OUT);
+    let tiles_wide = s.width.div_ceil(V::OUT);
+    let rows = s.batch * tiles_high;
+    let band_rows = (BAND_TILES / tiles_wide).clamp(1, rows);
+    (0..rows).step_by(band_rows).map(move |first_row| {
+        let tiles = band_rows.min(rows - first_row) * tiles_wide;
+        Band {
+            side: V::OUT,
+            first_row,
+            tiles_high,
+            tiles_wide,
+            tiles,
+            padded: tiles.next_multiple_of(LANES),
+        }
+    })
+}
+
 pub(super) fn conv2d<V: Variant>(
     s: &ConvShape,
     input: &[f32],
@@ -124,10 +144,6 @@ pub(super) fn conv2d<V: Variant>(
     assert!(s.kernel == 3 && s.stride == 1 && s.padding == 1);
     let (c, k) = (s.in_channels, s.out_channels);
     let positions = V::IN * V::IN;
-    let tiles_high = s.height.div_ceil(V::OUT);
-    let tiles_wide = s.width.div_ceil(V::OUT);
-    let rows = s.batch * tiles_high;
-    let band_rows = (BAND_TILES / tiles_wide).clamp(1, rows);
 
     let mut out = vec![0f32; s.output_len()];
     let out_ptr = SharedMut(out.as_mut_ptr());
@@ -135,16 +151,7 @@ pub(super) fn conv2d<V: Variant>(
     let chunks: Vec<usize> = (0..k).step_by(chunk).collect();
     let t = kernel_matrix::<V>();
     let mut v = Vec::new();
-    for first_row in (0..rows).step_by(band_rows) {
-        let tiles = (band_rows.min(rows - first_row)) * tiles_wide;
-        let band = Band {
-            side: V::OUT,
-            first_row,
-            tiles_high,
-            tiles_wide,
-            tiles,
-            padded: tiles.next_multiple_of(LANES),
-        };
+    for band in bands::<V>(s) {
         v.resize(c * positions * band.padded, 0.0);
         v.par_chunks_mut(positions * band.padded)
             .enumerate()
@@ -351,6 +358,28 @@ fn transform_kernel(
     }
 }
 
+/// `Aᵀ M A` for one block of products: `at(ξ)` is position ξ's lanes (tiles
+/// or channels, as the caller lays them out); the result's first `OUT` rows
+/// and columns are the output block's.
+#[inline(always)]
+fn output_block<V: Variant>(at: impl Fn(usize) -> Lane) -> [[Lane; 4]; 4] {
+    // Aᵀ down each column of the block, then along each row.
+    let mut rows = [[[0f32; LANES]; 6]; 4];
+    for j in 0..V::IN {
+        let col = V::output_1d(std::array::from_fn(|i| {
+            if i < V::IN {
+                at(i * V::IN + j)
+            } else {
+                [0.0; LANES]
+            }
+        }));
+        for (row, value) in rows.iter_mut().zip(col).take(V::OUT) {
+            row[j] = value;
+        }
+    }
+    std::array::from_fn(|i| V::output_1d(rows[i]))
+}
+
 /// `Y = Aᵀ M A + bias` for every tile of the band and output channel of the
 /// chunk, written into the NCHW output (cut at the right and bottom edges).
 fn transform_output<V: Variant>(
@@ -385,20 +414,7 @@ fn transform_output_lanes<V: Variant>(
                     .try_into()
                     .expect("one lane")
             };
-            let mut rows = [[[0f32; LANES]; 6]; 4];
-            for j in 0..V::IN {
-                let col = V::output_1d(std::array::from_fn(|i| {
-                    if i < V::IN {
-                        at(i * V::IN + j)
-                    } else {
-                        [0.0; LANES]
-                    }
-                }));
-                for (row, value) in rows.iter_mut().zip(col).take(V::OUT) {
-                    row[j] = value;
-                }
-            }
-            let y4: [[Lane; 4]; 4] = std::array::from_fn(|i| V::output_1d(rows[i]));
+            let y4 = output_block::<V>(at);
             for l in 0..LANES {
                 let t = t0 + l;
                 if t >= band.tiles {
