@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{bail, Context, Result};
 
-use crate::engine::device::dtype_name;
+use crate::engine::device;
 use crate::engine::{Cancelled, Engine, Event, Generation, Request, SourceInput};
 use crate::project::{ModelRef, Project, RunRecord, Status};
 use crate::recipe::Recipe;
@@ -189,8 +189,7 @@ pub fn execute(
     cancel: &AtomicBool,
 ) -> Result<Outcome> {
     let model = load_model(engine, &plan.recipe.model);
-    // The device and the precision it ran in: both move the pixels.
-    let device = &format!("{device} {}", dtype_name(engine.dtype()));
+    let device = &device::label(device, engine.dtype());
     let (Some(project), Some(mut record)) = (project, record) else {
         model?;
         let generation = engine.generate(&request(plan)?, on_event, cancel)?;

@@ -5,38 +5,57 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Result;
+use candle_core::{DType, Device};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::engine::device::default_device_name;
 use crate::engine::{Cancelled, Engine, Event};
 pub use crate::jobs::{Outcome, PlannedRun, SourceRef};
-use crate::project::{Project, RunRecord};
+use crate::project::{Project, RunRecord, Settings};
 
-/// The flags of the commands that generate (`gen`, `rerun`, `sweep`):
-/// where runs go and how much they print.
-#[derive(clap::Args, Debug, Clone)]
-pub struct RunnerArgs {
+/// Where generation runs and in what precision: the flags of the
+/// workstation and of the commands that generate.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct DeviceArgs {
     /// cpu, cuda, cuda:N or metal [default: the project's, else the best available].
     #[arg(long)]
     pub device: Option<String>,
     /// f32, f16 or bf16 [default: the project's, else f32 on the CPU and f16 on GPUs].
     #[arg(long)]
     pub dtype: Option<String>,
+}
+
+impl DeviceArgs {
+    /// The flags first, then the project's settings, then the best device
+    /// and its default precision: (the device's name, the device, the
+    /// dtype).
+    pub fn open(&self, settings: Option<&Settings>) -> Result<(String, Device, DType)> {
+        let device_name = (self.device.as_deref())
+            .or(settings.and_then(|s| s.device.as_deref()))
+            .unwrap_or_else(|| default_device_name())
+            .to_string();
+        let dtype = (self.dtype.as_deref()).or(settings.and_then(|s| s.dtype.as_deref()));
+        let (device, dtype) = crate::engine::device::resolve(Some(&device_name), dtype)?;
+        Ok((device_name, device, dtype))
+    }
+}
+
+/// The flags of the commands that generate (`gen`, `rerun`, `sweep`):
+/// where runs go and how much they print.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunnerArgs {
+    #[command(flatten)]
+    pub device: DeviceArgs,
     /// Print no progress.
     #[arg(long)]
     pub quiet: bool,
 }
 
 impl RunnerArgs {
-    /// A runner for these flags: `--device` and `--dtype` first, then the
-    /// project's.
+    /// A runner for these flags (see [`DeviceArgs::open`]).
     pub fn runner(&self, project: Option<&Project>) -> Result<Runner> {
-        let settings = project.map(|p| &p.settings);
-        let device = self.device.as_deref();
-        let device = device.or(settings.and_then(|s| s.device.as_deref()));
-        let dtype = self.dtype.as_deref();
-        let dtype = dtype.or(settings.and_then(|s| s.dtype.as_deref()));
-        Runner::new(device, dtype, self.quiet)
+        let (device_name, device, dtype) = self.device.open(project.map(|p| &p.settings))?;
+        Ok(Runner::new(device_name, device, dtype, self.quiet))
     }
 }
 
@@ -48,11 +67,7 @@ pub struct Runner {
 }
 
 impl Runner {
-    /// `dtype` overrides the device's default precision (f32 on the CPU,
-    /// f16 on GPUs).
-    pub fn new(device: Option<&str>, dtype: Option<&str>, quiet: bool) -> Result<Self> {
-        let device_name = device.unwrap_or_else(|| default_device_name()).to_string();
-        let (device, dtype) = crate::engine::device::resolve(Some(&device_name), dtype)?;
+    fn new(device_name: String, device: Device, dtype: DType, quiet: bool) -> Self {
         let cancel = Arc::new(AtomicBool::new(false));
         {
             let cancel = cancel.clone();
@@ -64,12 +79,12 @@ impl Runner {
                 eprintln!("\ncancelling after the current step...");
             });
         }
-        Ok(Self {
+        Self {
             engine: Engine::new(device, dtype),
             device_name,
             cancel,
             quiet,
-        })
+        }
     }
 
     /// Runs every plan. In a project, all are first recorded as queued (so

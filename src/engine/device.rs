@@ -82,6 +82,12 @@ pub fn default_device_name() -> &'static str {
     }
 }
 
+/// A device and the precision it runs in, as run records name them (`cpu
+/// bf16`): both move the pixels.
+pub fn label(device_name: &str, dtype: DType) -> String {
+    format!("{device_name} {}", dtype_name(dtype))
+}
+
 /// The name `--dtype` takes for `dtype`.
 pub fn dtype_name(dtype: DType) -> &'static str {
     match dtype {

@@ -26,7 +26,7 @@ use self::state::{
 };
 use self::theme::Theme;
 use self::view::PreviewTarget;
-use crate::engine::device::{default_device_name, dtype_name, resolve};
+use crate::cli::runner::DeviceArgs;
 use crate::engine::Engine;
 use crate::jobs::{PlannedRun, SourceRef};
 use crate::project::{Access, Project, Status};
@@ -37,12 +37,8 @@ pub struct TuiArgs {
     /// The model for new runs [default: the project's, else sd-turbo].
     #[arg(long)]
     pub model: Option<String>,
-    /// cpu, cuda, cuda:N or metal [default: the project's, else the best available].
-    #[arg(long)]
-    pub device: Option<String>,
-    /// f32, f16 or bf16 [default: the project's, else f32 on the CPU and f16 on GPUs].
-    #[arg(long)]
-    pub dtype: Option<String>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 /// The keymap: defaults with `keymap.toml` from the config folder on top.
@@ -150,15 +146,10 @@ pub fn run(global: &crate::cli::Global, args: TuiArgs) -> Result<()> {
         .model
         .or(project.settings.model.clone())
         .unwrap_or_else(|| crate::models::DEFAULT_MODEL.to_string());
-    let device_name = args
-        .device
-        .or(project.settings.device.clone())
-        .unwrap_or_else(|| default_device_name().to_string());
-    let dtype = args.dtype.or(project.settings.dtype.clone());
-    let (device, dtype) = resolve(Some(&device_name), dtype.as_deref())?;
+    let (device_name, device, dtype) = args.device.open(Some(&project.settings))?;
 
     let mut state = State::new(history.runs, model);
-    state.device = format!("{device_name} {}", dtype_name(dtype));
+    state.device = crate::engine::device::label(&device_name, dtype);
     state.styles = load_styles()?;
     if let Some(bad) = history.unreadable.first() {
         state.message = format!(
