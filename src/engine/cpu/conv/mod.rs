@@ -339,7 +339,8 @@ mod tests {
         }
         // 3x3 at stride 1 (Winograd F(2x2)): partial tiles, odd channel
         // counts, more than one panel of output channels, a map of two
-        // bands (600 tiles). Strided and pointwise (im2col): widths that
+        // bands (600 tiles), a map 70 wide (rows of 8 tiles read at its
+        // edges and inside it). Strided and pointwise (im2col): widths that
         // are multiples of 8 (packed straight from the input) and others
         // (unfolded first).
         for s in [
@@ -347,6 +348,7 @@ mod tests {
             shape(1, 40, 8, 8, 33),
             shape(2, 3, 5, 16, 4),
             shape(1, 2, 80, 30, 3),
+            shape(1, 3, 6, 70, 4),
             ConvShape {
                 stride: 2,
                 ..shape(1, 40, 8, 16, 33)
@@ -369,13 +371,17 @@ mod tests {
     fn winograd_matches_the_reference_on_every_edge_case() {
         // Sizes that are multiples of 4, that leave partial tiles, a map
         // smaller than one tile, and channel counts that are not multiples
-        // of anything.
+        // of anything. Maps 32 and 70 wide have rows of 8 tiles side by
+        // side, which are read and written a row at a time: at the image's
+        // edges, inside it, and (70) beside tiles that wrap to the next row.
         for s in [
             shape(2, 5, 8, 8, 6),
             shape(1, 3, 9, 7, 4),
             shape(2, 17, 6, 11, 9),
             shape(1, 2, 1, 1, 3),
             shape(1, 2, 3, 2, 3),
+            shape(2, 4, 32, 32, 3),
+            shape(1, 3, 37, 70, 5),
         ] {
             for algorithm in [Algorithm::WinogradF4, Algorithm::WinogradF2] {
                 let err = relative_error(s, algorithm);

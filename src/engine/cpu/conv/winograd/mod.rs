@@ -100,6 +100,12 @@ struct Band {
     tiles: usize,
     /// Tiles rounded up to whole lanes (the tail is zeros).
     padded: usize,
+    /// Floats from one position's row of tiles to the next in the f32
+    /// path's `V` and `M`: `padded` and two lanes more. With `padded` a
+    /// power of two (512 on the VAE's maps) the 36 rows that a block writes
+    /// or reads fell into the same few cache sets: the input transform of a
+    /// 128-channel convolution at 256x256 took 36 ms instead of 29.
+    stride: usize,
 }
 
 impl Band {
@@ -131,6 +137,7 @@ fn bands<V: Variant>(s: &ConvShape) -> impl Iterator<Item = Band> {
             tiles_wide,
             tiles,
             padded: tiles.next_multiple_of(LANES),
+            stride: tiles.next_multiple_of(LANES) + 2 * LANES,
         }
     })
 }
@@ -152,8 +159,8 @@ pub(super) fn conv2d<V: Variant>(
     let t = kernel_matrix::<V>();
     let mut v = Vec::new();
     for band in bands::<V>(s) {
-        v.resize(c * positions * band.padded, 0.0);
-        v.par_chunks_mut(positions * band.padded)
+        v.resize(c * positions * band.stride, 0.0);
+        v.par_chunks_mut(positions * band.stride)
             .enumerate()
             .for_each(|(ci, vc)| transform_input::<V>(s, input, ci, &band, vc));
 
@@ -161,7 +168,7 @@ pub(super) fn conv2d<V: Variant>(
             let ks = k0..(k0 + chunk).min(k);
             SCRATCH.with(|scratch| {
                 let (u, m) = &mut *scratch.borrow_mut();
-                m.resize(positions * ks.len() * band.padded, 0.0);
+                m.resize(positions * ks.len() * band.stride, 0.0);
                 for c0 in (0..c).step_by(INPUT_CHUNK) {
                     let cs = c0..(c0 + INPUT_CHUNK).min(c);
                     u.resize(positions * ks.len() * cs.len(), 0.0);
@@ -186,7 +193,7 @@ fn multiply(
     v: &[f32],
     m: &mut [f32],
 ) {
-    let padded = band.padded;
+    let (padded, stride) = (band.padded, band.stride);
     for xi in 0..positions {
         // Computed as Mᵀ = Vᵀ Uᵀ (tiles as rows), which the gemm crate
         // runs faster for these shapes. SAFETY: Vᵀ[ξ] is [padded, cs] at
@@ -196,12 +203,12 @@ fn multiply(
         unsafe {
             product(
                 [padded, chunk, cs.len()],
-                (m.as_mut_ptr().add(xi * chunk * padded), 1, padded),
+                (m.as_mut_ptr().add(xi * chunk * stride), 1, stride),
                 cs.start > 0,
                 (
-                    v.as_ptr().add((cs.start * positions + xi) * padded),
+                    v.as_ptr().add((cs.start * positions + xi) * stride),
                     1,
-                    positions * padded,
+                    positions * stride,
                 ),
                 (u.as_ptr().add(xi * chunk * cs.len()), 1, cs.len()),
                 1.0,
@@ -235,14 +242,12 @@ fn transform_input_lanes<V: Variant>(
     band: &Band,
     vc: &mut [f32],
 ) {
-    let side = V::IN;
     for t0 in (0..band.padded).step_by(LANES) {
-        let block = transformed_block::<V>(s, input, ci, band, t0);
-        for (i, row) in block.iter().enumerate().take(side) {
-            for (j, value) in row.iter().enumerate().take(side) {
-                vc[(i * side + j) * band.padded + t0..][..LANES].copy_from_slice(value);
+        transformed_rows::<V>(s, input, ci, band, t0, |i, row| {
+            for (j, value) in row.iter().enumerate().take(V::IN) {
+                vc[(i * V::IN + j) * band.stride + t0..][..LANES].copy_from_slice(value);
             }
-        }
+        });
     }
 }
 
@@ -256,8 +261,166 @@ fn transformed_block<V: Variant>(
     band: &Band,
     t0: usize,
 ) -> [[Lane; 6]; 6] {
-    let (h, w, side) = (s.height, s.width, V::IN);
+    let mut block = [[[0f32; LANES]; 6]; 6];
+    transformed_rows::<V>(s, input, ci, band, t0, |i, row| block[i] = *row);
+    block
+}
+
+/// [`transformed_block`], handed to `put` a row `i` at a time as it is
+/// made: a block returned whole was copied (1152 bytes) on its way to the
+/// f32 path's `V`.
+#[inline(always)]
+fn transformed_rows<V: Variant>(
+    s: &ConvShape,
+    input: &[f32],
+    ci: usize,
+    band: &Band,
+    t0: usize,
+    mut put: impl FnMut(usize, &[Lane; 6]),
+) {
     let mut d = [[[0f32; LANES]; 6]; 6];
+    if same_tile_row(band, t0) {
+        gather_tile_row::<V>(s, input, ci, band, t0, &mut d);
+    } else {
+        gather_tiles::<V>(s, input, ci, band, t0, &mut d);
+    }
+    // Bᵀ down each column, then along each row.
+    let mut columns = [[[0f32; LANES]; 6]; 6];
+    for j in 0..V::IN {
+        let col = V::input_1d(std::array::from_fn(|i| d[i][j]));
+        for (row, value) in columns.iter_mut().zip(col).take(V::IN) {
+            row[j] = value;
+        }
+    }
+    // A loop, not `std::array::from_fn`, whose closure would be compiled
+    // outside the vectorised caller.
+    for (i, column) in columns.into_iter().enumerate().take(V::IN) {
+        put(i, &V::input_1d(column));
+    }
+}
+
+/// Whether the [`LANES`] tiles from `t0` are all real and side by side in
+/// one row of tiles.
+#[inline(always)]
+fn same_tile_row(band: &Band, t0: usize) -> bool {
+    t0 + LANES <= band.tiles && t0 % band.tiles_wide + LANES <= band.tiles_wide
+}
+
+/// Floats of one input row that [`deal`] reads for [`LANES`] adjacent
+/// tiles: they lie under `OUT · LANES + 2` of them (F(4x4): 34), and the
+/// permutes read 32 from column 0 and, for F(4x4)'s last two columns, 32
+/// from column 4.
+const ROW_SPAN: usize = 4 + 32;
+
+/// The input blocks of [`LANES`] adjacent tiles of one tile row: each input
+/// row under them is copied once (zeros past the image's edges) and dealt
+/// out to the lanes, tile `l` taking columns `OUT·l ..` of it. Reading
+/// tile by tile (as [`gather_tiles`] does) costs one scalar load per value
+/// per tile, which on 128-channel maps took as long as the products.
+#[inline(always)]
+fn gather_tile_row<V: Variant>(
+    s: &ConvShape,
+    input: &[f32],
+    ci: usize,
+    band: &Band,
+    t0: usize,
+    d: &mut [[Lane; 6]; 6],
+) {
+    let (h, w) = (s.height, s.width);
+    let (n, y, x) = band.origin(t0);
+    let plane = &input[(n * s.in_channels + ci) * h * w..][..h * w];
+    let span = V::OUT * LANES + 2;
+    // The block starts one row and column before the tile.
+    let inside = x >= 1 && x - 1 + ROW_SPAN <= w;
+    for (i, row) in d.iter_mut().enumerate().take(V::IN) {
+        let iy = y + i;
+        if iy == 0 || iy > h {
+            continue;
+        }
+        let source = &plane[(iy - 1) * w..][..w];
+        if inside {
+            deal::<V>(source[x - 1..][..ROW_SPAN].try_into().expect("span"), row);
+        } else {
+            let mut stretch = [0f32; ROW_SPAN];
+            for (j, value) in stretch.iter_mut().enumerate().take(span) {
+                if (1..=w).contains(&(x + j)) {
+                    *value = source[x + j - 1];
+                }
+            }
+            deal::<V>(&stretch, row);
+        }
+    }
+}
+
+/// `row[j][l] = stretch[OUT·l + j]`: one input row's values dealt out to
+/// the tiles' lanes.
+#[inline(always)]
+fn deal<V: Variant>(stretch: &[f32; ROW_SPAN], row: &mut [Lane; 6]) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F (checked just above).
+        unsafe { deal_x86::<V>(stretch, row) };
+        return;
+    }
+    deal_portable::<V>(stretch, row)
+}
+
+/// [`deal`] for any CPU; compilers turn it into gathers, a scalar load per
+/// lane.
+#[inline(always)]
+fn deal_portable<V: Variant>(stretch: &[f32; ROW_SPAN], row: &mut [Lane; 6]) {
+    for (j, cell) in row.iter_mut().enumerate().take(V::IN) {
+        *cell = lanes(|l| stretch[V::OUT * l + j]);
+    }
+}
+
+/// [`deal`] with one two-register permute per column `j`, from the
+/// stretch's 32 values at `j - j % OUT` (within [`ROW_SPAN`]: at most 4 +
+/// 32).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn deal_x86<V: Variant>(stretch: &[f32; ROW_SPAN], row: &mut [Lane; 6]) {
+    use std::arch::x86_64::*;
+    for (j, cell) in row.iter_mut().enumerate().take(V::IN) {
+        let base = j - j % V::OUT;
+        let phase = (j % V::OUT) as i32;
+        let step = V::OUT as i32;
+        let index = _mm512_setr_epi32(
+            phase,
+            phase + step,
+            phase + 2 * step,
+            phase + 3 * step,
+            phase + 4 * step,
+            phase + 5 * step,
+            phase + 6 * step,
+            phase + 7 * step,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+        );
+        let from = stretch[base..base + 32].as_ptr();
+        let picked =
+            _mm512_permutex2var_ps(_mm512_loadu_ps(from), index, _mm512_loadu_ps(from.add(16)));
+        _mm256_storeu_ps(cell.as_mut_ptr(), _mm512_castps512_ps256(picked));
+    }
+}
+
+/// The input blocks of the [`LANES`] tiles from `t0`, tile by tile.
+#[inline(always)]
+fn gather_tiles<V: Variant>(
+    s: &ConvShape,
+    input: &[f32],
+    ci: usize,
+    band: &Band,
+    t0: usize,
+    d: &mut [[Lane; 6]; 6],
+) {
+    let (h, w, side) = (s.height, s.width, V::IN);
     for l in 0..LANES {
         let t = t0 + l;
         if t >= band.tiles {
@@ -288,21 +451,6 @@ fn transformed_block<V: Variant>(
             }
         }
     }
-    // Bᵀ down each column, then along each row.
-    let mut columns = [[[0f32; LANES]; 6]; 6];
-    for j in 0..side {
-        let col = V::input_1d(std::array::from_fn(|i| d[i][j]));
-        for (row, value) in columns.iter_mut().zip(col).take(side) {
-            row[j] = value;
-        }
-    }
-    // A loop, not `std::array::from_fn`, whose closure would be compiled
-    // outside the vectorised caller.
-    let mut block = [[[0f32; LANES]; 6]; 6];
-    for (row, column) in block.iter_mut().zip(columns).take(side) {
-        *row = V::input_1d(column);
-    }
-    block
 }
 
 /// `G ⊗ G` as an `[IN², 9]` row-major matrix: `(G g Gᵀ)[ξ] = Σₜ T[ξ][t] ·
@@ -410,11 +558,25 @@ fn transform_output_lanes<V: Variant>(
     for (kk, k) in ks.enumerate() {
         for t0 in (0..band.padded).step_by(LANES) {
             let at = |xi: usize| -> Lane {
-                m[(xi * chunk + kk) * band.padded + t0..][..LANES]
+                m[(xi * chunk + kk) * band.stride + t0..][..LANES]
                     .try_into()
                     .expect("one lane")
             };
             let y4 = output_block::<V>(at);
+            let (n, y, x) = band.origin(t0);
+            if same_tile_row(band, t0) && x + V::OUT * LANES <= w {
+                let plane = ((n * s.out_channels + k) * h + y) * w + x;
+                for (i, row) in y4.iter().enumerate().take(V::OUT.min(h - y)) {
+                    // SAFETY: the row's OUT · LANES columns from x are
+                    // inside the output (checked above), and only this
+                    // task writes channel k.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(out.0.add(plane + i * w), V::OUT * LANES)
+                    };
+                    store_tile_row::<V>(row, bias[k], dst);
+                }
+                continue;
+            }
             for l in 0..LANES {
                 let t = t0 + l;
                 if t >= band.tiles {
@@ -434,6 +596,51 @@ fn transform_output_lanes<V: Variant>(
                 }
             }
         }
+    }
+}
+
+/// `dst[OUT·l + j] = row[j][l] + bias`: one output row of [`LANES`]
+/// adjacent tiles, gathered back from the lanes ([`deal`] in reverse).
+#[inline(always)]
+fn store_tile_row<V: Variant>(row: &[Lane; 4], bias: f32, dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F (checked just above).
+        unsafe { store_tile_row_x86::<V>(row, bias, dst) };
+        return;
+    }
+    store_tile_row_portable::<V>(row, bias, dst)
+}
+
+/// [`store_tile_row`] for any CPU.
+#[inline(always)]
+fn store_tile_row_portable<V: Variant>(row: &[Lane; 4], bias: f32, dst: &mut [f32]) {
+    for (l, tile) in dst.chunks_exact_mut(V::OUT).enumerate() {
+        for (j, value) in tile.iter_mut().enumerate() {
+            *value = row[j][l] + bias;
+        }
+    }
+}
+
+/// [`store_tile_row`] with one two-register permute per 16 outputs, from
+/// `[row[0] | row[1]]` and `[row[2] | row[3]]`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn store_tile_row_x86<V: Variant>(row: &[Lane; 4], bias: f32, dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert!(V::OUT <= 4 && dst.len() == V::OUT * LANES);
+    let low = _mm512_loadu_ps(row[0].as_ptr());
+    let high = _mm512_loadu_ps(row[2].as_ptr());
+    let bias = _mm512_set1_ps(bias);
+    for (c, part) in dst.chunks_exact_mut(16).enumerate() {
+        // Output 16c + q is lane l = (16c + q) / OUT of column j = (16c +
+        // q) % OUT, which sits at 8j + l in [low | high].
+        let index: [i32; 16] = std::array::from_fn(|q| {
+            let p = 16 * c + q;
+            ((p % V::OUT) * LANES + p / V::OUT) as i32
+        });
+        let picked = _mm512_permutex2var_ps(low, _mm512_loadu_si512(index.as_ptr().cast()), high);
+        _mm512_storeu_ps(part.as_mut_ptr(), _mm512_add_ps(picked, bias));
     }
 }
 
@@ -526,7 +733,35 @@ fn lanes(f: impl Fn(usize) -> f32) -> Lane {
 
 #[cfg(test)]
 mod tests {
-    use super::output_chunk;
+    use super::*;
+
+    /// The AVX-512 permutes against the portable loops they replace, for
+    /// both tile sizes (the convolution tests run whichever this CPU has).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn permutes_match_the_portable_loops() {
+        if !is_x86_feature_detected!("avx512f") {
+            eprintln!("skipped: this CPU has no AVX-512F");
+            return;
+        }
+        fn check<V: Variant>() {
+            let stretch: [f32; ROW_SPAN] = std::array::from_fn(|i| i as f32 + 0.5);
+            let (mut fast, mut portable) = ([[0f32; LANES]; 6], [[0f32; LANES]; 6]);
+            // SAFETY: AVX-512F checked above.
+            unsafe { deal_x86::<V>(&stretch, &mut fast) };
+            deal_portable::<V>(&stretch, &mut portable);
+            assert_eq!(fast, portable);
+
+            let row: [Lane; 4] = std::array::from_fn(|j| lanes(|l| (10 * j + l) as f32));
+            let (mut fast, mut portable) = (vec![0f32; V::OUT * LANES], vec![0f32; V::OUT * LANES]);
+            // SAFETY: as above.
+            unsafe { store_tile_row_x86::<V>(&row, 0.25, &mut fast) };
+            store_tile_row_portable::<V>(&row, 0.25, &mut portable);
+            assert_eq!(fast, portable);
+        }
+        check::<F4>();
+        check::<F2>();
+    }
 
     #[test]
     fn tasks_share_out_evenly_where_the_width_allows() {
