@@ -12,6 +12,8 @@
 //! ([`Arrangement`]), so a transformer's projections into and out of its
 //! tokens read and write the NCHW map in place: no permuted copy.
 
+use rayon::prelude::*;
+
 use super::bf16::{self, PackedRhs};
 use super::product;
 
@@ -84,13 +86,7 @@ pub fn linear(
         residual.is_none_or(|r| r.len() == out_len),
         "residual of {s:?}"
     );
-    let mut out = match residual {
-        Some(residual) => residual.to_vec(),
-        None => vec![0f32; out_len],
-    };
-    if let Some(bias) = bias {
-        add_bias(s, bias, &mut out);
-    }
+    let mut out = starting_output(s, bias, residual);
     // Tokens in and out: the batch folds into one product.
     let (images, rows) = match (s.input, s.output) {
         (Arrangement::Tokens, Arrangement::Tokens) => (1, s.batch * s.rows),
@@ -124,16 +120,49 @@ pub fn linear(
     out
 }
 
-fn add_bias(s: &LinearShape, bias: &[f32], out: &mut [f32]) {
-    match s.output {
-        Arrangement::Tokens => {
-            for row in out.chunks_exact_mut(s.outputs) {
-                row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
+/// Elements per task of [`starting_output`].
+const CHUNK: usize = 1 << 16;
+
+/// What the product adds onto: the residual (or zeros) plus the bias,
+/// written once, on every core. Zeroing a 2048 x 2560 output and then
+/// adding the bias on one thread took 3.1 ms, a quarter of its bf16
+/// product's time.
+fn starting_output(s: &LinearShape, bias: Option<&[f32]>, residual: Option<&[f32]>) -> Vec<f32> {
+    let len = s.batch * s.rows * s.outputs;
+    let Some(bias) = bias else {
+        return residual.map_or_else(|| vec![0f32; len], <[f32]>::to_vec);
+    };
+    // The bias varies along a row of tokens, and is constant over a
+    // channel's plane.
+    let run = match s.output {
+        Arrangement::Tokens => s.outputs,
+        Arrangement::Channels => s.rows,
+    };
+    let value = |run_index: usize, i: usize| match s.output {
+        Arrangement::Tokens => bias[i],
+        Arrangement::Channels => bias[run_index % s.outputs],
+    };
+    let mut out = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(run)
+        .enumerate()
+        .with_min_len(CHUNK.div_ceil(run))
+        .for_each(|(r, dst)| match residual {
+            Some(residual) => {
+                let residual = &residual[r * run..][..run];
+                for (i, (d, &x)) in dst.iter_mut().zip(residual).enumerate() {
+                    d.write(x + value(r, i));
+                }
             }
-        }
-        // One plane of `rows` per image and output feature, image after image.
-        Arrangement::Channels => super::add::add_per_plane(out, &bias.repeat(s.batch)),
-    }
+            None => {
+                for (i, d) in dst.iter_mut().enumerate() {
+                    d.write(value(r, i));
+                }
+            }
+        });
+    // SAFETY: the chunks cover the first `len` elements, each written above.
+    unsafe { out.set_len(len) };
+    out
 }
 
 #[cfg(test)]
@@ -175,6 +204,7 @@ mod tests {
             for (b, res) in [
                 (None, None),
                 (Some(&bias[..]), None),
+                (None, Some(&residual[..])),
                 (Some(&bias[..]), Some(&residual[..])),
             ] {
                 let got = linear(&s, &x, Weight::F32(&wt), b, res);
