@@ -12,6 +12,18 @@ use super::cpu::ops;
 use super::cuda;
 use super::profile::section;
 
+/// Nearest-neighbour upsampling of `[batch, channels, h, w]` to `height x
+/// width`: the CPU kernel for f32 at exactly twice the size, candle's
+/// otherwise.
+pub fn upsample_nearest(xs: &Tensor, height: usize, width: usize) -> Result<Tensor> {
+    let (_, _, h, w) = xs.dims4()?;
+    if ops::applies(xs) && (height, width) == (2 * h, 2 * w) {
+        ops::upsample2x(xs)
+    } else {
+        xs.upsample_nearest2d(height, width)
+    }
+}
+
 /// A linear layer. f32 on the CPU keeps its weight transposed (`[in,
 /// out]`, see `cpu::linear` for why), or rounded to bf16 and packed inside
 /// [`with_bf16_products`], and runs the CPU kernel; elsewhere it is

@@ -14,6 +14,7 @@ pub mod group_norm;
 pub mod linear;
 mod math;
 pub mod ops;
+pub mod upsample;
 
 /// Shares a mutable pointer between the threads that write disjoint parts
 /// of one buffer.

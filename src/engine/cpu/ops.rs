@@ -14,6 +14,7 @@ use super::conv::{self, Bf16Kernel, ConvShape};
 use super::geglu;
 use super::group_norm::{self, GroupShape};
 use super::linear::{self, Arrangement, LinearShape};
+use super::upsample;
 
 /// Whether the CPU kernels take this tensor: f32 on the CPU.
 pub fn applies(xs: &Tensor) -> bool {
@@ -573,6 +574,25 @@ impl CustomOp1 for Geglu {
         *last /= 2;
         let out = geglu::geglu(slice(h, layout)?, *last);
         Ok((CpuStorage::F32(out), dims.into()))
+    }
+}
+
+/// Nearest-neighbour upsampling of `[batch, channels, h, w]` to `2h x 2w`.
+pub fn upsample2x(xs: &Tensor) -> Result<Tensor> {
+    xs.contiguous()?.apply_op1_no_bwd(&Upsample2x)
+}
+
+struct Upsample2x;
+
+impl CustomOp1 for Upsample2x {
+    fn name(&self) -> &'static str {
+        "atelier-cpu-upsample2x"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = layout.shape().dims4()?;
+        let out = upsample::upsample2x(slice(xs, layout)?, h, w);
+        Ok((CpuStorage::F32(out), (n, c, 2 * h, 2 * w).into()))
     }
 }
 
