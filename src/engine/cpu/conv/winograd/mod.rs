@@ -13,13 +13,16 @@
 //!
 //! The f32 path, below:
 //! Layout (P = (m+2)² positions): the transformed input `V` is
-//! `[C][P][tiles]` (one contiguous block per input channel, filled in
+//! `[C][P][tiles]` (rows of [`Band::stride`] floats, one contiguous block
+//! per input channel, filled in
 //! parallel), the transformed kernel `U` and the products `M` exist only
 //! for a chunk of output channels at a time (`[P][chunk][C]`,
 //! `[P][chunk][tiles]`, per thread), so the kernel's transform — up to
 //! four times its size — never goes through main memory.
 //! The input and output transforms work on [`LANES`] tiles at once so that
-//! they compile to vector instructions; the kernel's is a matrix product.
+//! they compile to vector instructions (reading and writing 8 tiles of one
+//! row with permutes, [`deal`] and [`store_tile_row`]); the kernel's is a
+//! matrix product.
 
 use std::cell::RefCell;
 
@@ -197,9 +200,9 @@ fn multiply(
     for xi in 0..positions {
         // Computed as Mᵀ = Vᵀ Uᵀ (tiles as rows), which the gemm crate
         // runs faster for these shapes. SAFETY: Vᵀ[ξ] is [padded, cs] at
-        // column stride P * padded from channel cs.start, Uᵀ[ξ] is [cs,
+        // column stride P * stride from channel cs.start, Uᵀ[ξ] is [cs,
         // chunk] at column stride cs.len(), Mᵀ[ξ] is [padded, chunk] at
-        // column stride padded; all inside their buffers.
+        // column stride `stride` (>= padded); all inside their buffers.
         unsafe {
             product(
                 [padded, chunk, cs.len()],
@@ -313,10 +316,11 @@ fn same_tile_row(band: &Band, t0: usize) -> bool {
 const ROW_SPAN: usize = 4 + 32;
 
 /// The input blocks of [`LANES`] adjacent tiles of one tile row: each input
-/// row under them is copied once (zeros past the image's edges) and dealt
-/// out to the lanes, tile `l` taking columns `OUT·l ..` of it. Reading
-/// tile by tile (as [`gather_tiles`] does) costs one scalar load per value
-/// per tile, which on 128-channel maps took as long as the products.
+/// row under them is read once (at the image's edges, through a copy with
+/// zeros outside it) and dealt out to the lanes, tile `l` taking columns
+/// `OUT·l ..` of it. Reading tile by tile (as [`gather_tiles`] does) costs
+/// a scalar load and store per value and tile; on the VAE's 128-channel
+/// maps the input transform took about a third of the convolution.
 #[inline(always)]
 fn gather_tile_row<V: Variant>(
     s: &ConvShape,
