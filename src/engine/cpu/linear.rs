@@ -129,7 +129,7 @@ const CHUNK: usize = 1 << 16;
 /// product's time.
 fn starting_output(s: &LinearShape, bias: Option<&[f32]>, residual: Option<&[f32]>) -> Vec<f32> {
     let len = s.batch * s.rows * s.outputs;
-    let Some(bias) = bias else {
+    let Some(bias) = bias.filter(|_| len > 0) else {
         return residual.map_or_else(|| vec![0f32; len], <[f32]>::to_vec);
     };
     // The bias varies along a row of tokens, and is constant over a
