@@ -410,31 +410,24 @@ unsafe fn deal_x86<V: Variant>(stretch: &[f32; ROW_SPAN], row: &mut [Lane; 6]) {
     use std::arch::x86_64::*;
     for (j, cell) in row.iter_mut().enumerate().take(V::IN) {
         let base = j - j % V::OUT;
-        let phase = (j % V::OUT) as i32;
-        let step = V::OUT as i32;
-        let index = _mm512_setr_epi32(
-            phase,
-            phase + step,
-            phase + 2 * step,
-            phase + 3 * step,
-            phase + 4 * step,
-            phase + 5 * step,
-            phase + 6 * step,
-            phase + 7 * step,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-        );
+        // Lane l takes column OUT·l + j of the row, at OUT·l + j % OUT
+        // from `base` (lanes 8-15 repeat 0-7 and are not stored).
+        let index = permute_index(|l| V::OUT * (l % LANES) + j % V::OUT);
         let from = stretch[base..base + 32].as_ptr();
         let picked =
             _mm512_permutex2var_ps(_mm512_loadu_ps(from), index, _mm512_loadu_ps(from.add(16)));
         _mm256_storeu_ps(cell.as_mut_ptr(), _mm512_castps512_ps256(picked));
     }
+}
+
+/// The index vector of `_mm512_permutex2var_ps`: output lane `q` (of 16)
+/// takes element `pick(q)` of the two registers' 32.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn permute_index(pick: impl Fn(usize) -> usize) -> std::arch::x86_64::__m512i {
+    let index: [i32; 16] = std::array::from_fn(|q| pick(q) as i32);
+    // SAFETY: 16 i32 are one 512-bit load.
+    unsafe { std::arch::x86_64::_mm512_loadu_si512(index.as_ptr().cast()) }
 }
 
 /// The input blocks of the [`LANES`] tiles from `t0`, tile by tile.
@@ -664,11 +657,11 @@ unsafe fn store_tile_row_x86<V: Variant>(row: &[Lane; 4], bias: f32, dst: &mut [
     for (c, part) in dst.chunks_exact_mut(16).enumerate() {
         // Output 16c + q is lane l = (16c + q) / OUT of column j = (16c +
         // q) % OUT, which sits at 8j + l in [low | high].
-        let index: [i32; 16] = std::array::from_fn(|q| {
+        let index = permute_index(|q| {
             let p = 16 * c + q;
-            ((p % V::OUT) * LANES + p / V::OUT) as i32
+            (p % V::OUT) * LANES + p / V::OUT
         });
-        let picked = _mm512_permutex2var_ps(low, _mm512_loadu_si512(index.as_ptr().cast()), high);
+        let picked = _mm512_permutex2var_ps(low, index, high);
         _mm512_storeu_ps(part.as_mut_ptr(), _mm512_add_ps(picked, bias));
     }
 }
