@@ -60,6 +60,29 @@ impl Conv2d {
     }
 }
 
+impl Conv2d {
+    /// This convolution of `xs` upsampled (nearest neighbour) to `height x
+    /// width`. On the CPU in f32, a 3x3 convolution of a map upsampled to
+    /// exactly twice its size runs on the map as it is (see
+    /// `cpu::conv::conv2d_upsampled`), without the upsampled copy.
+    pub fn forward_upsampled(&self, xs: &Tensor, height: usize, width: usize) -> Result<Tensor> {
+        let (_, _, h, w) = xs.dims4()?;
+        if let Weights::Candle(conv) = &self.weights {
+            let weight = conv.weight();
+            let square3x3 = weight.dims().get(2..) == Some(&[3, 3][..]);
+            if ops::applies(xs)
+                && (height, width) == (2 * h, 2 * w)
+                && square3x3
+                && (self.stride, self.padding) == (1, 1)
+            {
+                let bias = conv.bias().expect("read with a bias");
+                return ops::conv2d_upsampled(xs, weight, bias);
+            }
+        }
+        self.forward(&blocks::upsample_nearest(xs, height, width)?)
+    }
+}
+
 impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let (s, p) = (self.stride, self.padding);
@@ -127,6 +150,33 @@ mod tests {
                 let err = relative_error(conv.forward(&xs)?)?;
                 assert!(err < 1e-2, "bf16 {cin}->{cout} k{k}: {err}");
             }
+        }
+        Ok(())
+    }
+
+    /// An up-convolution gives candle's upsampling then convolution: on a
+    /// map large enough for the sub-pixel path (40x41, 2 images), a small
+    /// one, and a target that is not twice the size (odd latents in the
+    /// UNet), which takes candle's upsampling.
+    #[test]
+    fn up_convolution_matches_candle_on_the_cpu() -> Result<()> {
+        let dev = Device::Cpu;
+        let map = VarMap::new();
+        let vb = VarBuilder::from_varmap(&map, DType::F32, &dev);
+        let conv = Conv2d::new(vb.clone(), 5, 3, 3, 1, 1)?;
+        let cfg = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let candle = candle_nn::conv2d(5, 3, 3, cfg, vb)?;
+        for (h, w, height, width) in [(40, 41, 80, 82), (6, 7, 12, 14), (5, 5, 11, 10)] {
+            let xs = Tensor::randn(0f32, 1., (2, 5, h, w), &dev)?;
+            let want = candle.forward(&xs.upsample_nearest2d(height, width)?)?;
+            let got = conv.forward_upsampled(&xs, height, width)?;
+            assert_eq!(got.dims(), want.dims());
+            let scale = want.abs()?.max_all()?.to_scalar::<f32>()?;
+            let err = (got - &want)?.abs()?.max_all()?.to_scalar::<f32>()? / scale;
+            assert!(err < 2e-5, "{h}x{w} -> {height}x{width}: {err}");
         }
         Ok(())
     }

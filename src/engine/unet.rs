@@ -9,8 +9,8 @@ use candle_core::{Module, Result, Tensor, TensorId, D};
 use candle_nn::{layer_norm, LayerNorm, VarBuilder};
 
 use super::blocks::{
-    attention, group_norm, linear, linear_no_bias, upsample_nearest, AttentionMode, Conv1x1,
-    GroupNorm, Linear, ResnetBlock,
+    attention, group_norm, linear, linear_no_bias, AttentionMode, Conv1x1, GroupNorm, Linear,
+    ResnetBlock,
 };
 use super::config::UnetSpec;
 use super::conv::Conv2d;
@@ -553,7 +553,7 @@ impl UNet {
                     None => (x.dim(2)? * 2, x.dim(3)? * 2),
                 };
                 x = section("up/down sampling", x.device(), || {
-                    up.forward(&upsample_nearest(&x, h, w)?)
+                    up.forward_upsampled(&x, h, w)
                 })?;
             }
         }

@@ -6,8 +6,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::blocks::{
-    attention, group_norm, linear, upsample_nearest, AttentionMode, Conv1x1, GroupNorm, Linear,
-    ResnetBlock,
+    attention, group_norm, linear, AttentionMode, Conv1x1, GroupNorm, Linear, ResnetBlock,
 };
 use super::config::VaeSpec;
 use super::conv::Conv2d;
@@ -167,7 +166,7 @@ impl DecoderBlock {
         match &self.upsample {
             Some(conv) => section("up/down sampling", xs.device(), || {
                 let (_, _, h, w) = xs.dims4()?;
-                conv.forward(&upsample_nearest(&xs, 2 * h, 2 * w)?)
+                conv.forward_upsampled(&xs, 2 * h, 2 * w)
             }),
             None => Ok(xs),
         }

@@ -269,6 +269,46 @@ impl CustomOp3 for Conv {
     }
 }
 
+/// `conv(upsample2x(xs), weight) + bias` for a 3x3 kernel at stride 1 and
+/// padding 1 (see [`conv::conv2d_upsampled`]): `[batch, C, h, w]` in,
+/// `[batch, K, 2h, 2w]` out.
+pub fn conv2d_upsampled(xs: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    xs.contiguous()?
+        .apply_op3_no_bwd(weight, bias, &UpsampledConv)
+}
+
+struct UpsampledConv;
+
+impl CustomOp3 for UpsampledConv {
+    fn name(&self) -> &'static str {
+        "atelier-cpu-upsampled-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        input: &CpuStorage,
+        input_layout: &Layout,
+        weight: &CpuStorage,
+        weight_layout: &Layout,
+        bias: &CpuStorage,
+        bias_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (k, c, kh, kw) = weight_layout.shape().dims4()?;
+        if (kh, kw) != (3, 3) {
+            candle_core::bail!("up-convolution: a {kh}x{kw} kernel, where 3x3 is taken");
+        }
+        let shape = conv_shape(input_layout, [k, c, kh, kw], 1, 1)?;
+        let out = conv::conv2d_upsampled(
+            &shape,
+            slice(input, input_layout)?,
+            slice(weight, weight_layout)?,
+            slice(bias, bias_layout)?,
+        );
+        let dims = (shape.batch, k, 2 * shape.height, 2 * shape.width);
+        Ok((CpuStorage::F32(out), dims.into()))
+    }
+}
+
 struct ConvBf16<'a> {
     kernel: &'a Bf16Kernel,
     stride: usize,

@@ -25,7 +25,7 @@ use rayon::prelude::*;
 use super::super::super::bf16::{self, PackedLhs, PackedRhs, RHS_PANEL};
 use super::super::super::{product, vectorized, SharedMut};
 use super::LANES;
-use super::{bands, kernel_matrix, output_block, transformed_block, Band, Lane, Variant, F2};
+use super::{bands, kernel_matrix, output_block, transformed_block, Band, Lane, Tiles, F2};
 use crate::engine::cpu::conv::ConvShape;
 
 /// Positions of F(2x2, 3x3)'s 4x4 blocks.

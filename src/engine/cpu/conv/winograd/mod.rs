@@ -1,7 +1,8 @@
 //! Winograd's F(4x4, 3x3) for 3x3 convolutions with stride 1 and padding 1
 //! (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks";
-//! interpolation points 0, ±1, ±2, ∞), and F(2x2, 3x3) for bf16 products
-//! ([`bf16_products`]).
+//! interpolation points 0, ±1, ±2, ∞), F(2x2, 3x3) for bf16 products
+//! ([`bf16_products`]), and F(5x5, 2x2) per output phase for a convolution
+//! of a nearest-2x-upsampled map ([`upsampled`]).
 //!
 //! Each m x m block of output comes from an (m+2) x (m+2) block of input:
 //! `Y = Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A`. Summed over input channels, the
@@ -32,19 +33,27 @@ use super::super::{product, vectorized, SharedMut};
 use super::ConvShape;
 
 pub(super) mod bf16_products;
+pub(super) mod upsampled;
 
 const LANES: usize = 8;
 type Lane = [f32; LANES];
 
-/// One member of the family F(m x m, 3x3): its tile sizes and 1-D
-/// transforms, apart from the machinery that applies them.
-pub(super) trait Variant {
-    /// Output tile side m.
+/// How the input is cut into tiles and transformed: the tile side, the
+/// block read under each tile (from one row and column before it) and
+/// the 1-D input transform.
+pub(super) trait Tiles {
+    /// Tile side m: tiles start every m rows and columns.
     const OUT: usize;
-    /// Input block side m + 2.
+    /// Input block side (m + 2 for a 3x3 kernel).
     const IN: usize;
     /// Bᵀ applied to a column of `IN` lanes.
     fn input_1d(d: [Lane; 6]) -> [Lane; 6];
+}
+
+/// One member of the family F(m x m, 3x3): its kernel and output
+/// transforms beside its [`Tiles`], apart from the machinery that applies
+/// them.
+pub(super) trait Variant: Tiles {
     /// G, the kernel transform's `IN x 3` matrix (rows past `IN` unused).
     const G: [[f32; 3]; 6];
     /// Aᵀ applied to a column of `IN` lanes.
@@ -126,15 +135,26 @@ impl Band {
 
 /// The bands that cover the output of `s` in `V`'s tiles, [`BAND_TILES`]
 /// (or one row of tiles, if that is more) at a time.
-fn bands<V: Variant>(s: &ConvShape) -> impl Iterator<Item = Band> {
+fn bands<V: Tiles>(s: &ConvShape) -> impl Iterator<Item = Band> {
     let tiles_high = s.height.div_ceil(V::OUT);
     let tiles_wide = s.width.div_ceil(V::OUT);
-    let rows = s.batch * tiles_high;
+    bands_over(V::OUT, s.batch, tiles_high, tiles_wide)
+}
+
+/// [`bands`] over a grid of `tiles_high x tiles_wide` tiles of `side` per
+/// image.
+fn bands_over(
+    side: usize,
+    batch: usize,
+    tiles_high: usize,
+    tiles_wide: usize,
+) -> impl Iterator<Item = Band> {
+    let rows = batch * tiles_high;
     let band_rows = (BAND_TILES / tiles_wide).clamp(1, rows);
     (0..rows).step_by(band_rows).map(move |first_row| {
         let tiles = band_rows.min(rows - first_row) * tiles_wide;
         Band {
-            side: V::OUT,
+            side,
             first_row,
             tiles_high,
             tiles_wide,
@@ -175,7 +195,7 @@ pub(super) fn conv2d<V: Variant>(
                 for c0 in (0..c).step_by(INPUT_CHUNK) {
                     let cs = c0..(c0 + INPUT_CHUNK).min(c);
                     u.resize(positions * ks.len() * cs.len(), 0.0);
-                    transform_kernel(&t, positions, kernel, c, ks.clone(), cs.clone(), u);
+                    transform_kernel(&[&t], positions, kernel, c, ks.clone(), cs.clone(), u);
                     multiply(&band, positions, ks.len(), cs, u, &v, m);
                 }
                 transform_output::<V>(s, &band, ks, bias, m, out_ptr);
@@ -224,13 +244,7 @@ fn multiply(
 /// `V[c][ξ][t] = (Bᵀ d B)[ξ]` for every tile `t` of the band, `d` the input
 /// block (zero outside the image) under tile `t`, widened by one on each
 /// side.
-fn transform_input<V: Variant>(
-    s: &ConvShape,
-    input: &[f32],
-    ci: usize,
-    band: &Band,
-    vc: &mut [f32],
-) {
+fn transform_input<V: Tiles>(s: &ConvShape, input: &[f32], ci: usize, band: &Band, vc: &mut [f32]) {
     vectorized(
         #[inline(always)]
         || transform_input_lanes::<V>(s, input, ci, band, vc),
@@ -238,7 +252,7 @@ fn transform_input<V: Variant>(
 }
 
 #[inline(always)]
-fn transform_input_lanes<V: Variant>(
+fn transform_input_lanes<V: Tiles>(
     s: &ConvShape,
     input: &[f32],
     ci: usize,
@@ -258,7 +272,7 @@ fn transform_input_lanes<V: Variant>(
 /// `(Bᵀ d B)[i][j]` of input channel `ci` for the [`LANES`] tiles of the
 /// band from `t0` (zeros past its last tile).
 #[inline(always)]
-fn transformed_block<V: Variant>(
+fn transformed_block<V: Tiles>(
     s: &ConvShape,
     input: &[f32],
     ci: usize,
@@ -295,7 +309,7 @@ impl BlockArrays {
 /// made: a block returned whole was copied (1152 bytes) on its way to the
 /// f32 path's `V`.
 #[inline(always)]
-fn transformed_rows<V: Variant>(
+fn transformed_rows<V: Tiles>(
     s: &ConvShape,
     input: &[f32],
     ci: usize,
@@ -305,7 +319,7 @@ fn transformed_rows<V: Variant>(
     mut put: impl FnMut(usize, &[Lane; 6]),
 ) {
     let BlockArrays { d, columns } = arrays;
-    if same_tile_row(band, t0) {
+    if row_gather_fits::<V>() && same_tile_row(band, t0) {
         gather_tile_row::<V>(s, input, ci, band, t0, d);
     } else {
         gather_tiles::<V>(s, input, ci, band, t0, d);
@@ -331,6 +345,13 @@ fn same_tile_row(band: &Band, t0: usize) -> bool {
     t0 + LANES <= band.tiles && t0 % band.tiles_wide + LANES <= band.tiles_wide
 }
 
+/// Whether [`deal`]'s permutes reach every lane's columns: the [`LANES`]
+/// tiles' columns from one tile's start must lie within 32 floats.
+#[inline(always)]
+fn row_gather_fits<V: Tiles>() -> bool {
+    V::OUT * LANES <= 32
+}
+
 /// Floats of one input row that [`deal`] reads for [`LANES`] adjacent
 /// tiles: they lie under `OUT · LANES + 2` of them (F(4x4): 34), and the
 /// permutes read 32 from column 0 and, for F(4x4)'s last two columns, 32
@@ -344,7 +365,7 @@ const ROW_SPAN: usize = 4 + 32;
 /// a scalar load and store per value and tile; on the VAE's 128-channel
 /// maps the input transform took about a third of the convolution.
 #[inline(always)]
-fn gather_tile_row<V: Variant>(
+fn gather_tile_row<V: Tiles>(
     s: &ConvShape,
     input: &[f32],
     ci: usize,
@@ -382,7 +403,7 @@ fn gather_tile_row<V: Variant>(
 /// `row[j][l] = stretch[OUT·l + j]`: one input row's values dealt out to
 /// the tiles' lanes.
 #[inline(always)]
-fn deal<V: Variant>(stretch: &[f32; ROW_SPAN], row: &mut [Lane; 6]) {
+fn deal<V: Tiles>(stretch: &[f32; ROW_SPAN], row: &mut [Lane; 6]) {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU has AVX-512F (checked just above).
@@ -395,7 +416,7 @@ fn deal<V: Variant>(stretch: &[f32; ROW_SPAN], row: &mut [Lane; 6]) {
 /// [`deal`] for any CPU; compilers turn it into gathers, a scalar load per
 /// lane.
 #[inline(always)]
-fn deal_portable<V: Variant>(stretch: &[f32; ROW_SPAN], row: &mut [Lane; 6]) {
+fn deal_portable<V: Tiles>(stretch: &[f32; ROW_SPAN], row: &mut [Lane; 6]) {
     for (j, cell) in row.iter_mut().enumerate().take(V::IN) {
         *cell = lanes(|l| stretch[V::OUT * l + j]);
     }
@@ -406,7 +427,7 @@ fn deal_portable<V: Variant>(stretch: &[f32; ROW_SPAN], row: &mut [Lane; 6]) {
 /// 32).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn deal_x86<V: Variant>(stretch: &[f32; ROW_SPAN], row: &mut [Lane; 6]) {
+unsafe fn deal_x86<V: Tiles>(stretch: &[f32; ROW_SPAN], row: &mut [Lane; 6]) {
     use std::arch::x86_64::*;
     for (j, cell) in row.iter_mut().enumerate().take(V::IN) {
         let base = j - j % V::OUT;
@@ -432,7 +453,7 @@ fn permute_index(pick: impl Fn(usize) -> usize) -> std::arch::x86_64::__m512i {
 
 /// The input blocks of the [`LANES`] tiles from `t0`, tile by tile.
 #[inline(always)]
-fn gather_tiles<V: Variant>(
+fn gather_tiles<V: Tiles>(
     s: &ConvShape,
     input: &[f32],
     ci: usize,
@@ -491,14 +512,16 @@ fn kernel_matrix<V: Variant>() -> Vec<f32> {
     t
 }
 
-/// `U[ξ][k - ks.start][c - cs.start] = (G g Gᵀ)[ξ]` for the 3x3 kernel `g`
-/// of every output channel `k` in `ks` and input channel `c` in `cs`: per
-/// output channel one `[IN², 9] x [9, cs]` product with [`kernel_matrix`]
+/// `U[ξ][o][c - cs.start] = (T g)[ξ]` for the 3x3 kernel `g` of every
+/// output channel `k` in `ks` and input channel `c` in `cs`, once per
+/// matrix `T` of `ts` (`[IN², 9]`, [`kernel_matrix`]; the sub-pixel
+/// up-convolution has one per output phase), in slot `o = (k - ks.start) ·
+/// ts.len() + the matrix's index`. One `[IN², 9] x [9, cs]` product each
 /// (the taps of consecutive input channels are 9 floats apart, which the
 /// product reads in place; gathering them into lanes by hand took as long
 /// as the convolution's own products on 16x16 maps).
 fn transform_kernel(
-    t: &[f32],
+    ts: &[&[f32]],
     positions: usize,
     kernel: &[f32],
     c: usize,
@@ -506,24 +529,28 @@ fn transform_kernel(
     cs: std::ops::Range<usize>,
     u: &mut [f32],
 ) {
-    let (chunk, width) = (ks.len(), cs.len());
-    assert!(t.len() == positions * 9 && u.len() >= positions * chunk * width);
+    let (slots, width) = (ks.len() * ts.len(), cs.len());
+    assert!(u.len() >= positions * slots * width);
     for (kk, k) in ks.enumerate() {
         let taps = &kernel[(k * c + cs.start) * 9..(k * c + cs.end) * 9];
-        // SAFETY: t is [positions, 9] row-major; taps is [width, 9]
-        // row-major, read as its [9, width] transpose; U[ξ][kk][..width]
-        // is at row stride chunk * width from kk * width, inside u
-        // (checked above).
-        unsafe {
-            product(
-                [positions, width, 9],
-                (u.as_mut_ptr().add(kk * width), chunk * width, 1),
-                false,
-                (t.as_ptr(), 9, 1),
-                (taps.as_ptr(), 1, 9),
-                1.0,
-                gemm::Parallelism::None,
-            );
+        for (phase, t) in ts.iter().enumerate() {
+            assert_eq!(t.len(), positions * 9);
+            let slot = kk * ts.len() + phase;
+            // SAFETY: t is [positions, 9] row-major; taps is [width, 9]
+            // row-major, read as its [9, width] transpose; U[ξ][slot][..width]
+            // is at row stride slots * width from slot * width, inside u
+            // (checked above).
+            unsafe {
+                product(
+                    [positions, width, 9],
+                    (u.as_mut_ptr().add(slot * width), slots * width, 1),
+                    false,
+                    (t.as_ptr(), 9, 1),
+                    (taps.as_ptr(), 1, 9),
+                    1.0,
+                    gemm::Parallelism::None,
+                );
+            }
         }
     }
 }
@@ -666,7 +693,7 @@ unsafe fn store_tile_row_x86<V: Variant>(row: &[Lane; 4], bias: f32, dst: &mut [
     }
 }
 
-impl Variant for F4 {
+impl Tiles for F4 {
     const OUT: usize = 4;
     const IN: usize = 6;
 
@@ -681,7 +708,9 @@ impl Variant for F4 {
             lanes(|l| 4.0 * d[1][l] - 5.0 * d[3][l] + d[5][l]),
         ]
     }
+}
 
+impl Variant for F4 {
     const G: [[f32; 3]; 6] = {
         const SIXTH: f32 = 1.0 / 6.0;
         const TWELFTH: f32 = 1.0 / 12.0;
@@ -712,7 +741,7 @@ impl Variant for F4 {
 /// [`bf16`]).
 pub(super) struct F2;
 
-impl Variant for F2 {
+impl Tiles for F2 {
     const OUT: usize = 2;
     const IN: usize = 4;
 
@@ -727,7 +756,9 @@ impl Variant for F2 {
             [0.0; LANES],
         ]
     }
+}
 
+impl Variant for F2 {
     const G: [[f32; 3]; 6] = [
         [1.0, 0.0, 0.0],
         [0.5, 0.5, 0.5],
