@@ -441,7 +441,8 @@ mod tests {
         // Maps whose sides are and are not multiples of 5 (the sub-pixel
         // path's tiles; 5 and 20 need a last tile for one output phase
         // only), maps smaller than a tile, two images, more input channels
-        // than one chunk (130 > 128). Each through the sub-pixel path, and
+        // than one chunk (130 > 128), 8 tiles side by side inside the
+        // output. Each through the sub-pixel path, and
         // through the entry point, which sends the small maps to the
         // upsampled copy.
         for (s, sub_pixel) in [
@@ -451,6 +452,9 @@ mod tests {
             (shape(2, 5, 20, 33, 6), true),
             (shape(1, 130, 40, 40, 3), true),
             (shape(1, 4, 37, 41, 19), true),
+            // 17 tiles per row: rows of 8 tiles inside the output, which
+            // are written a row at a time.
+            (shape(1, 3, 23, 80, 2), true),
         ] {
             assert_eq!(
                 winograd::upsampled::tiles(&s) >= SUB_PIXEL_MIN_TILES,

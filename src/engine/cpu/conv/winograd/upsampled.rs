@@ -24,8 +24,8 @@ use rayon::prelude::*;
 use super::super::super::{vectorized, SharedMut};
 use super::super::ConvShape;
 use super::{
-    bands_over, lanes, multiply, output_chunk, transform_input, transform_kernel, Band, Lane,
-    Tiles, F4, INPUT_CHUNK, LANES, SCRATCH,
+    bands_over, lanes, multiply, output_chunk, same_tile_row, transform_input, transform_kernel,
+    Band, Lane, Tiles, F4, INPUT_CHUNK, LANES, SCRATCH,
 };
 
 /// The tiling: a 6x6 input block every 5 low-resolution rows and columns,
@@ -192,37 +192,95 @@ fn transform_output_lanes(
     let slots = ks.len() * PHASES;
     for (kk, k) in ks.enumerate() {
         for t0 in (0..band.padded).step_by(LANES) {
-            for phase in 0..PHASES {
-                let (a, b) = (phase / 2, phase % 2);
+            let blocks: [[[Lane; 5]; 5]; PHASES] = std::array::from_fn(|phase| {
                 let slot = kk * PHASES + phase;
-                let y5 = phase_block(|xi| {
+                phase_block(|xi| {
                     m[(xi * slots + slot) * band.stride + t0..][..LANES]
                         .try_into()
                         .expect("one lane")
-                });
-                for l in 0..LANES {
-                    let t = t0 + l;
-                    if t >= band.tiles {
-                        break;
+                })
+            });
+            // Low-resolution origin (5 tr, 5 tc) of the first tile: its
+            // upsampled rows are 10 tr - 1 ..= 10 tr + 8, and the same for
+            // columns; the tiles after it follow 10 columns apart.
+            let (n, y, x) = band.origin(t0);
+            let plane = (n * s.out_channels + k) * h * w;
+            let inside = y >= 1 && 2 * y + 9 <= h && x >= 1 && 2 * x + 10 * LANES - 1 <= w;
+            if same_tile_row(band, t0) && inside {
+                for (i, a) in (0..5).flat_map(|i| [(i, 0), (i, 1)]) {
+                    let oy = 2 * (y + i) - a;
+                    let row = interleaved_row(&blocks[2 * a][i], &blocks[2 * a + 1][i]);
+                    // SAFETY: the 80 columns from 2x - 1 of row oy are
+                    // inside the output (checked above), and only this
+                    // task writes channel k.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            out.0.add(plane + oy * w + 2 * x - 1),
+                            10 * LANES,
+                        )
+                    };
+                    for (d, value) in dst.iter_mut().zip(row) {
+                        *d = value + bias[k];
                     }
-                    // Low-resolution origin (5 tr, 5 tc): upsampled rows
-                    // 10 tr + 2i - a, columns 10 tc + 2j - b.
-                    let (n, y, x) = band.origin(t);
-                    let plane = (n * s.out_channels + k) * h * w;
-                    for (i, row) in y5.iter().enumerate() {
-                        let Some(oy) = (2 * (y + i)).checked_sub(a).filter(|&oy| oy < h) else {
-                            continue;
-                        };
-                        for (j, value) in row.iter().enumerate() {
-                            let Some(ox) = (2 * (x + j)).checked_sub(b).filter(|&ox| ox < w) else {
-                                continue;
-                            };
-                            // SAFETY: inside the output (checked above);
-                            // each (image, channel) plane is written by the
-                            // one task that owns channel k.
-                            unsafe { *out.0.add(plane + oy * w + ox) = value[l] + bias[k] };
-                        }
-                    }
+                }
+                continue;
+            }
+            store_tiles(s, band, k, t0, &blocks, bias[k], out);
+        }
+    }
+}
+
+/// One upsampled output row across [`LANES`] adjacent tiles, from its
+/// even columns (`even[j]`, phase b = 0: column 10l + 2j of tile l's
+/// block, which starts one column early) and odd ones (`odd[j]`, b = 1:
+/// 10l + 2j - 1); element 0 is the column before the first tile.
+#[inline(always)]
+fn interleaved_row(even: &[Lane; 5], odd: &[Lane; 5]) -> [f32; 10 * LANES] {
+    let mut row = [0f32; 10 * LANES];
+    for l in 0..LANES {
+        for j in 0..5 {
+            row[10 * l + 2 * j] = odd[j][l];
+            row[10 * l + 2 * j + 1] = even[j][l];
+        }
+    }
+    row
+}
+
+/// The blocks of the [`LANES`] tiles from `t0`, tile by tile and value by
+/// value, cut at the output's edges (and past the band's last tile).
+#[inline(always)]
+fn store_tiles(
+    s: &ConvShape,
+    band: &Band,
+    k: usize,
+    t0: usize,
+    blocks: &[[[Lane; 5]; 5]; PHASES],
+    bias: f32,
+    out: SharedMut,
+) {
+    let (h, w) = (2 * s.height, 2 * s.width);
+    for l in 0..LANES {
+        let t = t0 + l;
+        if t >= band.tiles {
+            break;
+        }
+        // Upsampled rows 10 tr + 2i - a, columns 10 tc + 2j - b.
+        let (n, y, x) = band.origin(t);
+        let plane = (n * s.out_channels + k) * h * w;
+        for (phase, block) in blocks.iter().enumerate() {
+            let (a, b) = (phase / 2, phase % 2);
+            for (i, row) in block.iter().enumerate() {
+                let Some(oy) = (2 * (y + i)).checked_sub(a).filter(|&oy| oy < h) else {
+                    continue;
+                };
+                for (j, value) in row.iter().enumerate() {
+                    let Some(ox) = (2 * (x + j)).checked_sub(b).filter(|&ox| ox < w) else {
+                        continue;
+                    };
+                    // SAFETY: inside the output (checked above); each
+                    // (image, channel) plane is written by the one task
+                    // that owns channel k.
+                    unsafe { *out.0.add(plane + oy * w + ox) = value[l] + bias };
                 }
             }
         }
