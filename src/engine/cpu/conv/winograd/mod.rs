@@ -172,37 +172,68 @@ pub(super) fn conv2d<V: Variant>(
     bias: &[f32],
 ) -> Vec<f32> {
     assert!(s.kernel == 3 && s.stride == 1 && s.padding == 1);
-    let (c, k) = (s.in_channels, s.out_channels);
-    let positions = V::IN * V::IN;
-
     let mut out = vec![0f32; s.output_len()];
     let out_ptr = SharedMut(out.as_mut_ptr());
-    let chunk = output_chunk(k, rayon::current_num_threads());
-    let chunks: Vec<usize> = (0..k).step_by(chunk).collect();
+    let chunk = output_chunk(s.out_channels, rayon::current_num_threads());
     let t = kernel_matrix::<V>();
-    let mut v = Vec::new();
-    for band in bands::<V>(s) {
-        v.resize(c * positions * band.stride, 0.0);
-        v.par_chunks_mut(positions * band.stride)
-            .enumerate()
-            .for_each(|(ci, vc)| transform_input::<V>(s, input, ci, &band, vc));
-
-        chunks.par_iter().for_each(|&k0| {
-            let ks = k0..(k0 + chunk).min(k);
-            SCRATCH.with(|scratch| {
-                let (u, m) = &mut *scratch.borrow_mut();
-                m.resize(positions * ks.len() * band.stride, 0.0);
-                for c0 in (0..c).step_by(INPUT_CHUNK) {
-                    let cs = c0..(c0 + INPUT_CHUNK).min(c);
-                    u.resize(positions * ks.len() * cs.len(), 0.0);
-                    transform_kernel(&[&t], positions, kernel, c, ks.clone(), cs.clone(), u);
-                    multiply(&band, positions, ks.len(), cs, u, &v, m);
-                }
-                transform_output::<V>(s, &band, ks, bias, m, out_ptr);
-            });
-        });
-    }
+    let products = Products {
+        kernel,
+        matrices: &[&t],
+        chunk,
+    };
+    products.run::<V>(s, input, bands::<V>(s), |band, ks, m| {
+        transform_output::<V>(s, band, ks, bias, m, out_ptr)
+    });
     out
+}
+
+/// The work between the input and output transforms, which F(4x4) and the
+/// sub-pixel up-convolution share: per band, `V` in parallel over input
+/// channels, then per task of `chunk` output channels the kernel's
+/// transform by each of `matrices` (a slot per output channel and matrix)
+/// and the products into `M`, handed to the task's output transform.
+struct Products<'a> {
+    kernel: &'a [f32],
+    matrices: &'a [&'a [f32]],
+    chunk: usize,
+}
+
+impl Products<'_> {
+    fn run<T: Tiles>(
+        &self,
+        s: &ConvShape,
+        input: &[f32],
+        bands: impl Iterator<Item = Band>,
+        output: impl Fn(&Band, std::ops::Range<usize>, &[f32]) + Sync,
+    ) {
+        let (c, k) = (s.in_channels, s.out_channels);
+        let positions = T::IN * T::IN;
+        let chunks: Vec<usize> = (0..k).step_by(self.chunk).collect();
+        let mut v = Vec::new();
+        for band in bands {
+            v.resize(c * positions * band.stride, 0.0);
+            v.par_chunks_mut(positions * band.stride)
+                .enumerate()
+                .for_each(|(ci, vc)| transform_input::<T>(s, input, ci, &band, vc));
+
+            chunks.par_iter().for_each(|&k0| {
+                let ks = k0..(k0 + self.chunk).min(k);
+                let slots = ks.len() * self.matrices.len();
+                SCRATCH.with(|scratch| {
+                    let (u, m) = &mut *scratch.borrow_mut();
+                    m.resize(positions * slots * band.stride, 0.0);
+                    for c0 in (0..c).step_by(INPUT_CHUNK) {
+                        let cs = c0..(c0 + INPUT_CHUNK).min(c);
+                        u.resize(positions * slots * cs.len(), 0.0);
+                        let (matrices, kernel) = (self.matrices, self.kernel);
+                        transform_kernel(matrices, positions, kernel, c, ks.clone(), cs.clone(), u);
+                        multiply(&band, positions, slots, cs, u, &v, m);
+                    }
+                    output(&band, ks, m);
+                });
+            });
+        }
+    }
 }
 
 /// `M[ξ] += U[ξ] x V[ξ][cs]` for the positions ξ of the input block, over

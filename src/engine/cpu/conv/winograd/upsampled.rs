@@ -19,13 +19,10 @@
 //! Everything else (bands of tiles, `V`, the products, the kernel
 //! transform as a product) is the F(4x4) path's.
 
-use rayon::prelude::*;
-
 use super::super::super::{vectorized, SharedMut};
 use super::super::ConvShape;
 use super::{
-    bands_over, lanes, multiply, output_chunk, same_tile_row, transform_input, transform_kernel,
-    Band, Lane, Tiles, F4, INPUT_CHUNK, LANES, SCRATCH,
+    bands_over, lanes, output_chunk, same_tile_row, Band, Lane, Products, Tiles, F4, LANES,
 };
 
 /// The tiling: a 6x6 input block every 5 low-resolution rows and columns,
@@ -125,40 +122,23 @@ pub(in super::super) fn conv2d(
     bias: &[f32],
 ) -> Vec<f32> {
     assert!(s.kernel == 3 && s.stride == 1 && s.padding == 1);
-    let (c, k) = (s.in_channels, s.out_channels);
-    let positions = Phases::IN * Phases::IN;
-
+    let k = s.out_channels;
     let mut out = vec![0f32; s.batch * k * 4 * s.height * s.width];
     let out_ptr = SharedMut(out.as_mut_ptr());
     // A task's products hold PHASES slots per output channel.
     let chunk = (output_chunk(k, rayon::current_num_threads()) / PHASES).max(1);
-    let chunks: Vec<usize> = (0..k).step_by(chunk).collect();
     let matrices: Vec<Vec<f32>> = (0..PHASES).map(|p| phase_matrix(p / 2, p % 2)).collect();
-    let ts: Vec<&[f32]> = matrices.iter().map(Vec::as_slice).collect();
+    let matrices: Vec<&[f32]> = matrices.iter().map(Vec::as_slice).collect();
+    let products = Products {
+        kernel,
+        matrices: &matrices,
+        chunk,
+    };
     let (tiles_high, tiles_wide) = (tiles_along(s.height), tiles_along(s.width));
-    let mut v = Vec::new();
-    for band in bands_over(Phases::OUT, s.batch, tiles_high, tiles_wide) {
-        v.resize(c * positions * band.stride, 0.0);
-        v.par_chunks_mut(positions * band.stride)
-            .enumerate()
-            .for_each(|(ci, vc)| transform_input::<Phases>(s, input, ci, &band, vc));
-
-        chunks.par_iter().for_each(|&k0| {
-            let ks = k0..(k0 + chunk).min(k);
-            let slots = ks.len() * PHASES;
-            SCRATCH.with(|scratch| {
-                let (u, m) = &mut *scratch.borrow_mut();
-                m.resize(positions * slots * band.stride, 0.0);
-                for c0 in (0..c).step_by(INPUT_CHUNK) {
-                    let cs = c0..(c0 + INPUT_CHUNK).min(c);
-                    u.resize(positions * slots * cs.len(), 0.0);
-                    transform_kernel(&ts, positions, kernel, c, ks.clone(), cs.clone(), u);
-                    multiply(&band, positions, slots, cs, u, &v, m);
-                }
-                transform_output(s, &band, ks, bias, m, out_ptr);
-            });
-        });
-    }
+    let bands = bands_over(Phases::OUT, s.batch, tiles_high, tiles_wide);
+    products.run::<Phases>(s, input, bands, |band, ks, m| {
+        transform_output(s, band, ks, bias, m, out_ptr)
+    });
     out
 }
 
