@@ -58,9 +58,7 @@ impl Conv2d {
             padding,
         })
     }
-}
 
-impl Conv2d {
     /// This convolution of `xs` upsampled (nearest neighbour) to `height x
     /// width`. On the CPU in f32, a 3x3 convolution of a map upsampled to
     /// exactly twice its size runs on the map as it is (see
