@@ -121,14 +121,19 @@ pub fn conv2d_with(
     kernel: &[f32],
     bias: &[f32],
 ) -> Vec<f32> {
-    assert_eq!(input.len(), shape.input_len(), "input size");
-    assert_eq!(kernel.len(), shape.kernel_len(), "kernel size");
-    assert_eq!(bias.len(), shape.out_channels, "bias size");
+    assert_operands(shape, input, kernel, bias);
     match algorithm {
         Algorithm::Im2col => im2col::conv2d(shape, input, im2col::Weights::F32(kernel), bias),
         Algorithm::WinogradF4 => winograd::conv2d::<winograd::F4>(shape, input, kernel, bias),
         Algorithm::WinogradF2 => winograd::conv2d::<winograd::F2>(shape, input, kernel, bias),
     }
+}
+
+/// The f32 operands have the sizes `shape` gives them.
+fn assert_operands(shape: &ConvShape, input: &[f32], kernel: &[f32], bias: &[f32]) {
+    assert_eq!(input.len(), shape.input_len(), "input size");
+    assert_eq!(kernel.len(), shape.kernel_len(), "kernel size");
+    assert_eq!(bias.len(), shape.out_channels, "bias size");
 }
 
 /// Low-resolution tiles (5x5) below which [`conv2d_upsampled`] upsamples
@@ -150,9 +155,7 @@ pub fn conv2d_upsampled(
     kernel: &[f32],
     bias: &[f32],
 ) -> Vec<f32> {
-    assert_eq!(input.len(), shape.input_len(), "input size");
-    assert_eq!(kernel.len(), shape.kernel_len(), "kernel size");
-    assert_eq!(bias.len(), shape.out_channels, "bias size");
+    assert_operands(shape, input, kernel, bias);
     assert!(
         winograd_fits(shape.kernel, shape.stride, shape.padding),
         "up-convolutions are 3x3, stride 1, padding 1"

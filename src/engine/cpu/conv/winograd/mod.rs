@@ -562,15 +562,15 @@ fn transform_kernel(
 ) {
     let (slots, width) = (ks.len() * ts.len(), cs.len());
     assert!(u.len() >= positions * slots * width);
+    assert!(ts.iter().all(|t| t.len() == positions * 9));
     for (kk, k) in ks.enumerate() {
         let taps = &kernel[(k * c + cs.start) * 9..(k * c + cs.end) * 9];
         for (phase, t) in ts.iter().enumerate() {
-            assert_eq!(t.len(), positions * 9);
             let slot = kk * ts.len() + phase;
-            // SAFETY: t is [positions, 9] row-major; taps is [width, 9]
-            // row-major, read as its [9, width] transpose; U[ξ][slot][..width]
-            // is at row stride slots * width from slot * width, inside u
-            // (checked above).
+            // SAFETY: t is [positions, 9] row-major (checked above); taps
+            // is [width, 9] row-major, read as its [9, width] transpose;
+            // U[ξ][slot][..width] is at row stride slots * width from slot *
+            // width, inside u (checked above).
             unsafe {
                 product(
                     [positions, width, 9],
