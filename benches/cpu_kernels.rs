@@ -1,6 +1,7 @@
 //! atelier's CPU kernels against candle's ops on the shapes of SD 1.5's
-//! UNet (batch 2, as with classifier-free guidance) and VAE at 256 px, same
-//! process, same inputs, median of 5 after a warm-up: the 3x3 convolutions
+//! UNet (batch 2, as with classifier-free guidance) and VAE at 256 px (and
+//! the UNet's first attention at 512 px), same process, same inputs, median
+//! of 5 after a warm-up: the 3x3 convolutions
 //! (candle's `conv2d` vs atelier's im2col and Winograd F(4x4)) and attention
 //! (candle's matmul + softmax + matmul with the heads split out, as the
 //! generic path runs it, vs the fused kernel, in f32 and with bf16
@@ -125,6 +126,8 @@ fn attentions() -> candle_core::Result<()> {
         "attention (batch, queries x keys, heads x dim)", "candle ms", "fused ms", "bf16 ms"
     );
     for (batch, queries, keys, heads, head_dim) in [
+        // The UNet's first level at 512 px, then its levels at 256 px.
+        (2, 4096, 4096, 8, 40),
         (2, 1024, 1024, 8, 40),
         (2, 256, 256, 8, 80),
         (2, 64, 64, 8, 160),

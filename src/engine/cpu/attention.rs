@@ -16,8 +16,10 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::bf16::{self, PackedLhs, PackedRhs};
+use super::bf16::{self, PackedLhs, PackedRhs, RHS_PANEL};
 use super::math::exp;
+#[cfg(target_arch = "x86_64")]
+use super::math::exp_avx512;
 use super::{product, vectorized, SharedMut};
 
 /// Query rows per task: their scores (`QUERY_BLOCK * m` floats, 0.5 MiB at
@@ -181,39 +183,99 @@ pub fn attention_bf16(s: &AttentionShape, q: &[f32], k: &[f32], v: &[f32], scale
 /// without its division: e^(scale · (score - max)) packed as the `[keys,
 /// width]` right operand of a bf16 product, and each column's sum.
 fn softmax_columns(scores: &[f32], keys: usize, width: usize, scale: f32) -> (PackedRhs, Vec<f32>) {
-    let mut maxes = vec![f32::NEG_INFINITY; width];
-    vectorized(
-        #[inline(always)]
-        || {
-            for row in scores.chunks_exact(width) {
-                for (m, &x) in maxes.iter_mut().zip(row) {
-                    *m = m.max(x);
-                }
-            }
-        },
-    );
+    assert_eq!(scores.len(), keys * width, "scores of [{keys}, {width}]");
+    let mut packed = PackedRhs::zeros(keys, width);
     let mut sums = vec![0f32; width];
-    // Each row in its own vectorised call: the packing that calls this is
-    // compiled for baseline x86-64.
-    let mut exps = |r: usize, dst: &mut [f32]| {
-        let row = &scores[r * width..][..width];
-        vectorized(
-            #[inline(always)]
-            || {
-                for ((e, &x), (&m, s)) in dst.iter_mut().zip(row).zip(maxes.iter().zip(&mut sums)) {
-                    *e = exp(scale * (x - m));
-                    *s += *e;
-                }
-            },
-        )
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: only `attention_bf16` calls this, on a CPU with AVX512-BF16
+    // (and AVX512F/VL); the sizes are checked above.
+    unsafe {
+        softmax_columns_x86(scores, keys, width, scale, &mut packed, &mut sums)
     };
-    let packed = PackedRhs::from_row_pairs(keys, width, |p, even, odd| {
-        exps(2 * p, even);
-        if 2 * p + 1 < keys {
-            exps(2 * p + 1, odd);
-        }
-    });
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("bf16 attention runs on x86-64 only");
     (packed, sums)
+}
+
+/// [`softmax_columns`] 16 columns at a time, down all the keys twice (the
+/// max, then the exponentials), so that the strip (256 KiB at 4096 keys)
+/// is still in cache for the second pass and the max and the sum stay in
+/// registers. Each pair of keys becomes one row of the strip's pairs,
+/// rounded to bf16 as it is made: no f32 copy of the probabilities.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+unsafe fn softmax_columns_x86(
+    scores: &[f32],
+    keys: usize,
+    width: usize,
+    scale: f32,
+    packed: &mut PackedRhs,
+    sums: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    const STRIP: usize = 16;
+    let pairs = keys.div_ceil(2);
+    for panel in 0..width.div_ceil(RHS_PANEL) {
+        let dst = packed.panel_mut(panel);
+        for half in 0..RHS_PANEL / STRIP {
+            let first = panel * RHS_PANEL + half * STRIP;
+            if first >= width {
+                break;
+            }
+            let mask: __mmask16 = if width - first >= STRIP {
+                0xffff
+            } else {
+                (1 << (width - first)) - 1
+            };
+            // SAFETY (all loads): row r < keys, columns first.. within the
+            // mask, are inside scores ([keys, width], checked by the caller).
+            let load = |r: usize| unsafe {
+                _mm512_maskz_loadu_ps(mask, scores.as_ptr().add(r * width + first))
+            };
+            let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
+            for r in 0..keys {
+                max = _mm512_max_ps(load(r), max);
+            }
+            // e^(scale·x - scale·max), one multiply-add before the exp.
+            let shift = _mm512_mul_ps(max, _mm512_set1_ps(-scale));
+            let scale = _mm512_set1_ps(scale);
+            let probability =
+                |x: __m512| _mm512_maskz_mov_ps(mask, exp_avx512(_mm512_fmadd_ps(x, scale, shift)));
+            let mut sum = _mm512_setzero_ps();
+            for p in 0..pairs {
+                let even = probability(load(2 * p));
+                let odd = if 2 * p + 1 < keys {
+                    probability(load(2 * p + 1))
+                } else {
+                    _mm512_setzero_ps()
+                };
+                sum = _mm512_add_ps(sum, _mm512_add_ps(even, odd));
+                // 16 pairs, the even key's bf16 in the lower half.
+                let lower = _mm512_cvtepu16_epi32(bf16_bits(even));
+                let upper = _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bf16_bits(odd)));
+                // SAFETY: pair row p of the panel has RHS_PANEL u32 from
+                // half * STRIP.
+                unsafe {
+                    _mm512_storeu_si512(
+                        dst.as_mut_ptr().add(p * RHS_PANEL + half * STRIP) as *mut __m512i,
+                        _mm512_or_si512(lower, upper),
+                    )
+                };
+            }
+            // SAFETY: columns first.. within the mask are inside sums.
+            unsafe { _mm512_mask_storeu_ps(sums.as_mut_ptr().add(first), mask, sum) };
+        }
+    }
+}
+
+/// 16 floats rounded to bf16 (nearest even), as integers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+#[inline]
+fn bf16_bits(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    // SAFETY: both are 32 bytes of plain data.
+    unsafe { std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(x)) }
 }
 
 /// Replaces a row of scores with e^(score - max) and returns their sum.

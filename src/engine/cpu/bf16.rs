@@ -131,6 +131,21 @@ impl PackedRhs {
         Self { k, n, data }
     }
 
+    /// A `[k, n]` operand of zeros, to be filled a panel at a time
+    /// ([`PackedRhs::panel_mut`]).
+    pub fn zeros(k: usize, n: usize) -> Self {
+        let data = vec![0u32; n.div_ceil(NR) * k.div_ceil(2) * NR];
+        Self { k, n, data }
+    }
+
+    /// Columns `panel * RHS_PANEL..` as `[k/2][RHS_PANEL]` bf16 pairs (u32
+    /// each, the even row in the lower half); columns past `n` and the odd
+    /// row past an odd `k` must stay zero.
+    pub fn panel_mut(&mut self, panel: usize) -> &mut [u32] {
+        let len = self.pairs() * NR;
+        &mut self.data[panel * len..][..len]
+    }
+
     pub fn k(&self) -> usize {
         self.k
     }

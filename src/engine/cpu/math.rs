@@ -1,5 +1,6 @@
 //! `exp` and `erf` for f32 written as plain arithmetic (no libm call, no
-//! branch), so that loops over slices compile to vector instructions.
+//! branch), so that loops over slices compile to vector instructions, and
+//! a shorter `exp` in AVX-512 intrinsics for values bound for bf16.
 
 /// e^x to within a few ulp for x in [-87, 88] (0 below, as f32 underflows
 /// there anyway): x = n·ln2 + r with |r| <= ln2/2, e^r from its Taylor
@@ -33,6 +34,33 @@ pub fn exp(x: f32) -> f32 {
         .wrapping_sub(ROUND.to_bits())
         .wrapping_add(127);
     p * f32::from_bits(biased << 23)
+}
+
+/// e^x for 16 floats at once, to within 4e-6 (relative) for x below 88:
+/// [`exp`]'s reduction with AVX-512's own rounding and scaling
+/// (`vrndscaleps`, `vscalefps`) and a 5th-degree series, about half
+/// [`exp`]'s instructions. For values rounded to bf16 next, whose step is
+/// 4e-3. Below -104 the result is 0; NaN stays NaN.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub fn exp_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // e^-104 is below f32's smallest subnormal; the clamp keeps -inf from
+    // making r = -inf + inf. `max` returns its second operand for NaN.
+    let x = _mm512_max_ps(_mm512_set1_ps(-104.0), x);
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+        _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+    );
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+    let mut p = _mm512_set1_ps(1.0 / 120.0);
+    for c in [1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    }
+    _mm512_scalef_ps(p, n)
 }
 
 /// erf(x) to within 5e-7 (absolute) everywhere: the odd-over-even rational
@@ -79,6 +107,61 @@ mod tests {
         assert!(exp(-1e4) < 1e-37);
         assert_eq!(exp(f32::NEG_INFINITY), exp(-87.0));
         assert!(exp(f32::NAN).is_nan());
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx512_exp_is_within_4e_6() {
+        use std::arch::x86_64::*;
+        if !is_x86_feature_detected!("avx512f") {
+            eprintln!("skipped: this CPU has no AVX-512");
+            return;
+        }
+        let exp16 = |x: [f32; 16]| -> [f32; 16] {
+            // SAFETY: the CPU has AVX-512 (checked above); both arrays
+            // are 16 floats.
+            unsafe {
+                let mut out = [0f32; 16];
+                _mm512_storeu_ps(out.as_mut_ptr(), exp_avx512(_mm512_loadu_ps(x.as_ptr())));
+                out
+            }
+        };
+        let xs: Vec<f32> = grid(-100.0, 88.0).collect();
+        let mut worst = 0f64;
+        for chunk in xs.chunks_exact(16) {
+            let got = exp16(chunk.try_into().unwrap());
+            for (&x, &got) in chunk.iter().zip(&got) {
+                let want = (x as f64).exp();
+                // Below e^-87 the result is subnormal: bound it absolutely.
+                let err = ((got as f64 - want) / want.max(1e-38)).abs();
+                worst = worst.max(err);
+                assert!(err < 4e-6, "exp({x}) = {got}, not {want}");
+            }
+        }
+        println!("worst relative error {worst:e}");
+        let specials = exp16([
+            0.0,
+            -1e4,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -104.5,
+            1.0,
+            -1.0,
+            0.5,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+        ]);
+        assert_eq!(specials[0], 1.0);
+        assert_eq!(specials[1], 0.0);
+        assert_eq!(specials[2], 0.0);
+        assert!(specials[3].is_nan());
+        assert_eq!(specials[4], 0.0);
     }
 
     #[test]
