@@ -192,8 +192,10 @@ fn softmax_columns(scores: &[f32], keys: usize, width: usize, scale: f32) -> (Pa
     unsafe {
         softmax_columns_x86(scores, keys, width, scale, &mut packed, &mut sums)
     };
+    // attention_bf16 refuses to run without AVX512-BF16, so elsewhere
+    // this is never called.
     #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("bf16 attention runs on x86-64 only");
+    let _ = scale;
     (packed, sums)
 }
 

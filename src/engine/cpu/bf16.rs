@@ -58,8 +58,9 @@ pub fn from_bf16(bits: u16) -> f32 {
 
 /// A `[k, n]` right operand rounded to bf16 and packed for [`product`].
 /// It is made from its transpose ([`PackedRhs::from_transposed`]), the
-/// layout weights are stored in, or two rows at a time
-/// ([`PackedRhs::from_row_pairs`]).
+/// layout weights are stored in, from its columns
+/// ([`PackedRhs::from_columns`]), or written a panel at a time in place
+/// ([`PackedRhs::zeros`], [`PackedRhs::panel_mut`]).
 pub struct PackedRhs {
     k: usize,
     n: usize,
@@ -102,31 +103,6 @@ impl PackedRhs {
             data.par_chunks_mut(pairs * NR).enumerate().for_each(fill);
         } else {
             data.chunks_mut(pairs * NR).enumerate().for_each(fill);
-        }
-        Self { k, n, data }
-    }
-
-    /// Packs the `[k, n]` operand made two rows at a time, on this thread:
-    /// `rows(p, even, odd)` writes rows `2p` and `2p + 1` (`n` floats each;
-    /// for odd `k` the last odd row is not used).
-    pub fn from_row_pairs(
-        k: usize,
-        n: usize,
-        mut rows: impl FnMut(usize, &mut [f32], &mut [f32]),
-    ) -> Self {
-        let pairs = k.div_ceil(2);
-        let mut data = vec![0u32; n.div_ceil(NR) * pairs * NR];
-        let (mut even, mut odd) = (vec![0f32; n], vec![0f32; n]);
-        for p in 0..pairs {
-            rows(p, &mut even, &mut odd);
-            if 2 * p + 1 == k {
-                odd.fill(0.0);
-            }
-            for panel in 0..n.div_ceil(NR) {
-                let dst = &mut data[(panel * pairs + p) * NR..][..NR];
-                let first = panel * NR;
-                interleave(&even[first..], &odd[first..], dst);
-            }
         }
         Self { k, n, data }
     }
@@ -738,7 +714,7 @@ mod tests {
     }
 
     #[test]
-    fn the_right_operand_packs_the_same_from_columns_or_row_pairs() {
+    fn the_right_operand_packs_the_same_from_columns_or_panels() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
         // Odd k (the last odd row must be ignored), n past a panel, and
         // lengths that leave tails after the 16- and 8-wide conversions.
@@ -746,14 +722,19 @@ mod tests {
             let b: Vec<f32> = (0..k * n).map(|_| rng.random_range(-2.0..2.0)).collect();
             let b_t: Vec<f32> = (0..k * n).map(|x| b[(x % k) * n + x / k]).collect();
             let columns = PackedRhs::from_transposed(&b_t, k, n);
-            let rows = PackedRhs::from_row_pairs(k, n, |p, even, odd| {
-                even.copy_from_slice(&b[2 * p * n..][..n]);
-                match b.get((2 * p + 1) * n..(2 * p + 2) * n) {
-                    Some(row) => odd.copy_from_slice(row),
-                    None => odd.fill(f32::NAN),
-                }
-            });
+            // As the bf16 attention fills its probabilities: pair rows of
+            // panels, written in place.
             let pairs = k.div_ceil(2);
+            let mut panels = PackedRhs::zeros(k, n);
+            for panel in 0..n.div_ceil(NR) {
+                let dst = panels.panel_mut(panel);
+                for p in 0..pairs {
+                    for j in (panel * NR..n).take(NR) {
+                        let odd = b.get((2 * p + 1) * n + j).copied().unwrap_or(0.0);
+                        dst[p * NR + j % NR] = pair_bits(b[2 * p * n + j], odd);
+                    }
+                }
+            }
             for i in 0..k {
                 for j in 0..n {
                     let at = ((j / NR) * pairs + i / 2) * NR + j % NR;
@@ -762,7 +743,7 @@ mod tests {
                 }
             }
             assert!(
-                columns.data == rows.data,
+                columns.data == panels.data,
                 "[{k}, {n}]: the two packings differ"
             );
         }
