@@ -8,7 +8,8 @@
 # its limit still returns what came first. About 9-10 minutes on
 # an H200.
 #
-# Prepare on the build machine, in the repository root (ignored paths):
+# Prepare on the build machine, in the repository root (ignored paths;
+# tools/prepare_gpu_session.sh builds them all):
 #   .carry/atelier.xz   the binary built with `--features cudnn` (README "GPU
 #                       builds"), stripped, `xz -6`
 #   .carry/atelier-cuda.xz  optional: the same with `--features cuda` (no cuDNN),
