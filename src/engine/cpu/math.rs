@@ -37,10 +37,11 @@ pub fn exp(x: f32) -> f32 {
 }
 
 /// e^x for 16 floats at once, to within 4e-6 (relative) for x below 88:
-/// [`exp`]'s reduction with AVX-512's own rounding and scaling
-/// (`vrndscaleps`, `vscalefps`) and a 5th-degree series, about half
-/// [`exp`]'s instructions. For values rounded to bf16 next, whose step is
-/// 4e-3. Below -104 the result is 0; NaN stays NaN.
+/// [`exp`]'s reduction, with AVX-512's own rounding and scaling
+/// (`vrndscaleps`, `vscalefps`) in place of its bit arithmetic and a
+/// 5th-degree series instead of the 7th: 11 instructions. For values
+/// rounded to bf16 next, whose own rounding is up to 4e-3. Below -104 the
+/// result is 0; NaN stays NaN.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
@@ -139,24 +140,9 @@ mod tests {
             }
         }
         println!("worst relative error {worst:e}");
-        let specials = exp16([
-            0.0,
-            -1e4,
-            f32::NEG_INFINITY,
-            f32::NAN,
-            -104.5,
-            1.0,
-            -1.0,
-            0.5,
-            0.0,
-            0.0,
-            0.0,
-            0.0,
-            0.0,
-            0.0,
-            0.0,
-            0.0,
-        ]);
+        let mut specials = [0f32; 16];
+        specials[..5].copy_from_slice(&[0.0, -1e4, f32::NEG_INFINITY, f32::NAN, -104.5]);
+        let specials = exp16(specials);
         assert_eq!(specials[0], 1.0);
         assert_eq!(specials[1], 0.0);
         assert_eq!(specials[2], 0.0);
