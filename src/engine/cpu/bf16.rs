@@ -90,8 +90,8 @@ impl PackedRhs {
         n: usize,
         column: impl Fn(usize) -> &'a [f32] + Sync,
     ) -> Self {
-        let pairs = k.div_ceil(2);
-        let mut data = vec![0u32; n.div_ceil(NR) * pairs * NR];
+        let mut packed = Self::zeros(k, n);
+        let pairs = packed.pairs();
         let fill = |(panel, dst): (usize, &mut [u32])| {
             for j in 0..NR.min(n - panel * NR) {
                 let column = column(panel * NR + j);
@@ -99,12 +99,13 @@ impl PackedRhs {
                 pack_column(column, j, dst);
             }
         };
+        let data = &mut packed.data;
         if k * n >= PARALLEL_PACKING {
             data.par_chunks_mut(pairs * NR).enumerate().for_each(fill);
         } else {
             data.chunks_mut(pairs * NR).enumerate().for_each(fill);
         }
-        Self { k, n, data }
+        packed
     }
 
     /// A `[k, n]` operand of zeros, to be filled a panel at a time
