@@ -20,8 +20,8 @@ use std::time::Instant;
 
 use atelier::engine::blocks;
 use atelier::engine::cpu::attention::{self, AttentionShape};
-use atelier::engine::cpu::bf16;
 use atelier::engine::cpu::conv::{self as cpu_conv, Algorithm, ConvShape};
+use atelier::engine::cpu::{bf16, f32_products, ops};
 use candle_core::{Device, Module, Tensor};
 
 fn median_ms(mut f: impl FnMut()) -> f64 {
@@ -62,8 +62,8 @@ fn main() -> candle_core::Result<()> {
 fn linears() -> candle_core::Result<()> {
     let dev = Device::Cpu;
     println!(
-        "\n{:<44} {:>16} {:>16} {:>16}",
-        "linear (tokens, in -> out)", "candle ms", "atelier ms", "bf16 ms"
+        "\n{:<44} {:>16} {:>16} {:>16} {:>16}",
+        "linear (tokens, in -> out)", "candle ms", "gemm crate ms", "panels ms", "bf16 ms"
     );
     for (rows, inputs, outputs) in [
         (2048, 320, 2560),
@@ -79,15 +79,28 @@ fn linears() -> candle_core::Result<()> {
         let w = Tensor::randn(0f32, 0.05, (outputs, inputs), &dev)?;
         let b = Tensor::randn(0f32, 1., outputs, &dev)?;
         let candle_linear = candle_nn::Linear::new(w.clone(), Some(b.clone()));
+        // The weight [in, out] for the gemm crate, and in panels for
+        // atelier's AVX-512 products where the CPU has them.
+        let gemm_linear = blocks::Linear::Cpu {
+            weight: ops::LinearWeight::F32(w.t()?.contiguous()?),
+            bias: Some(b.clone()),
+        };
         let cpu_linear = blocks::Linear::new(w.clone(), Some(b))?;
         let flop = 2.0 * (rows * inputs * outputs) as f64 / 1e6;
         let rate = |ms: f64| format!("{ms:8.1} ({:4.0}/s)", flop / ms);
         let candle = median_ms(|| {
             candle_linear.forward(&x).expect("candle linear");
         });
-        let atelier = median_ms(|| {
-            cpu_linear.forward(&x).expect("atelier linear");
+        let gemm = median_ms(|| {
+            gemm_linear.forward(&x).expect("gemm linear");
         });
+        let panels = if f32_products::available() {
+            rate(median_ms(|| {
+                cpu_linear.forward(&x).expect("panels linear");
+            }))
+        } else {
+            "no AVX-512".into()
+        };
         let bf16 = if bf16::available() {
             let xv = x.flatten_all()?.to_vec1::<f32>()?;
             let wv = w.flatten_all()?.to_vec1::<f32>()?;
@@ -109,10 +122,11 @@ fn linears() -> candle_core::Result<()> {
             "no AVX512-BF16".into()
         };
         println!(
-            "{:<44} {:>16} {:>16} {:>16}",
+            "{:<44} {:>16} {:>16} {:>16} {:>16}",
             format!("{rows}, {inputs} -> {outputs}"),
             rate(candle),
-            rate(atelier),
+            rate(gemm),
+            panels,
             bf16,
         );
     }

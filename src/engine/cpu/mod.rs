@@ -9,6 +9,7 @@ pub mod add;
 pub mod attention;
 pub mod bf16;
 pub mod conv;
+pub mod f32_products;
 pub mod geglu;
 pub mod group_norm;
 pub mod linear;

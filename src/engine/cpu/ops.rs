@@ -11,6 +11,7 @@ use super::add;
 use super::attention::{self, AttentionShape};
 use super::bf16::PackedRhs;
 use super::conv::{self, Bf16Kernel, ConvShape};
+use super::f32_products::{self, Panels};
 use super::geglu;
 use super::group_norm::{self, GroupShape};
 use super::linear::{self, Arrangement, LinearShape};
@@ -74,33 +75,50 @@ pub fn attention(
 
 /// A linear layer's weight for the CPU kernels.
 pub enum LinearWeight {
-    /// W stored as `[in, out]`, f32.
+    /// W stored as `[in, out]`, f32, for the gemm crate's products.
     F32(Tensor),
+    /// W in f32 panels, for atelier's AVX-512 products.
+    Panels(Panels),
     /// W rounded to bf16 and packed: bf16 products, f32 sums.
     Bf16(PackedRhs),
 }
 
 impl LinearWeight {
     /// From W `[out, in]` (as checkpoints store it) on the CPU in f32;
-    /// packed for bf16 products when `bf16`.
+    /// packed for bf16 products when `bf16`, else in panels where the CPU
+    /// has AVX-512 (unless [`gemm_products`]).
     pub fn new(weight: &Tensor, bf16: bool) -> Result<Self> {
-        if !bf16 {
-            return Ok(Self::F32(weight.t()?.contiguous()?));
-        }
         let (outputs, inputs) = weight.dims2()?;
-        let values = weight.flatten_all()?.to_vec1::<f32>()?;
-        Ok(Self::Bf16(PackedRhs::from_transposed(
-            &values, inputs, outputs,
-        )))
+        if bf16 {
+            let values = weight.flatten_all()?.to_vec1::<f32>()?;
+            return Ok(Self::Bf16(PackedRhs::from_transposed(
+                &values, inputs, outputs,
+            )));
+        }
+        if f32_products::available() && !gemm_products() {
+            let values = weight.flatten_all()?.to_vec1::<f32>()?;
+            return Ok(Self::Panels(Panels::from_transposed(
+                &values, inputs, outputs,
+            )));
+        }
+        Ok(Self::F32(weight.t()?.contiguous()?))
     }
 
     /// (inputs, outputs).
     fn dims(&self) -> Result<(usize, usize)> {
         match self {
             Self::F32(weight_t) => weight_t.dims2(),
+            Self::Panels(panels) => Ok((panels.k(), panels.n())),
             Self::Bf16(packed) => Ok((packed.k(), packed.n())),
         }
     }
+}
+
+/// `ATELIER_CPU_PRODUCTS=gemm`: f32 linear layers keep the gemm crate's
+/// products even where atelier's AVX-512 ones run (an A/B baseline, read
+/// when a model loads).
+pub fn gemm_products() -> bool {
+    std::env::var("ATELIER_CPU_PRODUCTS").is_ok_and(|v| v == "gemm")
 }
 
 /// `xs·W + bias (+ residual)` over the last dimension of `xs`.
@@ -509,6 +527,7 @@ impl<'a> Linear<'a> {
                 weight_storage = weight_t.storage_and_layout();
                 linear::Weight::F32(on_cpu("weight", &weight_storage.0, weight_storage.1)?)
             }
+            LinearWeight::Panels(panels) => linear::Weight::Panels(panels),
             LinearWeight::Bf16(packed) => linear::Weight::Bf16(packed),
         };
         let shape = LinearShape {

@@ -1,0 +1,550 @@
+//! f32 matrix products on AVX-512 against a weight packed once, when the
+//! model loads, in panels of [`PANEL`] columns (`[k][PANEL]` each).
+//!
+//! The gemm crate packs both operands at every call; on a Zen 5 core (two
+//! 512-bit FMA pipes) it ran the UNet's linear layers at 280-380 GFLOP/s on
+//! two cores, where an 8 x 32 kernel on operands in cache reaches about
+//! 470. Here the weight is packed once, the activations are read where they
+//! lie (8 rows broadcast per step, from tokens or from a map's channels),
+//! and the bias and residual are added as the kernel stores its tile, so
+//! the output is written once and never read back.
+//!
+//! One packing serves both sides of a product: `x · W` ([`product`], the
+//! panels as the right operand, `x` broadcast 8 rows at a time; its tile
+//! is stored transposed where the output is a map's channels) and `Wᵀ ·
+//! x` ([`product_transposed`], 8 of a panel's columns broadcast as the
+//! left operand's rows, 32 columns of `x` packed at a time), for a map's
+//! channels to its channels: read in place, the channels of a large map
+//! are a page apart, and the VAE's 256 -> 128 at 256 x 256 ran at 114
+//! GFLOP/s that way, 188 packed.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+use rayon::prelude::*;
+
+use super::SharedMut;
+
+/// Columns per panel: two 16-lane registers.
+pub const PANEL: usize = 32;
+/// Rows of a kernel tile: 8 x 2 accumulators of 16 lanes (of 32
+/// registers, the rest hold the right operand and the broadcasts).
+const MR: usize = 8;
+/// Rows per task of [`product`]: a task's rows stay in L2 while each of
+/// its panels goes by (64 rows and 4 panels measured the same).
+const ROWS_PER_TASK: usize = 128;
+/// Panels per task of [`product`].
+const PANELS_PER_TASK: usize = 2;
+/// Columns (of `rhs`'s rows) and panels per task of
+/// [`product_transposed`]: each block of 32 columns is packed once and
+/// goes by 16 groups of 8 output rows (64 x 4 and 32 x all measured no
+/// faster).
+const COLUMNS_PER_TASK: usize = 4 * PANEL;
+const TRANSPOSED_PANELS_PER_TASK: usize = 4;
+
+/// Whether this CPU runs these products: x86-64 with AVX-512F and VL (every
+/// AVX-512 CPU since Skylake-SP). Elsewhere
+/// the linear layers keep the gemm crate.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// A `[k, n]` operand in panels of [`PANEL`] columns, `[panel][k][PANEL]`,
+/// zeros past `n`.
+pub struct Panels {
+    k: usize,
+    n: usize,
+    data: Vec<f32>,
+}
+
+impl Panels {
+    /// Packs the `[k, n]` operand whose transpose `w_t` (`[n, k]`,
+    /// row-major) is given: a checkpoint's `[out, in]` weight.
+    pub fn from_transposed(w_t: &[f32], k: usize, n: usize) -> Self {
+        assert_eq!(w_t.len(), k * n, "w_t of [{n}, {k}]");
+        let mut data = vec![0f32; n.div_ceil(PANEL) * k * PANEL];
+        data.par_chunks_mut(k * PANEL)
+            .enumerate()
+            .for_each(|(panel, dst)| {
+                for j in 0..PANEL.min(n - panel * PANEL) {
+                    let column = &w_t[(panel * PANEL + j) * k..][..k];
+                    for (p, &x) in column.iter().enumerate() {
+                        dst[p * PANEL + j] = x;
+                    }
+                }
+            });
+        Self { k, n, data }
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    fn panel(&self, panel: usize) -> &[f32] {
+        &self.data[panel * self.k * PANEL..][..self.k * PANEL]
+    }
+}
+
+/// What the kernel adds to its sums as it stores them: `bias` (one value
+/// per output column of [`product`], per output row of
+/// [`product_transposed`]) and `residual`, a buffer laid out as `dst`.
+#[derive(Clone, Copy, Default)]
+pub struct Addends<'a> {
+    pub bias: Option<&'a [f32]>,
+    pub residual: Option<*const f32>,
+}
+
+/// `dst[m, n] = lhs[m, k] · w + bias + residual`; `dst` and `lhs` given as
+/// (pointer, row stride, column stride) in floats, in parallel.
+///
+/// # Safety
+/// Every element of `dst`, `lhs` (and the residual, at `dst`'s strides)
+/// lies inside its buffer, no other thread touches `dst` meanwhile, a bias
+/// has `n` values, and the CPU has [`available`].
+pub unsafe fn product(
+    m: usize,
+    dst: (*mut f32, usize, usize),
+    lhs: (*const f32, usize, usize),
+    w: &Panels,
+    addends: Addends,
+) {
+    assert!(available(), "f32 panel products need AVX-512");
+    assert!(
+        addends.bias.is_none_or(|b| b.len() == w.n),
+        "bias of {}",
+        w.n
+    );
+    let panels = w.n.div_ceil(PANEL);
+    let row_tasks = m.div_ceil(ROWS_PER_TASK);
+    let panel_tasks = panels.div_ceil(PANELS_PER_TASK);
+    // Consecutive tasks (which run on the same thread, as rayon splits
+    // the range) share the larger operand's part: its panels when the
+    // weight is larger than the activations, else its rows. Row-major
+    // order ran 512 x 640 -> 5120 at 231 GFLOP/s, panel-major at 392.
+    let panel_major = w.n > m;
+    let (out, lhs_at) = (SharedMut(dst.0), lhs.0 as usize);
+    let (bias, residual) = (addends.bias, addends.residual.map(|r| r as usize));
+    (0..row_tasks * panel_tasks)
+        .into_par_iter()
+        .for_each(|task| {
+            let (rt, pt) = match panel_major {
+                true => (task % row_tasks, task / row_tasks),
+                false => (task / panel_tasks, task % panel_tasks),
+            };
+            let rows = rt * ROWS_PER_TASK..((rt + 1) * ROWS_PER_TASK).min(m);
+            let panels = pt * PANELS_PER_TASK..((pt + 1) * PANELS_PER_TASK).min(panels);
+            for panel in panels {
+                let col = panel * PANEL;
+                let cols = PANEL.min(w.n - col);
+                for r0 in rows.clone().step_by(MR) {
+                    let tile_rows = MR.min(rows.end - r0);
+                    // Rows past the tile repeat its last one (read, never
+                    // stored).
+                    let a: [*const f32; MR] = std::array::from_fn(|r| {
+                        (lhs_at as *const f32).wrapping_add((r0 + r.min(tile_rows - 1)) * lhs.1)
+                    });
+                    let tile = Tile {
+                        dst: out.ptr().wrapping_add(r0 * dst.1 + col * dst.2),
+                        strides: (dst.1, dst.2),
+                        residual: residual
+                            .map(|r| (r as *const f32).wrapping_add(r0 * dst.1 + col * dst.2)),
+                        bias: bias.map(|b| Bias::PerColumn(&b[col..col + cols])),
+                        size: [tile_rows, cols],
+                    };
+                    // SAFETY: rows r0.. of lhs and the tile of dst are
+                    // inside their buffers (the caller's promise), the
+                    // panel holds k rows of PANEL, on a CPU with AVX-512F.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        let b = (w.panel(panel).as_ptr(), PANEL);
+                        store(&tile_sums((a, lhs.2), b, w.k), &tile);
+                    }
+                }
+            }
+        });
+}
+
+/// `dst[n, cols] = wᵀ[n, k] · rhs[k, cols] + bias + residual`: `rhs` and
+/// `dst` row-major with row strides `rhs_rs` and `dst_rs` (a map's
+/// channels, pixels contiguous), in parallel.
+///
+/// # Safety
+/// Every element of `dst`, `rhs` (and the residual, at `dst`'s stride) lies
+/// inside its buffer, no other thread touches `dst` meanwhile, a bias has
+/// `n` values, and the CPU has [`available`].
+pub unsafe fn product_transposed(
+    cols: usize,
+    dst: (*mut f32, usize),
+    w: &Panels,
+    rhs: (*const f32, usize),
+    addends: Addends,
+) {
+    assert!(available(), "f32 panel products need AVX-512");
+    assert!(
+        addends.bias.is_none_or(|b| b.len() == w.n),
+        "bias of {}",
+        w.n
+    );
+    let panels = w.n.div_ceil(PANEL);
+    let column_tasks = cols.div_ceil(COLUMNS_PER_TASK);
+    let panel_tasks = panels.div_ceil(TRANSPOSED_PANELS_PER_TASK);
+    let (out, rhs_at) = (SharedMut(dst.0), rhs.0 as usize);
+    let (bias, residual) = (addends.bias, addends.residual.map(|r| r as usize));
+    (0..column_tasks * panel_tasks)
+        .into_par_iter()
+        .for_each(|task| {
+            let (ct, pt) = (task / panel_tasks, task % panel_tasks);
+            let columns = ct * COLUMNS_PER_TASK..((ct + 1) * COLUMNS_PER_TASK).min(cols);
+            let panels = pt * TRANSPOSED_PANELS_PER_TASK
+                ..((pt + 1) * TRANSPOSED_PANELS_PER_TASK).min(panels);
+            COLUMN_BLOCK.with_borrow_mut(|block| {
+                block.resize(w.k * PANEL, 0.0);
+                for c0 in columns.clone().step_by(PANEL) {
+                    let tile_cols = PANEL.min(columns.end - c0);
+                    // SAFETY: rows 0..k of rhs hold columns c0..c0 +
+                    // tile_cols (the caller's promise); the block holds k
+                    // rows of PANEL.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        let at = (rhs_at as *const f32).add(c0);
+                        pack_columns((at, rhs.1), tile_cols, w.k, block)
+                    };
+                    for panel in panels.clone() {
+                        let weights = w.panel(panel).as_ptr();
+                        for o0 in (panel * PANEL..w.n.min((panel + 1) * PANEL)).step_by(MR) {
+                            let tile_rows = MR.min(w.n - o0);
+                            // Eight of the panel's columns (zeros past n).
+                            let a: [*const f32; MR] =
+                                std::array::from_fn(|r| weights.wrapping_add(o0 % PANEL + r));
+                            let tile = Tile {
+                                dst: out.ptr().wrapping_add(o0 * dst.1 + c0),
+                                strides: (dst.1, 1),
+                                residual: residual
+                                    .map(|r| (r as *const f32).wrapping_add(o0 * dst.1 + c0)),
+                                bias: bias.map(|b| Bias::PerRow(&b[o0..o0 + tile_rows])),
+                                size: [tile_rows, tile_cols],
+                            };
+                            // SAFETY: the panel and the block hold k rows
+                            // of PANEL; the tile of dst is inside it (the
+                            // caller's promise), on a CPU with AVX-512F.
+                            #[cfg(target_arch = "x86_64")]
+                            unsafe {
+                                let b = (block.as_ptr(), PANEL);
+                                store(&tile_sums((a, PANEL), b, w.k), &tile);
+                            }
+                        }
+                    }
+                }
+            });
+        });
+}
+
+thread_local! {
+    /// [`product_transposed`]'s columns of `rhs`, packed `[k][PANEL]`.
+    static COLUMN_BLOCK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Copies `cols` columns (up to [`PANEL`]) of `k` rows of `src` (pointer,
+/// row stride) into `block` `[k][PANEL]`, zeros past `cols`.
+///
+/// # Safety
+/// The `cols` columns of each row are readable; the CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_columns((src, rs): (*const f32, usize), cols: usize, k: usize, block: &mut [f32]) {
+    let masks = column_masks(cols);
+    for (p, dst) in block.chunks_exact_mut(PANEL).take(k).enumerate() {
+        // SAFETY: the masked columns of row p are readable (the caller's
+        // promise); dst holds PANEL floats.
+        unsafe {
+            let row = src.add(p * rs);
+            _mm512_storeu_ps(dst.as_mut_ptr(), _mm512_maskz_loadu_ps(masks[0], row));
+            _mm512_storeu_ps(
+                dst.as_mut_ptr().add(16),
+                _mm512_maskz_loadu_ps(masks[1], row.wrapping_add(16)),
+            );
+        }
+    }
+}
+
+/// Load masks of the two 16-lane halves of a tile `cols` wide.
+fn column_masks(cols: usize) -> [u16; 2] {
+    let mask = |lanes: usize| ((1u32 << lanes.min(16)) - 1) as u16;
+    [mask(cols), mask(cols.saturating_sub(16))]
+}
+
+/// The bias of a tile's columns or of its rows.
+#[derive(Clone, Copy)]
+enum Bias<'a> {
+    PerColumn(&'a [f32]),
+    PerRow(&'a [f32]),
+}
+
+/// Where a kernel tile goes: `size` = [rows, columns] of it are stored at
+/// `dst` (row stride, column stride), plus the residual at the same
+/// strides and the bias.
+struct Tile<'a> {
+    dst: *mut f32,
+    strides: (usize, usize),
+    residual: Option<*const f32>,
+    bias: Option<Bias<'a>>,
+    size: [usize; 2],
+}
+
+/// `Σ_p a[r][p] · b[p][..32]` for the tile's 8 rows: `a` as 8 row pointers
+/// and the step between consecutive `p`, `b` as a pointer and its row
+/// stride, 32 floats a row. (With masked loads the products ran at 300
+/// GFLOP/s on Zen 5, without them 360-400.)
+///
+/// # Safety
+/// `a[r] + p * step` for every `p < k` is readable, as are the masked
+/// lanes of each of b's k rows; the CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_sums(
+    (a, a_step): ([*const f32; MR], usize),
+    (b, b_step): (*const f32, usize),
+    k: usize,
+) -> [[__m512; 2]; MR] {
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    for p in 0..k {
+        // SAFETY: as the caller promises.
+        unsafe {
+            let row = b.add(p * b_step);
+            let (b0, b1) = (_mm512_loadu_ps(row), _mm512_loadu_ps(row.add(16)));
+            let at = p * a_step;
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x = _mm512_set1_ps(*a[r].add(at));
+                acc[0] = _mm512_fmadd_ps(x, b0, acc[0]);
+                acc[1] = _mm512_fmadd_ps(x, b1, acc[1]);
+            }
+        }
+    }
+    acc
+}
+
+/// Stores a kernel tile's sums with its addends, into rows (column
+/// stride 1) or, transposed, into columns (row stride 1: a map's channels
+/// from tokens, each column's 8 rows contiguous).
+///
+/// # Safety
+/// The tile's rows and columns of `dst` (and of the residual) lie inside
+/// their buffers; the CPU has [`available`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl")]
+unsafe fn store(sums: &[[__m512; 2]; MR], tile: &Tile) {
+    // SAFETY: as the caller promises.
+    unsafe {
+        match tile.strides {
+            (_, 1) => store_rows(sums, tile),
+            (1, _) => store_columns(sums, tile),
+            strides => panic!("a tile at strides {strides:?}"),
+        }
+    }
+}
+
+/// [`store`] into rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl")]
+unsafe fn store_rows(sums: &[[__m512; 2]; MR], tile: &Tile) {
+    let ([rows, cols], rs) = (tile.size, tile.strides.0);
+    let masks = column_masks(cols);
+    let column_bias: [__m512; 2] = match tile.bias {
+        // SAFETY: the bias has `cols` values.
+        Some(Bias::PerColumn(b)) => unsafe {
+            [
+                _mm512_maskz_loadu_ps(masks[0], b.as_ptr()),
+                _mm512_maskz_loadu_ps(masks[1], b.as_ptr().wrapping_add(16)),
+            ]
+        },
+        _ => [_mm512_setzero_ps(); 2],
+    };
+    for (r, halves) in sums.iter().enumerate().take(rows) {
+        let row_bias = match tile.bias {
+            Some(Bias::PerRow(b)) => _mm512_set1_ps(b[r]),
+            _ => _mm512_setzero_ps(),
+        };
+        for (half, &sum) in halves.iter().enumerate() {
+            let at = r * rs + 16 * half;
+            let sum = _mm512_add_ps(sum, _mm512_add_ps(column_bias[half], row_bias));
+            // SAFETY: the masked lanes of row r are inside dst and the
+            // residual (the caller's promise).
+            unsafe {
+                let sum = match tile.residual {
+                    Some(res) => {
+                        _mm512_add_ps(sum, _mm512_maskz_loadu_ps(masks[half], res.add(at)))
+                    }
+                    None => sum,
+                };
+                _mm512_mask_storeu_ps(tile.dst.add(at), masks[half], sum);
+            }
+        }
+    }
+}
+
+/// [`store`] into columns: the tile is spilled and each column gathered
+/// back as one 8-lane vector.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl")]
+unsafe fn store_columns(sums: &[[__m512; 2]; MR], tile: &Tile) {
+    let ([rows, cols], cs) = (tile.size, tile.strides.1);
+    let mut spilled = [[0f32; PANEL]; MR];
+    for (row, halves) in spilled.iter_mut().zip(sums) {
+        // SAFETY: a row holds two vectors.
+        unsafe {
+            _mm512_storeu_ps(row.as_mut_ptr(), halves[0]);
+            _mm512_storeu_ps(row.as_mut_ptr().add(16), halves[1]);
+        }
+    }
+    let down_a_column = _mm256_setr_epi32(0, 32, 64, 96, 128, 160, 192, 224);
+    let row_mask = ((1u32 << rows) - 1) as u8;
+    for j in 0..cols {
+        // SAFETY: column j of the spilled tile; the tile's rows of column j
+        // are inside dst and the residual (the caller's promise).
+        unsafe {
+            let mut column =
+                _mm256_i32gather_ps::<4>(spilled.as_ptr().cast::<f32>().add(j), down_a_column);
+            column = match tile.bias {
+                Some(Bias::PerColumn(b)) => _mm256_add_ps(column, _mm256_set1_ps(b[j])),
+                Some(Bias::PerRow(_)) => panic!("a per-row bias on a transposed tile"),
+                None => column,
+            };
+            if let Some(res) = tile.residual {
+                column = _mm256_add_ps(column, _mm256_maskz_loadu_ps(row_mask, res.add(j * cs)));
+            }
+            _mm256_mask_storeu_ps(tile.dst.add(j * cs), row_mask, column);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// `x · w + bias + residual` in f64, for x `[m, k]` and w `[k, n]`
+    /// row-major.
+    fn reference(
+        x: &[f32],
+        w: &[f32],
+        [m, k, n]: [usize; 3],
+        bias: &[f32],
+        res: &[f32],
+    ) -> Vec<f64> {
+        let mut out = vec![0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let sum: f64 = (0..k)
+                    .map(|p| x[i * k + p] as f64 * w[p * n + j] as f64)
+                    .sum();
+                out[i * n + j] = sum + bias[j] as f64 + res[i * n + j] as f64;
+            }
+        }
+        out
+    }
+
+    fn close(got: f32, want: f64) -> bool {
+        (got as f64 - want).abs() < 1e-5 * (1.0 + want.abs())
+    }
+
+    #[test]
+    fn both_products_match_the_sums_in_every_layout() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX-512");
+            return;
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
+        let mut random =
+            |len: usize| -> Vec<f32> { (0..len).map(|_| rng.random_range(-2.0..2.0)).collect() };
+        // Tails everywhere (rows past a tile, columns past a panel, a
+        // partial group of 8 output rows), and shapes over several tasks.
+        for [m, k, n] in [
+            [13, 37, 70],
+            [1, 1, 1],
+            [72, 64, 160],
+            [130, 40, 33],
+            [65, 9, 8],
+        ] {
+            let (x, w, bias, res) = (random(m * k), random(k * n), random(n), random(m * n));
+            let want = reference(&x, &w, [m, k, n], &bias, &res);
+            let w_t: Vec<f32> = (0..k * n).map(|i| w[(i % k) * n + i / k]).collect();
+            let panels = Panels::from_transposed(&w_t, k, n);
+            let transpose = |a: &[f32], rows: usize, cols: usize| -> Vec<f32> {
+                (0..rows * cols)
+                    .map(|i| a[(i % rows) * cols + i / rows])
+                    .collect()
+            };
+            let x_t = transpose(&x, m, k);
+            let res_t = transpose(&res, m, n);
+            for with_addends in [false, true] {
+                let addends = |res: &[f32]| match with_addends {
+                    true => Addends {
+                        bias: Some(&bias),
+                        residual: Some(res.as_ptr()),
+                    },
+                    false => Addends::default(),
+                };
+                let want = |i: usize, j: usize| match with_addends {
+                    true => want[i * n + j],
+                    false => want[i * n + j] - bias[j] as f64 - res[i * n + j] as f64,
+                };
+                // x as tokens or as channels; out as tokens or channels.
+                for (lhs, lhs_strides) in [(&x, (k, 1)), (&x_t, (1, m))] {
+                    for (dst_strides, residual) in [((n, 1), &res), ((1, m), &res_t)] {
+                        let mut dst = vec![f32::NAN; m * n];
+                        // SAFETY: the buffers are [m, k] and [m, n] at
+                        // the strides given.
+                        unsafe {
+                            product(
+                                m,
+                                (dst.as_mut_ptr(), dst_strides.0, dst_strides.1),
+                                (lhs.as_ptr(), lhs_strides.0, lhs_strides.1),
+                                &panels,
+                                addends(residual),
+                            )
+                        };
+                        for i in 0..m {
+                            for j in 0..n {
+                                let got = dst[i * dst_strides.0 + j * dst_strides.1];
+                                assert!(
+                                    close(got, want(i, j)),
+                                    "[{m}, {k}, {n}] x {lhs_strides:?} out {dst_strides:?} at ({i}, {j}): {got} vs {}",
+                                    want(i, j)
+                                );
+                            }
+                        }
+                    }
+                }
+                // outᵀ [n, m] = wᵀ · xᵀ, rows of xᵀ and outᵀ contiguous.
+                let mut dst = vec![f32::NAN; m * n];
+                // SAFETY: xᵀ is [k, m] and dst [n, m], row-major.
+                unsafe {
+                    product_transposed(
+                        m,
+                        (dst.as_mut_ptr(), m),
+                        &panels,
+                        (x_t.as_ptr(), m),
+                        addends(&res_t),
+                    )
+                };
+                for i in 0..m {
+                    for j in 0..n {
+                        let got = dst[j * m + i];
+                        assert!(
+                            close(got, want(i, j)),
+                            "[{m}, {k}, {n}] transposed at ({j}, {i}): {got} vs {}",
+                            want(i, j)
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
