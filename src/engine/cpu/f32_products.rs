@@ -52,12 +52,28 @@ pub fn available() -> bool {
     false
 }
 
+/// Whether the f32 products go through this module: [`available`], unless
+/// `ATELIER_CPU_PRODUCTS=gemm` keeps the gemm crate's (an A/B baseline;
+/// read once).
+pub fn enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| {
+        available() && std::env::var("ATELIER_CPU_PRODUCTS").map_or(true, |v| v != "gemm")
+    })
+}
+
 /// A `[k, n]` operand in panels of [`PANEL`] columns, `[panel][k][PANEL]`,
-/// zeros past `n`.
-pub struct Panels {
+/// zeros past `n`: owned (a weight), or borrowed (a convolution's unfolded
+/// input, packed into scratch at each call).
+pub struct Panels<Data = Vec<f32>> {
     k: usize,
     n: usize,
-    data: Vec<f32>,
+    data: Data,
+}
+
+/// Floats in the panels of a `[k, n]` operand.
+pub fn packed_len(k: usize, n: usize) -> usize {
+    n.div_ceil(PANEL) * k * PANEL
 }
 
 impl Panels {
@@ -65,7 +81,7 @@ impl Panels {
     /// row-major) is given: a checkpoint's `[out, in]` weight.
     pub fn from_transposed(w_t: &[f32], k: usize, n: usize) -> Self {
         assert_eq!(w_t.len(), k * n, "w_t of [{n}, {k}]");
-        let mut data = vec![0f32; n.div_ceil(PANEL) * k * PANEL];
+        let mut data = vec![0f32; packed_len(k, n)];
         data.par_chunks_mut(k * PANEL)
             .enumerate()
             .for_each(|(panel, dst)| {
@@ -78,7 +94,17 @@ impl Panels {
             });
         Self { k, n, data }
     }
+}
 
+impl<'a> Panels<&'a [f32]> {
+    /// `data` as the panels of a `[k, n]` operand, packed already.
+    pub fn packed(k: usize, n: usize, data: &'a [f32]) -> Self {
+        assert_eq!(data.len(), packed_len(k, n), "panels of [{k}, {n}]");
+        Self { k, n, data }
+    }
+}
+
+impl<Data: AsRef<[f32]>> Panels<Data> {
     pub fn k(&self) -> usize {
         self.k
     }
@@ -88,7 +114,7 @@ impl Panels {
     }
 
     fn panel(&self, panel: usize) -> &[f32] {
-        &self.data[panel * self.k * PANEL..][..self.k * PANEL]
+        &self.data.as_ref()[panel * self.k * PANEL..][..self.k * PANEL]
     }
 }
 
@@ -112,7 +138,7 @@ pub unsafe fn product(
     m: usize,
     dst: (*mut f32, usize, usize),
     lhs: (*const f32, usize, usize),
-    w: &Panels,
+    w: &Panels<impl AsRef<[f32]> + Sync>,
     addends: Addends,
 ) {
     assert!(available(), "f32 panel products need AVX-512");
@@ -150,11 +176,11 @@ pub unsafe fn product(
                     let a: [*const f32; MR] = std::array::from_fn(|r| {
                         (lhs_at as *const f32).wrapping_add((r0 + r.min(tile_rows - 1)) * lhs.1)
                     });
+                    let at = r0 * dst.1 + col * dst.2;
                     let tile = Tile {
-                        dst: out.ptr().wrapping_add(r0 * dst.1 + col * dst.2),
+                        dst: out.ptr().wrapping_add(at),
                         strides: (dst.1, dst.2),
-                        residual: residual
-                            .map(|r| (r as *const f32).wrapping_add(r0 * dst.1 + col * dst.2)),
+                        residual: residual.map(|r| (r as *const f32).wrapping_add(at)),
                         bias: bias.map(|b| Bias::PerColumn(&b[col..col + cols])),
                         size: [tile_rows, cols],
                     };

@@ -85,8 +85,8 @@ pub enum LinearWeight {
 
 impl LinearWeight {
     /// From W `[out, in]` (as checkpoints store it) on the CPU in f32;
-    /// packed for bf16 products when `bf16`, else in panels where the CPU
-    /// has AVX-512 (unless [`gemm_products`]).
+    /// packed for bf16 products when `bf16`, else in panels where
+    /// [`f32_products::enabled`].
     pub fn new(weight: &Tensor, bf16: bool) -> Result<Self> {
         let (outputs, inputs) = weight.dims2()?;
         if bf16 {
@@ -95,7 +95,7 @@ impl LinearWeight {
                 &values, inputs, outputs,
             )));
         }
-        if f32_products::available() && !gemm_products() {
+        if f32_products::enabled() {
             let values = weight.flatten_all()?.to_vec1::<f32>()?;
             return Ok(Self::Panels(Panels::from_transposed(
                 &values, inputs, outputs,
@@ -112,13 +112,6 @@ impl LinearWeight {
             Self::Bf16(packed) => Ok((packed.k(), packed.n())),
         }
     }
-}
-
-/// `ATELIER_CPU_PRODUCTS=gemm`: f32 linear layers keep the gemm crate's
-/// products even where atelier's AVX-512 ones run (an A/B baseline, read
-/// when a model loads).
-pub fn gemm_products() -> bool {
-    std::env::var("ATELIER_CPU_PRODUCTS").is_ok_and(|v| v == "gemm")
 }
 
 /// `xs·W + bias (+ residual)` over the last dimension of `xs`.

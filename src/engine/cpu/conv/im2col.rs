@@ -11,6 +11,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::super::bf16::{self, PackedLhs, PackedRhs};
+use super::super::f32_products::{self, Addends, Panels, PANEL};
 use super::ConvShape;
 
 /// Unfolded input held at once, in floats (16 MiB): large maps are done a
@@ -43,6 +44,25 @@ pub(super) fn conv2d(s: &ConvShape, input: &[f32], kernel: Weights, bias: &[f32]
             let cols = band.len() * wo;
             product.resize(s.out_channels * cols, 0.0);
             match kernel {
+                // product [K, cols] = kernel [K, depth] · columns, the
+                // columns unfolded straight into panels.
+                Weights::F32(kernel) if f32_products::enabled() => {
+                    let len = f32_products::packed_len(depth, cols);
+                    columns.resize(len, 0.0);
+                    unfold_into_panels(s, input, band.clone(), &mut columns[..len]);
+                    let panels = Panels::packed(depth, cols, &columns[..len]);
+                    // SAFETY: kernel is [K, depth] and product [K, cols],
+                    // row-major; the products are enabled.
+                    unsafe {
+                        f32_products::product(
+                            s.out_channels,
+                            (product.as_mut_ptr(), cols, 1),
+                            (kernel.as_ptr(), depth, 1),
+                            &panels,
+                            Addends::default(),
+                        )
+                    };
+                }
                 Weights::F32(kernel) => {
                     columns.resize(depth * cols, 0.0);
                     unfold(s, input, band.clone(), columns);
@@ -113,6 +133,48 @@ fn unfold(s: &ConvShape, input: &[f32], band: std::ops::Range<usize>, columns: &
         });
 }
 
+/// [`unfold`] into panels of [`PANEL`] columns (`[cols / PANEL][depth][PANEL]`,
+/// zeros past the band's columns), one input channel of one panel per
+/// task: its `kh * kw` rows are contiguous there.
+fn unfold_into_panels(
+    s: &ConvShape,
+    input: &[f32],
+    band: std::ops::Range<usize>,
+    panels: &mut [f32],
+) {
+    let (h, w, k) = (s.height, s.width, s.kernel);
+    let (ho, wo) = (s.out_height(), s.out_width());
+    let cols = band.len() * wo;
+    panels
+        .par_chunks_mut(k * k * PANEL)
+        .with_min_len(8)
+        .enumerate()
+        .for_each(|(task, block)| {
+            let (panel, c) = (task / s.in_channels, task % s.in_channels);
+            let (first, end) = (panel * PANEL, ((panel + 1) * PANEL).min(cols));
+            for (r, dst) in block.chunks_mut(PANEL).enumerate() {
+                let (i, j) = (r / k, r % k);
+                // Column x is output pixel x % Wo of global output row
+                // band.start + x / Wo: runs of one output row at a time.
+                let mut x = first;
+                while x < end {
+                    let (g, xo) = (band.start + x / wo, x % wo);
+                    let run = &mut dst[x - first..][..(wo - xo).min(end - x)];
+                    let (n, y) = (g / ho, g % ho);
+                    let iy = (y * s.stride + i) as isize - s.padding as isize;
+                    if iy < 0 || iy >= h as isize {
+                        run.fill(0.0);
+                    } else {
+                        let at = ((n * s.in_channels + c) * h + iy as usize) * w;
+                        unfold_run(s, &input[at..at + w], j, xo, run);
+                    }
+                    x += run.len();
+                }
+                dst[end - first..].fill(0.0);
+            }
+        });
+}
+
 /// The band's `columnsᵀ`, as [`unfold`] would write them, packed for bf16
 /// products straight from the input (no f32 copy in between). Needs stride
 /// 1 and `Wo` a multiple of the packing's block: then each block of output
@@ -156,11 +218,17 @@ fn pack_unfolded(s: &ConvShape, input: &[f32], band: std::ops::Range<usize>) -> 
 
 /// One output row's worth of kernel column `j` from input row `src`.
 fn unfold_row(s: &ConvShape, src: &[f32], j: usize, dst: &mut [f32]) {
+    unfold_run(s, src, j, 0, dst)
+}
+
+/// Kernel column `j` from input row `src` for the output pixels `x0..x0 +
+/// dst.len()` of a row.
+fn unfold_run(s: &ConvShape, src: &[f32], j: usize, x0: usize, dst: &mut [f32]) {
     let (w, wo) = (src.len(), dst.len());
     if s.stride == 1 {
         // Output x reads input x + j - p: a shifted copy with zeros where
         // it falls off either edge.
-        let shift = j as isize - s.padding as isize;
+        let shift = (x0 + j) as isize - s.padding as isize;
         let first = (-shift).clamp(0, wo as isize) as usize;
         let last = (w as isize - shift).clamp(first as isize, wo as isize) as usize;
         dst[..first].fill(0.0);
@@ -170,7 +238,7 @@ fn unfold_row(s: &ConvShape, src: &[f32], j: usize, dst: &mut [f32]) {
         dst[last..].fill(0.0);
     } else {
         for (x, d) in dst.iter_mut().enumerate() {
-            let ix = (x * s.stride + j) as isize - s.padding as isize;
+            let ix = ((x0 + x) * s.stride + j) as isize - s.padding as isize;
             *d = if ix < 0 || ix >= w as isize {
                 0.0
             } else {
