@@ -155,7 +155,7 @@ pub unsafe fn product(
     // weight is larger than the activations, else its rows. Row-major
     // order ran 512 x 640 -> 5120 at 231 GFLOP/s, panel-major at 392.
     let panel_major = w.n > m;
-    let (out, lhs_at) = (SharedMut(dst.0), lhs.0 as usize);
+    let (dst_at, lhs_at) = (dst.0 as usize, lhs.0 as usize);
     let (bias, residual) = (addends.bias, addends.residual.map(|r| r as usize));
     (0..row_tasks * panel_tasks)
         .into_par_iter()
@@ -166,35 +166,73 @@ pub unsafe fn product(
             };
             let rows = rt * ROWS_PER_TASK..((rt + 1) * ROWS_PER_TASK).min(m);
             let panels = pt * PANELS_PER_TASK..((pt + 1) * PANELS_PER_TASK).min(panels);
-            for panel in panels {
-                let col = panel * PANEL;
-                let cols = PANEL.min(w.n - col);
-                for r0 in rows.clone().step_by(MR) {
-                    let tile_rows = MR.min(rows.end - r0);
-                    // Rows past the tile repeat its last one (read, never
-                    // stored).
-                    let a: [*const f32; MR] = std::array::from_fn(|r| {
-                        (lhs_at as *const f32).wrapping_add((r0 + r.min(tile_rows - 1)) * lhs.1)
-                    });
-                    let at = r0 * dst.1 + col * dst.2;
-                    let tile = Tile {
-                        dst: out.ptr().wrapping_add(at),
-                        strides: (dst.1, dst.2),
-                        residual: residual.map(|r| (r as *const f32).wrapping_add(at)),
-                        bias: bias.map(|b| Bias::PerColumn(&b[col..col + cols])),
-                        size: [tile_rows, cols],
-                    };
-                    // SAFETY: rows r0.. of lhs and the tile of dst are
-                    // inside their buffers (the caller's promise), the
-                    // panel holds k rows of PANEL, on a CPU with AVX-512F.
-                    #[cfg(target_arch = "x86_64")]
-                    unsafe {
-                        let b = (w.panel(panel).as_ptr(), PANEL);
-                        store(&tile_sums((a, lhs.2), b, w.k), &tile);
-                    }
-                }
-            }
+            let dst = (dst_at as *mut f32, dst.1, dst.2);
+            let lhs = (lhs_at as *const f32, lhs.1, lhs.2);
+            let addends = Addends {
+                bias,
+                residual: residual.map(|r| r as *const f32),
+            };
+            // SAFETY: as the caller promises; only this task writes these
+            // rows and panels of dst.
+            unsafe { product_part(dst, lhs, w, addends, rows, panels) };
         });
+}
+
+/// [`product`] on the calling thread, for callers that share out the work
+/// themselves.
+///
+/// # Safety
+/// As [`product`].
+pub unsafe fn product_on_this_thread(
+    m: usize,
+    dst: (*mut f32, usize, usize),
+    lhs: (*const f32, usize, usize),
+    w: &Panels<impl AsRef<[f32]>>,
+    addends: Addends,
+) {
+    assert!(available(), "f32 panel products need AVX-512");
+    // SAFETY: as the caller promises.
+    unsafe { product_part(dst, lhs, w, addends, 0..m, 0..w.n.div_ceil(PANEL)) };
+}
+
+/// The tiles of [`product`] in `rows` and `panels`.
+///
+/// # Safety
+/// As [`product`], for those rows and panels of `dst`.
+unsafe fn product_part(
+    dst: (*mut f32, usize, usize),
+    lhs: (*const f32, usize, usize),
+    w: &Panels<impl AsRef<[f32]>>,
+    addends: Addends,
+    rows: std::ops::Range<usize>,
+    panels: std::ops::Range<usize>,
+) {
+    for panel in panels {
+        let col = panel * PANEL;
+        let cols = PANEL.min(w.n - col);
+        for r0 in rows.clone().step_by(MR) {
+            let tile_rows = MR.min(rows.end - r0);
+            // Rows past the tile repeat its last one (read, never stored).
+            let a: [*const f32; MR] =
+                std::array::from_fn(|r| lhs.0.wrapping_add((r0 + r.min(tile_rows - 1)) * lhs.1));
+            let at = r0 * dst.1 + col * dst.2;
+            let tile = Tile {
+                dst: dst.0.wrapping_add(at),
+                strides: (dst.1, dst.2),
+                residual: addends.residual.map(|r| r.wrapping_add(at)),
+                bias: addends.bias.map(|b| Bias::PerColumn(&b[col..col + cols])),
+                size: [tile_rows, cols],
+            };
+            // SAFETY: rows r0.. of lhs and the tile of dst are inside their
+            // buffers (the caller's promise), the panel holds k rows of
+            // PANEL, on a CPU with AVX-512F.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                let b = (w.panel(panel).as_ptr(), PANEL);
+                store(&tile_sums((a, lhs.2), b, w.k), &tile);
+            }
+        }
+    }
 }
 
 /// `dst[n, cols] = wᵀ[n, k] · rhs[k, cols] + bias + residual`: `rhs` and
@@ -524,26 +562,31 @@ mod tests {
                 // x as tokens or as channels; out as tokens or channels.
                 for (lhs, lhs_strides) in [(&x, (k, 1)), (&x_t, (1, m))] {
                     for (dst_strides, residual) in [((n, 1), &res), ((1, m), &res_t)] {
-                        let mut dst = vec![f32::NAN; m * n];
-                        // SAFETY: the buffers are [m, k] and [m, n] at
-                        // the strides given.
-                        unsafe {
-                            product(
-                                m,
-                                (dst.as_mut_ptr(), dst_strides.0, dst_strides.1),
-                                (lhs.as_ptr(), lhs_strides.0, lhs_strides.1),
-                                &panels,
-                                addends(residual),
-                            )
-                        };
-                        for i in 0..m {
-                            for j in 0..n {
-                                let got = dst[i * dst_strides.0 + j * dst_strides.1];
-                                assert!(
-                                    close(got, want(i, j)),
-                                    "[{m}, {k}, {n}] x {lhs_strides:?} out {dst_strides:?} at ({i}, {j}): {got} vs {}",
-                                    want(i, j)
-                                );
+                        // In parallel, and on this thread.
+                        for parallel in [true, false] {
+                            let mut dst = vec![f32::NAN; m * n];
+                            let dst_at = (dst.as_mut_ptr(), dst_strides.0, dst_strides.1);
+                            let lhs_at = (lhs.as_ptr(), lhs_strides.0, lhs_strides.1);
+                            let addends = addends(residual);
+                            // SAFETY: the buffers are [m, k] and [m, n] at
+                            // the strides given.
+                            unsafe {
+                                match parallel {
+                                    true => product(m, dst_at, lhs_at, &panels, addends),
+                                    false => {
+                                        product_on_this_thread(m, dst_at, lhs_at, &panels, addends)
+                                    }
+                                }
+                            };
+                            for i in 0..m {
+                                for j in 0..n {
+                                    let got = dst[i * dst_strides.0 + j * dst_strides.1];
+                                    assert!(
+                                        close(got, want(i, j)),
+                                        "[{m}, {k}, {n}] x {lhs_strides:?} out {dst_strides:?} parallel {parallel} at ({i}, {j}): {got} vs {}",
+                                        want(i, j)
+                                    );
+                                }
                             }
                         }
                     }
