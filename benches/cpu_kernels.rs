@@ -5,8 +5,11 @@
 //! (candle's `conv2d` vs atelier's im2col and Winograd F(4x4)) and attention
 //! (candle's matmul + softmax + matmul with the heads split out, as the
 //! generic path runs it, vs the fused kernel, in f32 and with bf16
-//! products), and the linear layers
-//! (candle's, weight `[out, in]`, vs the CPU kernel's, weight `[in, out]`).
+//! products), and the linear layers (candle's, weight `[out, in]`; the
+//! gemm crate's, weight `[in, out]`; atelier's AVX-512 products, weight in
+//! panels; bf16). On AVX-512, im2col's and the fused f32 attention's
+//! products are atelier's own (`cpu::f32_products`);
+//! `ATELIER_CPU_PRODUCTS=gemm` puts them back on the gemm crate.
 //!
 //!     cargo bench --bench cpu_kernels [-- convolution|attention|linear]
 //!

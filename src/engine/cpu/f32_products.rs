@@ -1,5 +1,7 @@
-//! f32 matrix products on AVX-512 against a weight packed once, when the
-//! model loads, in panels of [`PANEL`] columns (`[k][PANEL]` each).
+//! f32 matrix products on AVX-512 against a right operand in panels of
+//! [`PANEL`] columns (`[k][PANEL]` each): a linear layer's weight, packed
+//! once when the model loads; im2col's unfolded input, unfolded into them;
+//! attention's block of queries and its probabilities.
 //!
 //! The gemm crate packs both operands at every call; on a Zen 5 core (two
 //! 512-bit FMA pipes) it ran the UNet's linear layers at 280-380 GFLOP/s on
@@ -128,7 +130,8 @@ pub struct Addends<'a> {
 }
 
 /// `dst[m, n] = lhs[m, k] · w + bias + residual`; `dst` and `lhs` given as
-/// (pointer, row stride, column stride) in floats, in parallel.
+/// (pointer, row stride, column stride) in floats, `dst` with one of its
+/// strides 1; in parallel.
 ///
 /// # Safety
 /// Every element of `dst`, `lhs` (and the residual, at `dst`'s strides)
@@ -142,11 +145,6 @@ pub unsafe fn product(
     addends: Addends,
 ) {
     assert!(available(), "f32 panel products need AVX-512");
-    assert!(
-        addends.bias.is_none_or(|b| b.len() == w.n),
-        "bias of {}",
-        w.n
-    );
     let panels = w.n.div_ceil(PANEL);
     let row_tasks = m.div_ceil(ROWS_PER_TASK);
     let panel_tasks = panels.div_ceil(PANELS_PER_TASK);
@@ -207,6 +205,11 @@ unsafe fn product_part(
     rows: std::ops::Range<usize>,
     panels: std::ops::Range<usize>,
 ) {
+    assert!(
+        addends.bias.is_none_or(|b| b.len() == w.n),
+        "bias of {}",
+        w.n
+    );
     for panel in panels {
         let col = panel * PANEL;
         let cols = PANEL.min(w.n - col);
@@ -236,8 +239,8 @@ unsafe fn product_part(
 }
 
 /// `dst[n, cols] = wᵀ[n, k] · rhs[k, cols] + bias + residual`: `rhs` and
-/// `dst` row-major with row strides `rhs_rs` and `dst_rs` (a map's
-/// channels, pixels contiguous), in parallel.
+/// `dst` given as (pointer, row stride), rows contiguous (a map's channels,
+/// its pixels in a row), in parallel.
 ///
 /// # Safety
 /// Every element of `dst`, `rhs` (and the residual, at `dst`'s stride) lies
