@@ -74,6 +74,17 @@ pub struct LinearShape {
     pub output: Arrangement,
 }
 
+impl LinearShape {
+    /// (products, rows of each): one per image, or one for the whole
+    /// batch when tokens go in and out (the batch folds into the rows).
+    fn products(&self) -> (usize, usize) {
+        match (self.input, self.output) {
+            (Arrangement::Tokens, Arrangement::Tokens) => (1, self.batch * self.rows),
+            _ => (self.batch, self.rows),
+        }
+    }
+}
+
 /// `out[n, r, o] = residual[n, r, o] + bias[o] + Σᵢ x[n, r, i] ·
 /// weight[i, o]`, each operand in its arrangement.
 pub fn linear(
@@ -95,11 +106,7 @@ pub fn linear(
         return with_panels(s, x, panels, bias, residual);
     }
     let mut out = starting_output(s, bias, residual);
-    // Tokens in and out: the batch folds into one product.
-    let (images, rows) = match (s.input, s.output) {
-        (Arrangement::Tokens, Arrangement::Tokens) => (1, s.batch * s.rows),
-        _ => (s.batch, s.rows),
-    };
+    let (images, rows) = s.products();
     let (x_rs, x_cs) = s.input.strides(rows, s.inputs);
     let (out_rs, out_cs) = s.output.strides(rows, s.outputs);
     for n in 0..images {
@@ -144,10 +151,7 @@ fn with_panels(
 ) -> Vec<f32> {
     let len = s.batch * s.rows * s.outputs;
     let mut out = Vec::<f32>::with_capacity(len);
-    let (images, rows) = match (s.input, s.output) {
-        (Arrangement::Tokens, Arrangement::Tokens) => (1, s.batch * s.rows),
-        _ => (s.batch, s.rows),
-    };
+    let (images, rows) = s.products();
     let (x_rs, x_cs) = s.input.strides(rows, s.inputs);
     let (out_rs, out_cs) = s.output.strides(rows, s.outputs);
     for n in 0..images {
