@@ -109,8 +109,7 @@ pub(super) fn conv2d(s: &ConvShape, input: &[f32], kernel: Weights, bias: &[f32]
 /// y*s + i - p, x*s + j - p]` for the band's global output rows `g = n * Ho
 /// + y` (zero outside the image), a few input channels per thread task.
 fn unfold(s: &ConvShape, input: &[f32], band: std::ops::Range<usize>, columns: &mut [f32]) {
-    let (h, w, k) = (s.height, s.width, s.kernel);
-    let (ho, wo) = (s.out_height(), s.out_width());
+    let (k, wo) = (s.kernel, s.out_width());
     let cols = band.len() * wo;
     columns
         .par_chunks_mut(k * k * cols)
@@ -120,14 +119,7 @@ fn unfold(s: &ConvShape, input: &[f32], band: std::ops::Range<usize>, columns: &
             for (r, dst) in block.chunks_mut(cols).enumerate() {
                 let (i, j) = (r / k, r % k);
                 for (g, dst_row) in band.clone().zip(dst.chunks_mut(wo)) {
-                    let (n, y) = (g / ho, g % ho);
-                    let iy = (y * s.stride + i) as isize - s.padding as isize;
-                    if iy < 0 || iy >= h as isize {
-                        dst_row.fill(0.0);
-                        continue;
-                    }
-                    let at = ((n * s.in_channels + c) * h + iy as usize) * w;
-                    unfold_row(s, &input[at..at + w], j, dst_row);
+                    unfold_output_run(s, input, c, g, (i, j), 0, dst_row);
                 }
             }
         });
@@ -142,8 +134,7 @@ fn unfold_into_panels(
     band: std::ops::Range<usize>,
     panels: &mut [f32],
 ) {
-    let (h, w, k) = (s.height, s.width, s.kernel);
-    let (ho, wo) = (s.out_height(), s.out_width());
+    let (k, wo) = (s.kernel, s.out_width());
     let cols = band.len() * wo;
     panels
         .par_chunks_mut(k * k * PANEL)
@@ -160,14 +151,7 @@ fn unfold_into_panels(
                 while x < end {
                     let (g, xo) = (band.start + x / wo, x % wo);
                     let run = &mut dst[x - first..][..(wo - xo).min(end - x)];
-                    let (n, y) = (g / ho, g % ho);
-                    let iy = (y * s.stride + i) as isize - s.padding as isize;
-                    if iy < 0 || iy >= h as isize {
-                        run.fill(0.0);
-                    } else {
-                        let at = ((n * s.in_channels + c) * h + iy as usize) * w;
-                        unfold_run(s, &input[at..at + w], j, xo, run);
-                    }
+                    unfold_output_run(s, input, c, g, (i, j), xo, run);
                     x += run.len();
                 }
                 dst[end - first..].fill(0.0);
@@ -216,9 +200,27 @@ fn pack_unfolded(s: &ConvShape, input: &[f32], band: std::ops::Range<usize>) -> 
     })
 }
 
-/// One output row's worth of kernel column `j` from input row `src`.
-fn unfold_row(s: &ConvShape, src: &[f32], j: usize, dst: &mut [f32]) {
-    unfold_run(s, src, j, 0, dst)
+/// Input channel `c`'s tap `(i, j)` for the output pixels `x0..x0 +
+/// dst.len()` of global output row `g = n * Ho + y`: zeros where the tap's
+/// input row is outside the image.
+fn unfold_output_run(
+    s: &ConvShape,
+    input: &[f32],
+    c: usize,
+    g: usize,
+    (i, j): (usize, usize),
+    x0: usize,
+    dst: &mut [f32],
+) {
+    let (h, w, ho) = (s.height, s.width, s.out_height());
+    let (n, y) = (g / ho, g % ho);
+    let iy = (y * s.stride + i) as isize - s.padding as isize;
+    if iy < 0 || iy >= h as isize {
+        dst.fill(0.0);
+    } else {
+        let at = ((n * s.in_channels + c) * h + iy as usize) * w;
+        unfold_run(s, &input[at..at + w], j, x0, dst);
+    }
 }
 
 /// Kernel column `j` from input row `src` for the output pixels `x0..x0 +
