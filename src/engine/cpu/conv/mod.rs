@@ -433,8 +433,12 @@ mod tests {
         // of anything. Maps 32 and 70 wide have rows of 8 tiles side by
         // side, which are read and written a row at a time: at the image's
         // edges, inside it, and (70) beside tiles that wrap to the next row.
+        // 130 input channels are more than one chunk of the products, the
+        // 100x100 maps more than one band of tiles.
         for s in [
             shape(2, 5, 8, 8, 6),
+            shape(1, 130, 20, 20, 4),
+            shape(2, 3, 100, 100, 2),
             shape(1, 3, 9, 7, 4),
             shape(2, 17, 6, 11, 9),
             shape(1, 2, 1, 1, 3),

@@ -12,27 +12,23 @@
 //! F(2x2) on every shape the UNet and VAE have, once the kernel transform
 //! became a matrix product.)
 //!
-//! The f32 path, below:
-//! Layout (P = (m+2)² positions): the transformed input `V` is
-//! `[C][P][tiles]` (rows of [`Band::stride`] floats, one contiguous block
-//! per input channel, filled in
-//! parallel), the transformed kernel `U` and the products `M` exist only
-//! for a chunk of output channels at a time (`[P][chunk][C]`,
-//! `[P][chunk][tiles]`, per thread), so the kernel's transform — up to
-//! four times its size — never goes through main memory.
+//! The f32 path, below: the transformed input `V` exists for a band of
+//! tiles at a time, filled in parallel over input channels and laid out
+//! for the products ([`products`]); the transformed kernel `U` and the
+//! products `M` (`[P][chunk][tiles]`, P = (m+2)² positions) exist only for
+//! a chunk of output channels at a time, per thread, so the kernel's
+//! transform — up to four times its size — never goes through main memory.
 //! The input and output transforms work on [`LANES`] tiles at once so that
 //! they compile to vector instructions (reading and writing 8 tiles of one
 //! row with permutes, [`deal`] and [`store_tile_row`]); the kernel's is a
 //! matrix product.
 
-use std::cell::RefCell;
-
-use rayon::prelude::*;
-
-use super::super::{product, vectorized, SharedMut};
+use super::super::{vectorized, SharedMut};
 use super::ConvShape;
+use products::{Layout, Products};
 
 pub(super) mod bf16_products;
+pub(super) mod products;
 pub(super) mod upsampled;
 
 const LANES: usize = 8;
@@ -85,19 +81,9 @@ fn output_chunk(k: usize, threads: usize) -> usize {
     chunk
 }
 
-/// Input channels transformed and multiplied at a time, so that a task's
-/// transformed kernel (`36 * OUTPUT_CHUNK * INPUT_CHUNK` floats, 1.2 MB at most)
-/// stays in cache between its transform and its products.
-const INPUT_CHUNK: usize = 128;
-
 /// Tiles per band: large maps (the VAE's) are done a band of tile rows at
 /// a time, which bounds the transformed input and each task's products.
 const BAND_TILES: usize = 512;
-
-thread_local! {
-    /// Per-thread `U` and `M`, kept between calls.
-    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
-}
 
 /// Where the tiles of one band are: tile `t` of the band is tile row
 /// `first_row + t / tiles_wide` (rows counted over all images), column
@@ -113,7 +99,7 @@ struct Band {
     /// Tiles rounded up to whole lanes (the tail is zeros).
     padded: usize,
     /// Floats from one position's row of tiles to the next in the f32
-    /// path's `V` and `M`: `padded` and two lanes more. With `padded` a
+    /// path's `M` (and `V`, for the gemm crate): `padded` and two lanes more. With `padded` a
     /// power of two (512 on the VAE's maps) the 36 rows that a block writes
     /// or reads fell into the same few cache sets: the input transform of a
     /// 128-channel convolution at 256x256 took 36 ms instead of 29.
@@ -187,98 +173,19 @@ pub(super) fn conv2d<V: Variant>(
     out
 }
 
-/// The work between the input and output transforms, which F(4x4) and the
-/// sub-pixel up-convolution share: per band, `V` in parallel over input
-/// channels, then per task of `chunk` output channels the kernel's
-/// transform by each of `matrices` (a slot per output channel and matrix)
-/// and the products into `M`, handed to the task's output transform.
-struct Products<'a> {
-    kernel: &'a [f32],
-    matrices: &'a [&'a [f32]],
-    chunk: usize,
-}
-
-impl Products<'_> {
-    fn run<T: Tiles>(
-        &self,
-        s: &ConvShape,
-        input: &[f32],
-        bands: impl Iterator<Item = Band>,
-        output: impl Fn(&Band, std::ops::Range<usize>, &[f32]) + Sync,
-    ) {
-        let (c, k) = (s.in_channels, s.out_channels);
-        let positions = T::IN * T::IN;
-        let chunks: Vec<usize> = (0..k).step_by(self.chunk).collect();
-        let mut v = Vec::new();
-        for band in bands {
-            v.resize(c * positions * band.stride, 0.0);
-            v.par_chunks_mut(positions * band.stride)
-                .enumerate()
-                .for_each(|(ci, vc)| transform_input::<T>(s, input, ci, &band, vc));
-
-            chunks.par_iter().for_each(|&k0| {
-                let ks = k0..(k0 + self.chunk).min(k);
-                let slots = ks.len() * self.matrices.len();
-                SCRATCH.with(|scratch| {
-                    let (u, m) = &mut *scratch.borrow_mut();
-                    m.resize(positions * slots * band.stride, 0.0);
-                    for c0 in (0..c).step_by(INPUT_CHUNK) {
-                        let cs = c0..(c0 + INPUT_CHUNK).min(c);
-                        u.resize(positions * slots * cs.len(), 0.0);
-                        let (matrices, kernel) = (self.matrices, self.kernel);
-                        transform_kernel(matrices, positions, kernel, c, ks.clone(), cs.clone(), u);
-                        multiply(&band, positions, slots, cs, u, &v, m);
-                    }
-                    output(&band, ks, m);
-                });
-            });
-        }
-    }
-}
-
-/// `M[ξ] += U[ξ] x V[ξ][cs]` for the positions ξ of the input block, over
-/// the input channels `cs` (the first chunk of them overwrites `M`).
-fn multiply(
+/// `V[ξ][ci][t] = (Bᵀ d B)[ξ]` for every tile `t` of the band, `d` the
+/// input block (zero outside the image) under tile `t`, widened by one on
+/// each side; written where `layout` puts it in `v`.
+fn transform_input<V: Tiles>(
+    s: &ConvShape,
+    input: &[f32],
+    ci: usize,
     band: &Band,
-    positions: usize,
-    chunk: usize,
-    cs: std::ops::Range<usize>,
-    u: &[f32],
-    v: &[f32],
-    m: &mut [f32],
+    (layout, v): (Layout, SharedMut),
 ) {
-    let (padded, stride) = (band.padded, band.stride);
-    for xi in 0..positions {
-        // Computed as Mᵀ = Vᵀ Uᵀ (tiles as rows), which the gemm crate
-        // runs faster for these shapes. SAFETY: Vᵀ[ξ] is [padded, cs] at
-        // column stride P * stride from channel cs.start, Uᵀ[ξ] is [cs,
-        // chunk] at column stride cs.len(), Mᵀ[ξ] is [padded, chunk] at
-        // column stride `stride` (>= padded); all inside their buffers.
-        unsafe {
-            product(
-                [padded, chunk, cs.len()],
-                (m.as_mut_ptr().add(xi * chunk * stride), 1, stride),
-                cs.start > 0,
-                (
-                    v.as_ptr().add((cs.start * positions + xi) * stride),
-                    1,
-                    positions * stride,
-                ),
-                (u.as_ptr().add(xi * chunk * cs.len()), 1, cs.len()),
-                1.0,
-                gemm::Parallelism::None,
-            );
-        }
-    }
-}
-
-/// `V[c][ξ][t] = (Bᵀ d B)[ξ]` for every tile `t` of the band, `d` the input
-/// block (zero outside the image) under tile `t`, widened by one on each
-/// side.
-fn transform_input<V: Tiles>(s: &ConvShape, input: &[f32], ci: usize, band: &Band, vc: &mut [f32]) {
     vectorized(
         #[inline(always)]
-        || transform_input_lanes::<V>(s, input, ci, band, vc),
+        || transform_input_lanes::<V>(s, input, ci, band, (layout, v)),
     )
 }
 
@@ -288,13 +195,21 @@ fn transform_input_lanes<V: Tiles>(
     input: &[f32],
     ci: usize,
     band: &Band,
-    vc: &mut [f32],
+    (layout, v): (Layout, SharedMut),
 ) {
     let mut arrays = BlockArrays::ZERO;
+    let step = layout.position_step();
     for t0 in (0..band.padded).step_by(LANES) {
+        let start = layout.start(ci, t0);
         transformed_rows::<V>(s, input, ci, band, t0, &mut arrays, |i, row| {
             for (j, value) in row.iter().enumerate().take(V::IN) {
-                vc[(i * V::IN + j) * band.stride + t0..][..LANES].copy_from_slice(value);
+                // SAFETY: V[ξ][ci][t0..t0 + LANES] is inside V (of
+                // layout.len() floats), and only this task writes channel
+                // ci.
+                unsafe {
+                    let at = v.ptr().add(start + (i * V::IN + j) * step);
+                    at.cast::<Lane>().write_unaligned(*value);
+                }
             }
         });
     }
@@ -541,49 +456,6 @@ fn kernel_matrix<V: Variant>() -> Vec<f32> {
         }
     }
     t
-}
-
-/// `U[ξ][o][c - cs.start] = (T g)[ξ]` for the 3x3 kernel `g` of every
-/// output channel `k` in `ks` and input channel `c` in `cs`, once per
-/// matrix `T` of `ts` (`[IN², 9]`, [`kernel_matrix`]; the sub-pixel
-/// up-convolution has one per output phase), in slot `o = (k - ks.start) ·
-/// ts.len() + the matrix's index`. One `[IN², 9] x [9, cs]` product each
-/// (the taps of consecutive input channels are 9 floats apart, which the
-/// product reads in place; gathering them into lanes by hand took as long
-/// as the convolution's own products on 16x16 maps).
-fn transform_kernel(
-    ts: &[&[f32]],
-    positions: usize,
-    kernel: &[f32],
-    c: usize,
-    ks: std::ops::Range<usize>,
-    cs: std::ops::Range<usize>,
-    u: &mut [f32],
-) {
-    let (slots, width) = (ks.len() * ts.len(), cs.len());
-    assert!(u.len() >= positions * slots * width);
-    assert!(ts.iter().all(|t| t.len() == positions * 9));
-    for (kk, k) in ks.enumerate() {
-        let taps = &kernel[(k * c + cs.start) * 9..(k * c + cs.end) * 9];
-        for (phase, t) in ts.iter().enumerate() {
-            let slot = kk * ts.len() + phase;
-            // SAFETY: t is [positions, 9] row-major (checked above); taps
-            // is [width, 9] row-major, read as its [9, width] transpose;
-            // U[ξ][slot][..width] is at row stride slots * width from slot *
-            // width, inside u (checked above).
-            unsafe {
-                product(
-                    [positions, width, 9],
-                    (u.as_mut_ptr().add(slot * width), slots * width, 1),
-                    false,
-                    (t.as_ptr(), 9, 1),
-                    (taps.as_ptr(), 1, 9),
-                    1.0,
-                    gemm::Parallelism::None,
-                );
-            }
-        }
-    }
 }
 
 /// `Aᵀ M A` for one block of products: `at(ξ)` is position ξ's lanes (tiles

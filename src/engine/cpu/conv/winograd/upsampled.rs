@@ -21,9 +21,8 @@
 
 use super::super::super::{vectorized, SharedMut};
 use super::super::ConvShape;
-use super::{
-    bands_over, lanes, output_chunk, same_tile_row, Band, Lane, Products, Tiles, F4, LANES,
-};
+use super::products::Products;
+use super::{bands_over, lanes, output_chunk, same_tile_row, Band, Lane, Tiles, F4, LANES};
 
 /// The tiling: a 6x6 input block every 5 low-resolution rows and columns,
 /// transformed by F(4x4)'s Bᵀ.
