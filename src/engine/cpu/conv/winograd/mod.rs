@@ -99,10 +99,11 @@ struct Band {
     /// Tiles rounded up to whole lanes (the tail is zeros).
     padded: usize,
     /// Floats from one position's row of tiles to the next in the f32
-    /// path's `M` (and `V`, for the gemm crate): `padded` and two lanes more. With `padded` a
-    /// power of two (512 on the VAE's maps) the 36 rows that a block writes
-    /// or reads fell into the same few cache sets: the input transform of a
-    /// 128-channel convolution at 256x256 took 36 ms instead of 29.
+    /// path's `M` (and `V`, for the gemm crate): `padded` and two lanes
+    /// more. With `padded` a power of two (512 on the VAE's maps) the 36
+    /// rows that a block writes or reads fell into the same few cache
+    /// sets: the input transform of a 128-channel convolution at 256x256
+    /// took 36 ms instead of 29.
     stride: usize,
 }
 

@@ -91,7 +91,7 @@ pub(super) struct Layout {
     tiles: usize,
 }
 
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 enum Form {
     /// `[C][P][stride]`: each `V[ξ]` a strided `[C, tiles]` matrix, for the
     /// gemm crate.
@@ -137,7 +137,7 @@ impl Layout {
         f32_products::packed_len(INPUT_CHUNK.min(self.channels), self.tiles) + 16
     }
 
-    /// Where `V[0][c][t..t + LANES]` is, `t` a multiple of [`LANES`].
+    /// Where `V[0][c][t..t + LANES]` is, `t` a multiple of [`super::LANES`].
     pub(super) fn start(&self, c: usize, t: usize) -> usize {
         match self.form {
             Form::Rows => c * self.positions * self.tiles + t,
@@ -211,7 +211,7 @@ fn multiply(
 
 /// `U[ξ][o][c - cs.start] = (T g)[ξ]` for the 3x3 kernel `g` of every
 /// output channel `k` in `ks` and input channel `c` in `cs`, once per
-/// matrix `T` of `ts` (`[IN², 9]`, [`kernel_matrix`]; the sub-pixel
+/// matrix `T` of `ts` (`[IN², 9]`, [`super::kernel_matrix`]; the sub-pixel
 /// up-convolution has one per output phase), in slot `o = (k - ks.start) ·
 /// ts.len() + the matrix's index`. One `[IN², 9] x [9, cs]` product each
 /// (the taps of consecutive input channels are 9 floats apart, which the
