@@ -28,7 +28,7 @@ use super::ConvShape;
 use products::{Layout, Products};
 
 pub(super) mod bf16_products;
-pub(super) mod products;
+mod products;
 pub(super) mod upsampled;
 
 const LANES: usize = 8;
