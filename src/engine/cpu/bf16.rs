@@ -589,6 +589,11 @@ unsafe fn kernel(
         }
     }
     let (ptr, rs, cs) = tile;
+    if rs == 1 {
+        // SAFETY: as above.
+        unsafe { store_columns(&acc, (ptr, cs), [rows, cols], overwrite) };
+        return;
+    }
     for (r, acc) in acc.iter().enumerate().take(rows) {
         // SAFETY: row r of the tile, `cols` columns at stride cs.
         unsafe {
@@ -614,6 +619,77 @@ unsafe fn kernel(
             }
         }
     }
+}
+
+/// A kernel tile's sums into a column-major tile (row stride 1: a map's
+/// channels, or im2col's transposed product), transposed in registers 8
+/// columns at a time and stored a column's 8 rows at once. Stored element
+/// by element, each of a tile's 32 columns a page apart on the UNet's 32 x
+/// 32 maps, a 320 -> 320 projection onto a map took 5.9 ms where onto
+/// tokens it took 0.74.
+///
+/// # Safety
+/// The tile's `rows` (at most [`MR`]) and `cols` columns at column stride
+/// `cs` from `ptr` are inside `dst`; the CPU has AVX-512F and VL.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl")]
+unsafe fn store_columns(
+    acc: &[[__m512; 2]; MR],
+    (ptr, cs): (*mut f32, usize),
+    [rows, cols]: [usize; 2],
+    overwrite: bool,
+) {
+    let mask = ((1u32 << rows) - 1) as __mmask8;
+    for block in 0..cols.div_ceil(8) {
+        // The tile's columns 8·block.. of each row.
+        let rows_part: [__m256; MR] = std::array::from_fn(|r| {
+            let half = _mm512_castps_pd(acc[r][block / 2]);
+            match block % 2 {
+                0 => _mm256_castpd_ps(_mm512_castpd512_pd256(half)),
+                _ => _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(half)),
+            }
+        });
+        let columns = transpose8(rows_part);
+        for (i, &column) in columns.iter().enumerate().take(cols - 8 * block) {
+            // SAFETY: column 8·block + i's masked rows are inside dst (the
+            // caller's promise).
+            unsafe {
+                let at = ptr.add((8 * block + i) * cs);
+                let sum = match overwrite {
+                    true => column,
+                    false => _mm256_add_ps(_mm256_maskz_loadu_ps(mask, at), column),
+                };
+                _mm256_mask_storeu_ps(at, mask, sum);
+            }
+        }
+    }
+}
+
+/// The 8 x 8 transpose of 8 rows of 8 floats: pairs interleaved, then
+/// quadruples, then 128-bit halves exchanged.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+fn transpose8(v: [__m256; 8]) -> [__m256; 8] {
+    let t: [__m256; 8] = std::array::from_fn(|i| {
+        let (a, b) = (v[2 * (i / 2)], v[2 * (i / 2) + 1]);
+        match i % 2 {
+            0 => _mm256_unpacklo_ps(a, b),
+            _ => _mm256_unpackhi_ps(a, b),
+        }
+    });
+    // u[4g + j]: rows 4g..4g + 4, columns j, j + 4 (within each half).
+    let u: [__m256; 8] = std::array::from_fn(|i| {
+        let (g, j) = (i / 4, i % 4);
+        let (a, b) = (t[4 * g + j / 2], t[4 * g + 2 + j / 2]);
+        match j % 2 {
+            0 => _mm256_shuffle_ps::<0x44>(a, b),
+            _ => _mm256_shuffle_ps::<0xee>(a, b),
+        }
+    });
+    std::array::from_fn(|c| match c / 4 {
+        0 => _mm256_permute2f128_ps::<0x20>(u[c], u[4 + c]),
+        _ => _mm256_permute2f128_ps::<0x31>(u[c - 4], u[c]),
+    })
 }
 
 /// 32 bf16 held as integers, as the bf16 instructions take them.
