@@ -118,6 +118,7 @@ fn linears() -> candle_core::Result<()> {
                         (out.as_mut_ptr(), outputs, 1),
                         (xv.as_ptr(), inputs, 1),
                         &packed,
+                        f32_products::Addends::default(),
                     );
                 }
             }))

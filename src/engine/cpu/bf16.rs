@@ -16,6 +16,7 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
+use super::f32_products::Addends;
 use super::SharedMut;
 
 /// Columns per panel: two 16-lane registers.
@@ -387,36 +388,54 @@ unsafe fn pack_columns_x86(
     }
 }
 
-/// `dst[m, n] += lhs[m, k] · rhs`, `lhs` rounded to bf16, sums in f32;
-/// `dst` and `lhs` given as (pointer, row stride, column stride) in floats.
+/// `dst[m, n] = lhs[m, k] · rhs + bias + residual`, `lhs` rounded to
+/// bf16, sums in f32; `dst` and `lhs` given as (pointer, row stride, column
+/// stride) in floats, the residual at `dst`'s strides, the bias one value
+/// per column. Each element of `dst` is written once, as its tile is
+/// stored: writing the bias and residual first and adding the product onto
+/// them cost a 2048 x 320 -> 2560 layer a third of its time.
 ///
 /// Panics if the CPU lacks AVX512-BF16 ([`available`]).
 ///
 /// # Safety
-/// Every element of `dst` and `lhs` at their strides lies inside its
-/// buffer, and no other thread touches `dst` meanwhile.
+/// Every element of `dst`, `lhs` and the residual at their strides lies
+/// inside its buffer, a bias has `n` values, and no other thread touches
+/// `dst` meanwhile.
 pub unsafe fn product(
     m: usize,
     dst: (*mut f32, usize, usize),
     lhs: (*const f32, usize, usize),
     rhs: &PackedRhs,
+    addends: Addends,
 ) {
     assert!(available(), "bf16 products need AVX512-BF16");
     // SAFETY: as the caller promises, on a CPU that has the instructions.
-    unsafe { product_packed(dst, &PackedLhs::new(m, rhs.k, lhs), rhs) }
+    unsafe { product_packed(dst, &PackedLhs::new(m, rhs.k, lhs), rhs, addends) }
 }
 
 /// [`product`] with the left operand packed already.
 ///
 /// # Safety
 /// As [`product`], for `dst` `[lhs.m, rhs.n]`.
-pub unsafe fn product_packed(dst: (*mut f32, usize, usize), lhs: &PackedLhs, rhs: &PackedRhs) {
+pub unsafe fn product_packed(
+    dst: (*mut f32, usize, usize),
+    lhs: &PackedLhs,
+    rhs: &PackedRhs,
+    addends: Addends,
+) {
     assert!(available(), "bf16 products need AVX512-BF16");
     assert_eq!(lhs.k, rhs.k, "the operands' inner sizes");
+    assert!(
+        addends.bias.is_none_or(|b| b.len() == rhs.n),
+        "bias of {}",
+        rhs.n
+    );
     let (m, panels) = (lhs.m, rhs.n.div_ceil(NR));
     let row_tasks = m.div_ceil(ROWS_PER_TASK);
     let panel_tasks = panels.div_ceil(PANELS_PER_TASK);
     let out = SharedMut(dst.0);
+    // The residual as an address, to share with the tasks.
+    let (bias, residual) = (addends.bias, addends.residual.map(|r| r as usize));
     (0..row_tasks * panel_tasks)
         .into_par_iter()
         .for_each(|task| {
@@ -426,32 +445,36 @@ pub unsafe fn product_packed(dst: (*mut f32, usize, usize), lhs: &PackedLhs, rhs
             // SAFETY: as the caller promises; only this task writes these
             // rows and panels of dst.
             unsafe {
-                let at = out
-                    .ptr()
-                    .add(rows.start * dst.1 + panels.start * NR * dst.2);
-                product_part((at, dst.1, dst.2), lhs, rows, rhs, panels, false)
+                let offset = rows.start * dst.1 + panels.start * NR * dst.2;
+                let addends = Addends {
+                    bias: bias.map(|b| &b[panels.start * NR..]),
+                    residual: residual.map(|r| (r as *const f32).add(offset)),
+                };
+                let at = out.ptr().add(offset);
+                product_part((at, dst.1, dst.2), lhs, rows, rhs, panels, addends)
             };
         });
 }
 
-/// `dst[m, n] = lhs · rhs` (overwritten, not added to) on the calling
-/// thread, for callers that share out the work themselves.
+/// `dst[m, n] = lhs · rhs` on the calling thread, for callers that share
+/// out the work themselves.
 ///
 /// # Safety
 /// As [`product`], for `dst` `[lhs.m, rhs.n]`.
 pub unsafe fn product_packed_into(dst: (*mut f32, usize, usize), lhs: &PackedLhs, rhs: &PackedRhs) {
+    let panels = 0..rhs.n.div_ceil(NR);
     // SAFETY: as the caller promises.
-    unsafe { product_part(dst, lhs, 0..lhs.m, rhs, 0..rhs.n.div_ceil(NR), true) };
+    unsafe { product_part(dst, lhs, 0..lhs.m, rhs, panels, Addends::default()) };
 }
 
 /// Columns per panel of a [`PackedRhs`].
 pub const RHS_PANEL: usize = NR;
 
 /// Part of a product on the calling thread: `dst = lhs[rows] · rhs[..,
-/// panels]` (or `+=`, unless `overwrite`), for the left operand's rows
-/// `rows` (starting at a multiple of [`LHS_BLOCK`]) and the right operand's
-/// columns in `panels` ([`RHS_PANEL`] each). `dst` points at the element
-/// of row `rows.start` and the first column of `panels.start`.
+/// panels] + addends`, for the left operand's rows `rows` (starting at a
+/// multiple of [`LHS_BLOCK`]) and the right operand's columns in `panels`
+/// ([`RHS_PANEL`] each). `dst`, the residual and the bias start at the
+/// element of row `rows.start` and the first column of `panels.start`.
 ///
 /// # Safety
 /// As [`product`], for that part of `dst`.
@@ -461,7 +484,7 @@ pub unsafe fn product_part(
     rows: std::ops::Range<usize>,
     rhs: &PackedRhs,
     panels: std::ops::Range<usize>,
-    overwrite: bool,
+    addends: Addends,
 ) {
     assert!(available(), "bf16 products need AVX512-BF16");
     assert_eq!(lhs.k, rhs.k, "the operands' inner sizes");
@@ -479,11 +502,19 @@ pub unsafe fn product_part(
             let (row, col) = (r0 - rows.start, (panel - panels.start) * NR);
             #[cfg(target_arch = "x86_64")]
             // SAFETY: a holds MR rows of `pairs`, b one panel; the tile
-            // (row.., col..) is inside dst up to the last row and `cols`
-            // columns (the caller's promise).
+            // (row.., col..) is inside dst and the residual up to the last
+            // row and `cols` columns, and the bias has `cols` from col (the
+            // caller's promise).
             unsafe {
-                let tile = (ptr.add(row * dst_rs + col * dst_cs), dst_rs, dst_cs);
-                kernel(a, b, pairs, tile, [MR.min(rows.end - r0), cols], overwrite);
+                let offset = row * dst_rs + col * dst_cs;
+                let tile = Tile {
+                    dst: ptr.add(offset),
+                    strides: (dst_rs, dst_cs),
+                    bias: addends.bias.map(|b| &b[col..col + cols]),
+                    residual: addends.residual.map(|r| r.add(offset)),
+                    size: [MR.min(rows.end - r0), cols],
+                };
+                kernel(a, b, pairs, &tile);
             }
         }
     }
@@ -560,22 +591,44 @@ fn pair_bits(even: f32, odd: f32) -> u32 {
     to_bf16(even) as u32 | (to_bf16(odd) as u32) << 16
 }
 
-/// `tile[rows, cols] += a[pairs][MR] · b[pairs][NR]` (or `=`, when
-/// `overwrite`) for the first `rows` rows and `cols` columns.
+/// Where a kernel tile goes: `size` = [rows, columns] of it at `dst`
+/// (row stride, column stride), with the residual at the same strides
+/// and the bias of its columns added.
+#[cfg(target_arch = "x86_64")]
+struct Tile<'a> {
+    dst: *mut f32,
+    strides: (usize, usize),
+    bias: Option<&'a [f32]>,
+    residual: Option<*const f32>,
+    size: [usize; 2],
+}
+
+/// `tile = a[pairs][MR] · b[pairs][NR] + bias + residual` for the tile's
+/// rows and columns.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
-unsafe fn kernel(
-    a: &[u32],
-    b: &[u32],
-    pairs: usize,
-    tile: (*mut f32, usize, usize),
-    [rows, cols]: [usize; 2],
-    overwrite: bool,
-) {
+unsafe fn kernel(a: &[u32], b: &[u32], pairs: usize, tile: &Tile) {
+    let sums = tile_sums(a, b, pairs);
+    // SAFETY (all three): the tile is inside dst and the residual (the
+    // caller's promise).
+    match tile.strides {
+        (1, _) => unsafe { store_columns(&sums, tile) },
+        (_, 1) if tile.size[1] == NR => unsafe { store_rows(&sums, tile) },
+        _ => unsafe { store_scalars(&sums, tile) },
+    }
+}
+
+/// `a[pairs][MR] · b[pairs][NR]`, returned rather than stored here: with
+/// the sums' address passed on to the stores, they were kept in memory
+/// through the loop.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+fn tile_sums(a: &[u32], b: &[u32], pairs: usize) -> [[__m512; 2]; MR] {
+    assert!(a.len() >= pairs * MR && b.len() >= pairs * NR);
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
     let bp = b.as_ptr();
     for p in 0..pairs {
-        // SAFETY: b has pairs * NR elements: pair p's 32.
+        // SAFETY: b has pairs * NR elements (checked above): pair p's 32.
         let (b0, b1) = unsafe {
             (
                 as_bf16(_mm512_loadu_si512(bp.add(p * NR) as *const __m512i)),
@@ -588,34 +641,59 @@ unsafe fn kernel(
             acc[1] = _mm512_dpbf16_ps(acc[1], pair, b1);
         }
     }
-    let (ptr, rs, cs) = tile;
-    if rs == 1 {
-        // SAFETY: as above.
-        unsafe { store_columns(&acc, (ptr, cs), [rows, cols], overwrite) };
-        return;
+    acc
+}
+
+/// A tile of whole panel rows into rows (column stride 1), 16 columns a
+/// store.
+///
+/// # Safety
+/// As [`kernel`]'s tile; its column stride is 1 and it is [`NR`] wide.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn store_rows(acc: &[[__m512; 2]; MR], tile: &Tile) {
+    let rs = tile.strides.0;
+    for (r, acc) in acc.iter().enumerate().take(tile.size[0]) {
+        for (half, &sum) in acc.iter().enumerate() {
+            let at = r * rs + 16 * half;
+            // SAFETY: 16 columns of row r of the tile (the caller's
+            // promise); the bias has NR values.
+            unsafe {
+                let mut sum = sum;
+                if let Some(bias) = tile.bias {
+                    sum = _mm512_add_ps(sum, _mm512_loadu_ps(bias.as_ptr().add(16 * half)));
+                }
+                if let Some(residual) = tile.residual {
+                    sum = _mm512_add_ps(sum, _mm512_loadu_ps(residual.add(at)));
+                }
+                _mm512_storeu_ps(tile.dst.add(at), sum);
+            }
+        }
     }
+}
+
+/// Any other tile, element by element (a tile narrower than a panel).
+///
+/// # Safety
+/// As [`kernel`]'s tile.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn store_scalars(acc: &[[__m512; 2]; MR], tile: &Tile) {
+    let ([rows, cols], (rs, cs)) = (tile.size, tile.strides);
     for (r, acc) in acc.iter().enumerate().take(rows) {
-        // SAFETY: row r of the tile, `cols` columns at stride cs.
+        let mut sums = [0f32; NR];
+        // SAFETY: sums holds two vectors.
         unsafe {
-            let row = ptr.add(r * rs);
-            if cs == 1 && cols == NR {
-                for (half, &sum) in acc.iter().enumerate() {
-                    let at = row.add(16 * half);
-                    let sum = if overwrite {
-                        sum
-                    } else {
-                        _mm512_add_ps(_mm512_loadu_ps(at), sum)
-                    };
-                    _mm512_storeu_ps(at, sum);
-                }
-            } else {
-                let mut sums = [0f32; NR];
-                _mm512_storeu_ps(sums.as_mut_ptr(), acc[0]);
-                _mm512_storeu_ps(sums.as_mut_ptr().add(16), acc[1]);
-                for (j, &sum) in sums.iter().enumerate().take(cols) {
-                    let at = row.add(j * cs);
-                    *at = if overwrite { sum } else { *at + sum };
-                }
+            _mm512_storeu_ps(sums.as_mut_ptr(), acc[0]);
+            _mm512_storeu_ps(sums.as_mut_ptr().add(16), acc[1]);
+        }
+        for (j, &sum) in sums.iter().enumerate().take(cols) {
+            let at = r * rs + j * cs;
+            let bias = tile.bias.map_or(0.0, |b| b[j]);
+            // SAFETY: element (r, j) of the tile (the caller's promise).
+            unsafe {
+                let residual = tile.residual.map_or(0.0, |res| *res.add(at));
+                *tile.dst.add(at) = sum + bias + residual;
             }
         }
     }
@@ -629,16 +707,11 @@ unsafe fn kernel(
 /// tokens it took 0.74.
 ///
 /// # Safety
-/// The tile's `rows` (at most [`MR`]) and `cols` columns at column stride
-/// `cs` from `ptr` are inside `dst`; the CPU has AVX-512F and VL.
+/// As [`kernel`]'s tile (at most [`MR`] rows); its row stride is 1.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl")]
-unsafe fn store_columns(
-    acc: &[[__m512; 2]; MR],
-    (ptr, cs): (*mut f32, usize),
-    [rows, cols]: [usize; 2],
-    overwrite: bool,
-) {
+unsafe fn store_columns(acc: &[[__m512; 2]; MR], tile: &Tile) {
+    let ([rows, cols], cs) = (tile.size, tile.strides.1);
     let mask = ((1u32 << rows) - 1) as __mmask8;
     for block in 0..cols.div_ceil(8) {
         // The tile's columns 8·block.. of each row.
@@ -651,15 +724,18 @@ unsafe fn store_columns(
         });
         let columns = transpose8(rows_part);
         for (i, &column) in columns.iter().enumerate().take(cols - 8 * block) {
-            // SAFETY: column 8·block + i's masked rows are inside dst (the
-            // caller's promise).
+            let j = 8 * block + i;
+            let mut sum = column;
+            if let Some(bias) = tile.bias {
+                sum = _mm256_add_ps(sum, _mm256_set1_ps(bias[j]));
+            }
+            // SAFETY: column j's masked rows are inside dst and the
+            // residual (the caller's promise).
             unsafe {
-                let at = ptr.add((8 * block + i) * cs);
-                let sum = match overwrite {
-                    true => column,
-                    false => _mm256_add_ps(_mm256_maskz_loadu_ps(mask, at), column),
-                };
-                _mm256_mask_storeu_ps(at, mask, sum);
+                if let Some(residual) = tile.residual {
+                    sum = _mm256_add_ps(sum, _mm256_maskz_loadu_ps(mask, residual.add(j * cs)));
+                }
+                _mm256_mask_storeu_ps(tile.dst.add(j * cs), mask, sum);
             }
         }
     }
@@ -743,45 +819,56 @@ mod tests {
         for (m, k, n) in [(13, 37, 70), (1, 1, 1), (72, 64, 160), (130, 40, 33)] {
             let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-2.0..2.0)).collect();
             let b: Vec<f32> = (0..k * n).map(|_| rng.random_range(-2.0..2.0)).collect();
-            let start: Vec<f32> = (0..m * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let residual: Vec<f32> = (0..m * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let bias: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
             let want = reference(&a, &b, m, k, n);
             let b_t: Vec<f32> = (0..k * n).map(|x| b[(x % k) * n + x / k]).collect();
             let packed = PackedRhs::from_transposed(&b_t, k, n);
             // lhs row-major or column-major; dst row-major or column-major.
             let a_cols: Vec<f32> = (0..m * k).map(|x| a[(x % m) * k + x / m]).collect();
             for (lhs, lhs_strides) in [(&a, (k, 1)), (&a_cols, (1, m))] {
-                // Added to dst by `product`, or overwriting it by
-                // `product_packed_into`.
-                for (dst_strides, overwrite) in [(n, 1), (1, m)]
+                // The product alone (`product_packed_into`), or with a bias
+                // and a residual (`product`).
+                for (dst_strides, addends) in [(n, 1), (1, m)]
                     .into_iter()
                     .flat_map(|s| [(s, false), (s, true)])
                 {
                     let at = |i: usize, j: usize| i * dst_strides.0 + j * dst_strides.1;
-                    let mut dst = vec![0f32; m * n];
+                    let mut residual_at = vec![0f32; m * n];
                     for i in 0..m {
                         for j in 0..n {
-                            dst[at(i, j)] = start[i * n + j];
+                            residual_at[at(i, j)] = residual[i * n + j];
                         }
                     }
+                    // Every element must be written.
+                    let mut dst = vec![f32::NAN; m * n];
                     let dst_at = (dst.as_mut_ptr(), dst_strides.0, dst_strides.1);
                     let lhs_at = (lhs.as_ptr(), lhs_strides.0, lhs_strides.1);
-                    // SAFETY: both buffers are m x n or m x k at the
-                    // strides given.
+                    // SAFETY: the buffers are m x n or m x k at the strides
+                    // given, the bias n long.
                     unsafe {
-                        if overwrite {
-                            product_packed_into(dst_at, &PackedLhs::new(m, k, lhs_at), &packed);
+                        if addends {
+                            let addends = Addends {
+                                bias: Some(&bias),
+                                residual: Some(residual_at.as_ptr()),
+                            };
+                            product(m, dst_at, lhs_at, &packed, addends);
                         } else {
-                            product(m, dst_at, lhs_at, &packed);
+                            product_packed_into(dst_at, &PackedLhs::new(m, k, lhs_at), &packed);
                         }
                     }
                     for i in 0..m {
                         for j in 0..n {
-                            let added = if overwrite { 0.0 } else { start[i * n + j] };
+                            let added = if addends {
+                                residual[i * n + j] + bias[j]
+                            } else {
+                                0.0
+                            };
                             let want = want[i * n + j] + added as f64;
                             let got = dst[at(i, j)] as f64;
                             assert!(
                                 (got - want).abs() < 1e-4 * (1.0 + want.abs()),
-                                "[{m}, {k}, {n}] lhs {lhs_strides:?} dst {dst_strides:?} overwrite {overwrite} at ({i}, {j}): {got} vs {want}"
+                                "[{m}, {k}, {n}] lhs {lhs_strides:?} dst {dst_strides:?} addends {addends} at ({i}, {j}): {got} vs {want}"
                             );
                         }
                     }

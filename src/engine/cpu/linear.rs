@@ -1,7 +1,9 @@
 //! The linear layer, `x·W + b (+ residual)` over rows of `x`, with the
-//! weight stored transposed (`[in, out]`, made once when the model loads)
-//! and the bias and residual written into the output before the product
-//! accumulates onto it.
+//! weight prepared once when the model loads: in panels (atelier's f32
+//! products) or rounded to bf16 and packed, whose products add the bias
+//! and residual as they store each tile, or transposed (`[in, out]`) for
+//! the gemm crate, whose product accumulates onto the bias and residual
+//! written into the output first.
 //!
 //! Stored as `[out, in]`, as checkpoints keep it, the gemm crate repacks
 //! the whole weight at every call; on the UNet's low-resolution levels (few
@@ -102,9 +104,11 @@ pub fn linear(
         residual.is_none_or(|r| r.len() == out_len),
         "residual of {s:?}"
     );
-    if let Weight::Panels(panels) = weight {
-        return with_panels(s, x, panels, bias, residual);
-    }
+    let weight_t = match weight {
+        Weight::Panels(panels) => return with_panels(s, x, panels, bias, residual),
+        Weight::Bf16(packed) => return with_bf16(s, x, packed, bias, residual),
+        Weight::F32(weight_t) => weight_t,
+    };
     let mut out = starting_output(s, bias, residual);
     let (images, rows) = s.products();
     let (x_rs, x_cs) = s.input.strides(rows, s.inputs);
@@ -112,25 +116,19 @@ pub fn linear(
     for n in 0..images {
         // SAFETY: image n's x and out are [rows x features] at the strides
         // of their arrangement inside their buffers (lengths checked
-        // above); the weight is [inputs, outputs] (checked above), row-major
-        // if f32; a packed weight implies the CPU runs bf16 products.
+        // above); the weight is [inputs, outputs], row-major (checked
+        // above). The product adds onto `out`, which holds zeros, bias or
+        // residual.
         unsafe {
-            let dst = (out.as_mut_ptr().add(n * rows * s.outputs), out_rs, out_cs);
-            let lhs = (x.as_ptr().add(n * rows * s.inputs), x_rs, x_cs);
-            match weight {
-                Weight::F32(weight_t) => product(
-                    [rows, s.outputs, s.inputs],
-                    dst,
-                    bias.is_some() || residual.is_some(),
-                    lhs,
-                    (weight_t.as_ptr(), s.outputs, 1),
-                    1.0,
-                    gemm::Parallelism::Rayon(0),
-                ),
-                // Adds onto `out`, which holds zeros, bias or residual.
-                Weight::Bf16(packed) => bf16::product(rows, dst, lhs, packed),
-                Weight::Panels(_) => unreachable!("returned above"),
-            }
+            product(
+                [rows, s.outputs, s.inputs],
+                (out.as_mut_ptr().add(n * rows * s.outputs), out_rs, out_cs),
+                bias.is_some() || residual.is_some(),
+                (x.as_ptr().add(n * rows * s.inputs), x_rs, x_cs),
+                (weight_t.as_ptr(), s.outputs, 1),
+                1.0,
+                gemm::Parallelism::Rayon(0),
+            )
         }
     }
     out
@@ -149,6 +147,53 @@ fn with_panels(
     bias: Option<&[f32]>,
     residual: Option<&[f32]>,
 ) -> Vec<f32> {
+    let rows = s.products().1;
+    // SAFETY: as `written_once` promises; the panels imply a CPU with
+    // AVX-512F.
+    written_once(s, x, bias, residual, |dst, lhs, addends| unsafe {
+        match (s.input, s.output) {
+            // A large map's channels to its channels: Wᵀ times the map,
+            // whose pixels are the product's contiguous rows (see
+            // `f32_products`; on the UNet's maps, 64 x 64 and smaller, both
+            // ways measured alike but for 64 pixels, 1920 -> 1280, where
+            // this one ran at 217 GFLOP/s, the other 304).
+            (Arrangement::Channels, Arrangement::Channels) if rows >= TRANSPOSED_FROM_PIXELS => {
+                f32_products::product_transposed(rows, (dst.0, rows), w, (lhs.0, rows), addends)
+            }
+            _ => f32_products::product(rows, dst, lhs, w, addends),
+        }
+    })
+}
+
+/// [`linear`] with the weight rounded to bf16 and packed: as
+/// [`with_panels`], every output element written once.
+fn with_bf16(
+    s: &LinearShape,
+    x: &[f32],
+    w: &PackedRhs,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+) -> Vec<f32> {
+    let rows = s.products().1;
+    // SAFETY: as `written_once` promises; a packed weight implies a CPU
+    // with bf16 products.
+    written_once(s, x, bias, residual, |dst, lhs, addends| unsafe {
+        bf16::product(rows, dst, lhs, w, addends)
+    })
+}
+
+/// The output of [`linear`], made by `product(dst, lhs, addends)` once per
+/// image (or once, tokens to tokens): `dst` and `lhs` that image's output
+/// and x at the strides of their arrangement (pointer, row stride, column
+/// stride), `addends` its bias and residual. `product` must write every
+/// element of `dst`.
+fn written_once(
+    s: &LinearShape,
+    x: &[f32],
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    product: impl Fn((*mut f32, usize, usize), (*const f32, usize, usize), Addends),
+) -> Vec<f32> {
     let len = s.batch * s.rows * s.outputs;
     let mut out = Vec::<f32>::with_capacity(len);
     let (images, rows) = s.products();
@@ -162,31 +207,9 @@ fn with_panels(
         };
         // SAFETY: image n's x, out and residual are [rows x features] at
         // the strides of their arrangement inside their buffers (lengths
-        // checked by `linear`; out has the capacity); the panels imply a
-        // CPU with AVX-512F.
-        unsafe {
-            let dst = out.as_mut_ptr().add(out_at);
-            let lhs = x.as_ptr().add(x_at);
-            match (s.input, s.output) {
-                // A large map's channels to its channels: Wᵀ times the
-                // map, whose pixels are the product's contiguous rows (see
-                // `f32_products`; on the UNet's maps, 64 x 64 and smaller,
-                // both ways measured alike but for 64 pixels, 1920 ->
-                // 1280, where this one ran at 217 GFLOP/s, the other 304).
-                (Arrangement::Channels, Arrangement::Channels)
-                    if rows >= TRANSPOSED_FROM_PIXELS =>
-                {
-                    f32_products::product_transposed(rows, (dst, rows), w, (lhs, rows), addends)
-                }
-                _ => f32_products::product(
-                    rows,
-                    (dst, out_rs, out_cs),
-                    (lhs, x_rs, x_cs),
-                    w,
-                    addends,
-                ),
-            }
-        }
+        // checked by `linear`; out has the capacity).
+        let (dst, lhs) = unsafe { (out.as_mut_ptr().add(out_at), x.as_ptr().add(x_at)) };
+        product((dst, out_rs, out_cs), (lhs, x_rs, x_cs), addends);
     }
     // SAFETY: the products above wrote every element of every image.
     unsafe { out.set_len(len) };

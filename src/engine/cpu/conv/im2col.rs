@@ -92,10 +92,10 @@ pub(super) fn conv2d(s: &ConvShape, input: &[f32], kernel: Weights, bias: &[f32]
                         // SAFETY: columns is [depth, cols], contiguous.
                         unsafe { PackedLhs::new(cols, depth, (columns.as_ptr(), 1, cols)) }
                     };
-                    product.fill(0.0);
                     // SAFETY: product is [K, cols], contiguous.
                     unsafe {
-                        bf16::product_packed((product.as_mut_ptr(), 1, cols), &lhs, kernel_t)
+                        let dst = (product.as_mut_ptr(), 1, cols);
+                        bf16::product_packed(dst, &lhs, kernel_t, Addends::default())
                     };
                 }
             }

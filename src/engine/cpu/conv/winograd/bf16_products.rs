@@ -23,6 +23,7 @@ use std::cell::Cell;
 use rayon::prelude::*;
 
 use super::super::super::bf16::{self, PackedLhs, PackedRhs, RHS_PANEL};
+use super::super::super::f32_products::Addends;
 use super::super::super::{product, vectorized, SharedMut};
 use super::LANES;
 use super::{bands, kernel_matrix, output_block, transformed_block, Band, Lane, Tiles, F2};
@@ -148,7 +149,7 @@ pub fn conv2d(s: &ConvShape, input: &[f32], kernel: &TransformedKernel, bias: &[
                         xi * padded..(xi + 1) * padded,
                         rhs,
                         panels,
-                        true,
+                        Addends::default(),
                     );
                 }
             });
