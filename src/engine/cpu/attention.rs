@@ -1,5 +1,5 @@
-//! Multi-head attention fused per block of query rows: scores for
-//! [`QUERY_BLOCK`] rows of one head, their softmax and their product with
+//! Multi-head attention fused per block of query rows: scores for a
+//! block of rows of one head, their softmax and their product with
 //! V, while the scores are still in cache. Heads are read in place from
 //! the projections' `[batch, tokens, heads * head_dim]` layout and the
 //! result is written in that layout too, so nothing is split, transposed
@@ -23,10 +23,21 @@ use super::math::exp;
 use super::math::{exp_avx512, exp_avx512_f32};
 use super::{product, vectorized, SharedMut};
 
-/// Query rows per task: their scores (`QUERY_BLOCK * m` floats, 0.5 MiB at
-/// 1024 keys) stay in the core's cache; 32 and 64 were slower, 256 no
-/// faster (`cargo bench --bench cpu_kernels`).
+/// Query rows per task of the gemm crate's attention: their scores
+/// (`QUERY_BLOCK * m` floats, 0.5 MiB at 1024 keys) stay in the core's
+/// cache; 32 and 64 were slower, 256 no faster (`cargo bench --bench
+/// cpu_kernels`).
 const QUERY_BLOCK: usize = 128;
+
+/// Bytes of scores per task of [`attention_bf16`]: its query block is as
+/// wide as keeps them within this (in whole panels, up to
+/// [`QUERY_BLOCK`]), so that the softmax's two passes and the second
+/// product read them from L2, as the f32 path's do. At 4096 keys (the
+/// first level at 512 px) a block of 128 queries (2 MiB of scores) took
+/// 113-121 ms, 32 take 91-103 (a throwaway probe, `2 x 4096 x 4096`, 8
+/// heads of 40, old and new binaries interleaved); at 1024 keys 128, 64
+/// and 32 measured alike.
+const BF16_SCORES_BUDGET: usize = 512 << 10;
 
 thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -74,7 +85,7 @@ fn attention_gemm(s: &AttentionShape, q: &[f32], k: &[f32], v: &[f32], scale: f3
     let dim = s.heads * s.head_dim;
     let mut out = vec![0f32; q.len()];
     let out_ptr = SharedMut(out.as_mut_ptr());
-    for_each_block(s, |b, h, rows| {
+    for_each_block(s, QUERY_BLOCK, |b, h, rows| {
         SCORES.with(|scores| {
             let scores = &mut *scores.borrow_mut();
             scores.resize(rows.len() * s.keys, 0.0);
@@ -121,14 +132,18 @@ fn attention_gemm(s: &AttentionShape, q: &[f32], k: &[f32], v: &[f32], scale: f3
 }
 
 /// `task(b, h, rows)` for every batch entry `b`, head `h` and block of
-/// [`QUERY_BLOCK`] query rows, in parallel.
-fn for_each_block(s: &AttentionShape, task: impl Fn(usize, usize, Range<usize>) + Sync) {
-    let blocks = s.queries.div_ceil(QUERY_BLOCK);
+/// `block` query rows, in parallel.
+fn for_each_block(
+    s: &AttentionShape,
+    block: usize,
+    task: impl Fn(usize, usize, Range<usize>) + Sync,
+) {
+    let blocks = s.queries.div_ceil(block);
     (0..s.batch * s.heads * blocks)
         .into_par_iter()
         .for_each(|i| {
-            let (bh, block) = (i / blocks, i % blocks);
-            let rows = block * QUERY_BLOCK..((block + 1) * QUERY_BLOCK).min(s.queries);
+            let (bh, b) = (i / blocks, i % blocks);
+            let rows = b * block..((b + 1) * block).min(s.queries);
             task(bh / s.heads, bh % s.heads, rows);
         });
 }
@@ -285,7 +300,9 @@ pub fn attention_bf16(s: &AttentionShape, q: &[f32], k: &[f32], v: &[f32], scale
         .collect();
     let mut out = vec![0f32; q.len()];
     let out_ptr = SharedMut(out.as_mut_ptr());
-    for_each_block(s, |b, h, rows| {
+    let block = (BF16_SCORES_BUDGET / (4 * s.keys.max(1)) / RHS_PANEL * RHS_PANEL)
+        .clamp(RHS_PANEL, QUERY_BLOCK);
+    for_each_block(s, block, |b, h, rows| {
         let (keys, values) = &heads[b * s.heads + h];
         let width = rows.len();
         let q_at = (b * s.queries + rows.start) * dim + h * s.head_dim;
@@ -549,11 +566,15 @@ mod tests {
         }
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
         // Partial query panels, an odd number of keys (77, as the text
-        // encoder's), a head width that is not whole blocks of 8 rows, and
-        // SD 1.5's 40 over more than one query block.
-        for (batch, queries, keys, heads, head_dim) in
-            [(2, 70, 70, 3, 8), (1, 130, 77, 2, 5), (1, 300, 64, 2, 40)]
-        {
+        // encoder's), a head width that is not whole blocks of 8 rows,
+        // SD 1.5's 40 over more than one query block, and enough keys for
+        // blocks of 32 queries (the last one partial).
+        for (batch, queries, keys, heads, head_dim) in [
+            (2, 70, 70, 3, 8),
+            (1, 130, 77, 2, 5),
+            (1, 300, 64, 2, 40),
+            (1, 70, 2100, 2, 8),
+        ] {
             let s = AttentionShape {
                 batch,
                 queries,
