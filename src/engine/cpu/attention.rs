@@ -34,7 +34,7 @@ const QUERY_BLOCK: usize = 128;
 /// [`QUERY_BLOCK`]), so that the softmax's two passes and the second
 /// product read them from L2, as the f32 path's do. At 4096 keys (the
 /// first level at 512 px) a block of 128 queries (2 MiB of scores) took
-/// 113-121 ms, 32 take 91-103 (a throwaway probe, `2 x 4096 x 4096`, 8
+/// 110-121 ms, 32 take 91-106 (a throwaway probe, `2 x 4096 x 4096`, 8
 /// heads of 40, old and new binaries interleaved); at 1024 keys 128, 64
 /// and 32 measured alike.
 const BF16_SCORES_BUDGET: usize = 512 << 10;
