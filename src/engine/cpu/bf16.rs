@@ -17,6 +17,8 @@ use std::arch::x86_64::*;
 use rayon::prelude::*;
 
 use super::f32_products::Addends;
+#[cfg(target_arch = "x86_64")]
+use super::f32_products::{self, Bias, Tile};
 use super::SharedMut;
 
 /// Columns per panel: two 16-lane registers.
@@ -510,7 +512,7 @@ pub unsafe fn product_part(
                 let tile = Tile {
                     dst: ptr.add(offset),
                     strides: (dst_rs, dst_cs),
-                    bias: addends.bias.map(|b| &b[col..col + cols]),
+                    bias: addends.bias.map(|b| Bias::PerColumn(&b[col..col + cols])),
                     residual: addends.residual.map(|r| r.add(offset)),
                     size: [MR.min(rows.end - r0), cols],
                 };
@@ -591,31 +593,14 @@ fn pair_bits(even: f32, odd: f32) -> u32 {
     to_bf16(even) as u32 | (to_bf16(odd) as u32) << 16
 }
 
-/// Where a kernel tile goes: `size` = [rows, columns] of it at `dst`
-/// (row stride, column stride), with the residual at the same strides
-/// and the bias of its columns added.
-#[cfg(target_arch = "x86_64")]
-struct Tile<'a> {
-    dst: *mut f32,
-    strides: (usize, usize),
-    bias: Option<&'a [f32]>,
-    residual: Option<*const f32>,
-    size: [usize; 2],
-}
-
 /// `tile = a[pairs][MR] · b[pairs][NR] + bias + residual` for the tile's
-/// rows and columns.
+/// rows and columns, stored as the f32 kernel stores its tiles.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
 unsafe fn kernel(a: &[u32], b: &[u32], pairs: usize, tile: &Tile) {
-    let sums = tile_sums(a, b, pairs);
-    // SAFETY (all three): the tile is inside dst and the residual (the
-    // caller's promise).
-    match tile.strides {
-        (1, _) => unsafe { store_columns(&sums, tile) },
-        (_, 1) if tile.size[1] == NR => unsafe { store_rows(&sums, tile) },
-        _ => unsafe { store_scalars(&sums, tile) },
-    }
+    // SAFETY: the tile is inside dst and the residual (the caller's
+    // promise).
+    unsafe { f32_products::store(&tile_sums(a, b, pairs), tile) }
 }
 
 /// `a[pairs][MR] · b[pairs][NR]`, returned rather than stored here: with
@@ -642,130 +627,6 @@ fn tile_sums(a: &[u32], b: &[u32], pairs: usize) -> [[__m512; 2]; MR] {
         }
     }
     acc
-}
-
-/// A tile of whole panel rows into rows (column stride 1), 16 columns a
-/// store.
-///
-/// # Safety
-/// As [`kernel`]'s tile; its column stride is 1 and it is [`NR`] wide.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn store_rows(acc: &[[__m512; 2]; MR], tile: &Tile) {
-    let rs = tile.strides.0;
-    for (r, acc) in acc.iter().enumerate().take(tile.size[0]) {
-        for (half, &sum) in acc.iter().enumerate() {
-            let at = r * rs + 16 * half;
-            // SAFETY: 16 columns of row r of the tile (the caller's
-            // promise); the bias has NR values.
-            unsafe {
-                let mut sum = sum;
-                if let Some(bias) = tile.bias {
-                    sum = _mm512_add_ps(sum, _mm512_loadu_ps(bias.as_ptr().add(16 * half)));
-                }
-                if let Some(residual) = tile.residual {
-                    sum = _mm512_add_ps(sum, _mm512_loadu_ps(residual.add(at)));
-                }
-                _mm512_storeu_ps(tile.dst.add(at), sum);
-            }
-        }
-    }
-}
-
-/// Any other tile, element by element (a tile narrower than a panel).
-///
-/// # Safety
-/// As [`kernel`]'s tile.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn store_scalars(acc: &[[__m512; 2]; MR], tile: &Tile) {
-    let ([rows, cols], (rs, cs)) = (tile.size, tile.strides);
-    for (r, acc) in acc.iter().enumerate().take(rows) {
-        let mut sums = [0f32; NR];
-        // SAFETY: sums holds two vectors.
-        unsafe {
-            _mm512_storeu_ps(sums.as_mut_ptr(), acc[0]);
-            _mm512_storeu_ps(sums.as_mut_ptr().add(16), acc[1]);
-        }
-        for (j, &sum) in sums.iter().enumerate().take(cols) {
-            let at = r * rs + j * cs;
-            let bias = tile.bias.map_or(0.0, |b| b[j]);
-            // SAFETY: element (r, j) of the tile (the caller's promise).
-            unsafe {
-                let residual = tile.residual.map_or(0.0, |res| *res.add(at));
-                *tile.dst.add(at) = sum + bias + residual;
-            }
-        }
-    }
-}
-
-/// A kernel tile's sums into a column-major tile (row stride 1: a map's
-/// channels, or im2col's transposed product), transposed in registers 8
-/// columns at a time and stored a column's 8 rows at once. Stored element
-/// by element, each of a tile's 32 columns a page apart on the UNet's 32 x
-/// 32 maps, a 320 -> 320 projection onto a map took 5.9 ms where onto
-/// tokens it took 0.74.
-///
-/// # Safety
-/// As [`kernel`]'s tile (at most [`MR`] rows); its row stride is 1.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl")]
-unsafe fn store_columns(acc: &[[__m512; 2]; MR], tile: &Tile) {
-    let ([rows, cols], cs) = (tile.size, tile.strides.1);
-    let mask = ((1u32 << rows) - 1) as __mmask8;
-    for block in 0..cols.div_ceil(8) {
-        // The tile's columns 8·block.. of each row.
-        let rows_part: [__m256; MR] = std::array::from_fn(|r| {
-            let half = _mm512_castps_pd(acc[r][block / 2]);
-            match block % 2 {
-                0 => _mm256_castpd_ps(_mm512_castpd512_pd256(half)),
-                _ => _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(half)),
-            }
-        });
-        let columns = transpose8(rows_part);
-        for (i, &column) in columns.iter().enumerate().take(cols - 8 * block) {
-            let j = 8 * block + i;
-            let mut sum = column;
-            if let Some(bias) = tile.bias {
-                sum = _mm256_add_ps(sum, _mm256_set1_ps(bias[j]));
-            }
-            // SAFETY: column j's masked rows are inside dst and the
-            // residual (the caller's promise).
-            unsafe {
-                if let Some(residual) = tile.residual {
-                    sum = _mm256_add_ps(sum, _mm256_maskz_loadu_ps(mask, residual.add(j * cs)));
-                }
-                _mm256_mask_storeu_ps(tile.dst.add(j * cs), mask, sum);
-            }
-        }
-    }
-}
-
-/// The 8 x 8 transpose of 8 rows of 8 floats: pairs interleaved, then
-/// quadruples, then 128-bit halves exchanged.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
-fn transpose8(v: [__m256; 8]) -> [__m256; 8] {
-    let t: [__m256; 8] = std::array::from_fn(|i| {
-        let (a, b) = (v[2 * (i / 2)], v[2 * (i / 2) + 1]);
-        match i % 2 {
-            0 => _mm256_unpacklo_ps(a, b),
-            _ => _mm256_unpackhi_ps(a, b),
-        }
-    });
-    // u[4g + j]: rows 4g..4g + 4, columns j, j + 4 (within each half).
-    let u: [__m256; 8] = std::array::from_fn(|i| {
-        let (g, j) = (i / 4, i % 4);
-        let (a, b) = (t[4 * g + j / 2], t[4 * g + 2 + j / 2]);
-        match j % 2 {
-            0 => _mm256_shuffle_ps::<0x44>(a, b),
-            _ => _mm256_shuffle_ps::<0xee>(a, b),
-        }
-    });
-    std::array::from_fn(|c| match c / 4 {
-        0 => _mm256_permute2f128_ps::<0x20>(u[c], u[4 + c]),
-        _ => _mm256_permute2f128_ps::<0x31>(u[c - 4], u[c]),
-    })
 }
 
 /// 32 bf16 held as integers, as the bf16 instructions take them.
