@@ -220,11 +220,7 @@ unsafe fn interleave8_x86((even, odd): (*const f32, *const f32), mask: u8, dst: 
 #[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
 unsafe fn load8(ptr: *const f32, mask: u8) -> __m128i {
     // SAFETY: the caller's promise: the masked floats are readable.
-    unsafe {
-        std::mem::transmute::<__m128bh, __m128i>(_mm256_cvtneps_pbh(_mm256_maskz_loadu_ps(
-            mask, ptr,
-        )))
-    }
+    round8(unsafe { _mm256_maskz_loadu_ps(mask, ptr) })
 }
 
 /// Two rows of 8 bf16 as their 8 pairs (the even row's in the lower
@@ -272,8 +268,23 @@ impl PackedLhs {
         k: usize,
         fill: impl Fn(usize, &mut ColumnPair) + Sync,
     ) -> Self {
+        Self::from_column_pairs_in(Vec::new(), m, k, fill)
+    }
+
+    /// [`from_column_pairs`](Self::from_column_pairs) in `buffer`'s memory
+    /// (from [`into_buffer`](Self::into_buffer)), which is not zeroed
+    /// first: `fill` must put every row of its pair, or stale values stay.
+    /// Zeroing the 5 MB operand of a bf16 Winograd band took as long as
+    /// filling it.
+    pub fn from_column_pairs_in(
+        buffer: Vec<u32>,
+        m: usize,
+        k: usize,
+        fill: impl Fn(usize, &mut ColumnPair) + Sync,
+    ) -> Self {
         let pairs = k.div_ceil(2);
-        let mut data = vec![0u32; data_len(m, pairs)];
+        let mut data = buffer;
+        data.resize(data_len(m, pairs), 0);
         let shared = SharedPairs(data.as_mut_ptr());
         (0..pairs).into_par_iter().for_each(|p| {
             let mut pair = ColumnPair {
@@ -285,6 +296,11 @@ impl PackedLhs {
             fill(p, &mut pair);
         });
         Self { m, k, data }
+    }
+
+    /// The operand's memory, for [`from_column_pairs_in`](Self::from_column_pairs_in).
+    pub fn into_buffer(self) -> Vec<u32> {
+        self.data
     }
 
     /// `lhs` `[m, k]` at (pointer, row stride, column stride) in floats.
@@ -346,6 +362,33 @@ impl ColumnPair {
         let dst = unsafe { std::slice::from_raw_parts_mut(self.data.0.add(at), MR) };
         interleave(even, odd, dst);
     }
+
+    /// [`put`](Self::put) of rows already rounded to bf16 ([`round8`]).
+    ///
+    /// # Safety
+    /// The CPU has [`available`].
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+    pub unsafe fn put_bf16(&mut self, row: usize, even: __m128i, odd: __m128i) {
+        assert!(row.is_multiple_of(MR), "row {row}");
+        let at = ((row / MR) * self.pairs + self.p) * MR;
+        assert!(at + MR <= self.len, "row {row} past the operand");
+        // SAFETY: as in `put`; the CPU has the instructions.
+        unsafe { store_pairs8(even, odd, self.data.0.add(at)) }
+    }
+}
+
+/// 8 floats rounded to bf16 (nearest even).
+///
+/// # Safety
+/// The CPU has [`available`] (this is safe to call from functions that
+/// enable the same instructions).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+#[inline]
+pub fn round8(x: __m256) -> __m128i {
+    // SAFETY: both are 16 bytes of plain data.
+    unsafe { std::mem::transmute::<__m128bh, __m128i>(_mm256_cvtneps_pbh(x)) }
 }
 
 /// Fills one block of a [`PackedLhs`] from its columns: `column(d)` is

@@ -504,7 +504,7 @@ unsafe fn store_columns(sums: &[[__m512; 2]; MR], tile: &Tile) {
 /// quadruples, then 128-bit halves exchanged.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
-fn transpose8(v: [__m256; 8]) -> [__m256; 8] {
+pub(super) fn transpose8(v: [__m256; 8]) -> [__m256; 8] {
     let t: [__m256; 8] = std::array::from_fn(|i| {
         let (a, b) = (v[2 * (i / 2)], v[2 * (i / 2) + 1]);
         match i % 2 {

@@ -399,7 +399,9 @@ mod tests {
         // 3x3 at stride 1 (Winograd F(2x2)): partial tiles, odd channel
         // counts, more than one panel of output channels, a map of two
         // bands (600 tiles), a map 70 wide (rows of 8 tiles read at its
-        // edges and inside it). Strided and pointwise (im2col): widths that
+        // edges and inside it), one 33 wide whose last tile of each row
+        // sticks out, with output channels in lanes of 8 and 3 more.
+        // Strided and pointwise (im2col): widths that
         // are multiples of 8 (packed straight from the input) and others
         // (unfolded first).
         for s in [
@@ -408,6 +410,7 @@ mod tests {
             shape(2, 3, 5, 16, 4),
             shape(1, 2, 80, 30, 3),
             shape(1, 3, 6, 70, 4),
+            shape(2, 5, 7, 33, 19),
             ConvShape {
                 stride: 2,
                 ..shape(1, 40, 8, 16, 33)

@@ -22,9 +22,19 @@ use std::cell::Cell;
 
 use rayon::prelude::*;
 
-use super::super::super::bf16::{self, PackedLhs, PackedRhs, RHS_PANEL};
+#[cfg(target_arch = "x86_64")]
+use super::super::super::bf16::round8;
+use super::super::super::bf16::{self, ColumnPair, PackedLhs, PackedRhs, RHS_PANEL};
+#[cfg(target_arch = "x86_64")]
+use super::super::super::f32_products::transpose8;
 use super::super::super::f32_products::Addends;
-use super::super::super::{product, vectorized, SharedMut};
+#[cfg(not(target_arch = "x86_64"))]
+use super::super::super::vectorized;
+use super::super::super::{product, SharedMut};
+#[cfg(target_arch = "x86_64")]
+use super::dealt_row_x86;
+#[cfg(target_arch = "x86_64")]
+use super::same_tile_row;
 use super::LANES;
 use super::{bands, kernel_matrix, output_block, transformed_block, Band, Lane, Tiles, F2};
 use crate::engine::cpu::conv::ConvShape;
@@ -39,8 +49,9 @@ const OUTPUT_TILES: usize = 16;
 const PANELS_PER_TASK: usize = 2;
 
 thread_local! {
-    /// The products `M` of the last call on this thread.
-    static BUFFERS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    /// The packed transformed input `V` and the products `M` of the last
+    /// call on this thread.
+    static BUFFERS: Cell<(Vec<u32>, Vec<f32>)> = const { Cell::new((Vec::new(), Vec::new())) };
 }
 
 /// A 3x3 kernel transformed for [`conv2d`]: `U[ξ]` as the `[C, K]` right
@@ -99,28 +110,24 @@ pub fn conv2d(s: &ConvShape, input: &[f32], kernel: &TransformedKernel, bias: &[
     let out_ptr = SharedMut(out.as_mut_ptr());
     // Every element of M is written before it is read, so the buffer is
     // kept between calls rather than zeroed at each.
-    let mut m = BUFFERS.take();
+    let (mut v, mut m) = BUFFERS.take();
     for band in bands::<F2>(s) {
         let padded = band.padded;
         // V, packed as it is made: rows (ξ, tile), columns C, a pair of
         // input channels per task.
-        let lhs = PackedLhs::from_column_pairs(POSITIONS * padded, c, |p, pair| {
+        // Every row of every pair is put (the band's padded tiles too).
+        let lhs = PackedLhs::from_column_pairs_in(v, POSITIONS * padded, c, |p, pair| {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU has AVX512-BF16 (asserted above).
+            unsafe {
+                transform_input_pair_x86(s, input, p, &band, pair)
+            };
+            #[cfg(not(target_arch = "x86_64"))]
             vectorized(
                 #[inline(always)]
                 || {
                     for t0 in (0..padded).step_by(LANES) {
-                        let even = transformed_block::<F2>(s, input, 2 * p, &band, t0);
-                        let odd = if 2 * p + 1 < c {
-                            transformed_block::<F2>(s, input, 2 * p + 1, &band, t0)
-                        } else {
-                            [[[0.0; LANES]; 6]; 6]
-                        };
-                        for i in 0..F2::IN {
-                            for j in 0..F2::IN {
-                                let row = (i * F2::IN + j) * padded + t0;
-                                pair.put(row, &even[i][j], &odd[i][j]);
-                            }
-                        }
+                        transform_input_lanes(s, input, p, &band, t0, pair);
                     }
                 },
             )
@@ -153,6 +160,7 @@ pub fn conv2d(s: &ConvShape, input: &[f32], kernel: &TransformedKernel, bias: &[
                     );
                 }
             });
+        v = lhs.into_buffer();
 
         (0..band.tiles)
             .step_by(OUTPUT_TILES)
@@ -160,14 +168,147 @@ pub fn conv2d(s: &ConvShape, input: &[f32], kernel: &TransformedKernel, bias: &[
             .into_par_iter()
             .for_each(|t0| {
                 let ts = t0..(t0 + OUTPUT_TILES).min(band.tiles);
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the CPU has AVX512-BF16 (asserted above).
+                unsafe {
+                    transform_output_x86(s, &band, ts, bias, &m, out_ptr)
+                };
+                #[cfg(not(target_arch = "x86_64"))]
                 vectorized(
                     #[inline(always)]
                     || transform_output(s, &band, ts, bias, &m, out_ptr),
                 )
             });
     }
-    BUFFERS.set(m);
+    BUFFERS.set((v, m));
     out
+}
+
+/// `V = Bᵀ d B` of input channels `2p` and `2p + 1` for the [`LANES`]
+/// tiles of the band from `t0`, put into rows `(ξ, t0..)` of the pair.
+#[inline(always)]
+fn transform_input_lanes(
+    s: &ConvShape,
+    input: &[f32],
+    p: usize,
+    band: &Band,
+    t0: usize,
+    pair: &mut ColumnPair,
+) {
+    let even = transformed_block::<F2>(s, input, 2 * p, band, t0);
+    let odd = if 2 * p + 1 < s.in_channels {
+        transformed_block::<F2>(s, input, 2 * p + 1, band, t0)
+    } else {
+        [[[0.0; LANES]; 6]; 6]
+    };
+    for i in 0..F2::IN {
+        for j in 0..F2::IN {
+            pair.put((i * F2::IN + j) * band.padded + t0, &even[i][j], &odd[i][j]);
+        }
+    }
+}
+
+/// [`transform_input_lanes`] over the whole band, in registers wherever
+/// the [`LANES`] tiles lie side by side in one row of tiles (every lane
+/// group of maps 16 pixels wide or more): each block row is dealt out
+/// straight from the input ([`dealt_row_x86`]), transformed and rounded
+/// to bf16 without going through memory. The generic transform built each
+/// block in arrays on the stack, zeroed at every call, and took 40% of a
+/// 320-channel convolution at 64x64.
+///
+/// # Safety
+/// The CPU has AVX512-BF16 ([`bf16::available`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+unsafe fn transform_input_pair_x86(
+    s: &ConvShape,
+    input: &[f32],
+    p: usize,
+    band: &Band,
+    pair: &mut ColumnPair,
+) {
+    use std::arch::x86_64::*;
+    let zeros = [[_mm_setzero_si128(); 4]; 4];
+    for t0 in (0..band.padded).step_by(LANES) {
+        if !same_tile_row(band, t0) {
+            transform_input_lanes(s, input, p, band, t0, pair);
+            continue;
+        }
+        let even = transformed_bf16_x86(s, input, 2 * p, band, t0);
+        let odd = if 2 * p + 1 < s.in_channels {
+            transformed_bf16_x86(s, input, 2 * p + 1, band, t0)
+        } else {
+            zeros
+        };
+        for i in 0..F2::IN {
+            for j in 0..F2::IN {
+                // SAFETY: the CPU has the instructions (the caller's
+                // promise).
+                unsafe {
+                    pair.put_bf16((i * F2::IN + j) * band.padded + t0, even[i][j], odd[i][j])
+                };
+            }
+        }
+    }
+}
+
+/// `Bᵀ d B` of input channel `ci` for the [`LANES`] side-by-side tiles from
+/// `t0`, rounded to bf16: [`F2::input_1d`] down the block's columns, then
+/// along its rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+#[inline]
+fn transformed_bf16_x86(
+    s: &ConvShape,
+    input: &[f32],
+    ci: usize,
+    band: &Band,
+    t0: usize,
+) -> [[std::arch::x86_64::__m128i; 4]; 4] {
+    use std::arch::x86_64::*;
+    let (h, w) = (s.height, s.width);
+    let (n, y, x) = band.origin(t0);
+    let plane = &input[(n * s.in_channels + ci) * h * w..][..h * w];
+    // d[i][j]: block row i (image row y + i - 1), zero outside the image.
+    let mut d = [[_mm256_setzero_ps(); 4]; 4];
+    for (i, row) in d.iter_mut().enumerate() {
+        let iy = y + i;
+        if iy >= 1 && iy <= h {
+            let dealt = dealt_row_x86::<F2>(&plane[(iy - 1) * w..][..w], x);
+            row.copy_from_slice(&dealt[..4]);
+        }
+    }
+    // Plain loops and calls: closures and `map` here were compiled as
+    // functions of their own, without the vector instructions.
+    let mut columns = [[_mm256_setzero_ps(); 4]; 4];
+    for j in 0..4 {
+        let column = input_1d_x86([d[0][j], d[1][j], d[2][j], d[3][j]]);
+        for (row, value) in columns.iter_mut().zip(column) {
+            row[j] = value;
+        }
+    }
+    let mut v = [[_mm_setzero_si128(); 4]; 4];
+    for (out, row) in v.iter_mut().zip(columns) {
+        let row = input_1d_x86(row);
+        for (value, x) in out.iter_mut().zip(row) {
+            *value = round8(x);
+        }
+    }
+    v
+}
+
+/// [`F2::input_1d`] on registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+#[inline]
+fn input_1d_x86(a: [std::arch::x86_64::__m256; 4]) -> [std::arch::x86_64::__m256; 4] {
+    use std::arch::x86_64::*;
+    [
+        _mm256_sub_ps(a[0], a[2]),
+        _mm256_add_ps(a[1], a[2]),
+        _mm256_sub_ps(a[2], a[1]),
+        _mm256_sub_ps(a[1], a[3]),
+    ]
 }
 
 /// `Y = Aᵀ M A + bias` for the band's tiles `ts`, from `m` `[ξ][tile][K]`
@@ -207,6 +348,101 @@ fn transform_output(
                         unsafe {
                             *out.ptr().add(plane + (y + i) * w + x + j) = value[l] + bias[kk];
                         }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`transform_output`] in registers for each group of [`LANES`] tiles
+/// side by side in one row of tiles (the others through
+/// [`transform_output`]): per 8 output channels, each tile's `Aᵀ M A`,
+/// then each output row's 16 pixels (8 tiles of 2) transposed from
+/// channels-in-lanes to pixels-in-lanes ([`transpose8`]) and stored a
+/// channel at a time as two vectors. [`transform_output`] stored each
+/// value on its own, across as many cache lines as channels.
+///
+/// # Safety
+/// The CPU has AVX512-BF16 ([`bf16::available`]); `out` is the NCHW
+/// output of `s`, whose tiles `ts` only this task writes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+// The loops' indices are the block's rows and columns, in the formulas.
+#[allow(clippy::needless_range_loop)]
+unsafe fn transform_output_x86(
+    s: &ConvShape,
+    band: &Band,
+    ts: std::ops::Range<usize>,
+    bias: &[f32],
+    m: &[f32],
+    out: SharedMut,
+) {
+    use std::arch::x86_64::*;
+    let (h, w, k) = (s.height, s.width, s.out_channels);
+    let stride = band.padded * k;
+    assert!(m.len() >= POSITIONS * stride, "M of the band");
+    assert_eq!(bias.len(), k, "bias");
+    for t0 in ts.clone().step_by(LANES) {
+        let group = t0..(t0 + LANES).min(ts.end);
+        if group.len() < LANES || !same_tile_row(band, t0) {
+            transform_output(s, band, group, bias, m, out);
+            continue;
+        }
+        let (n, y, x) = band.origin(t0);
+        let rows = F2::OUT.min(h - y);
+        // Pixels x.. of an output row that lie inside it: 16 or fewer.
+        let inside = (w - x).min(2 * LANES);
+        let masks = [
+            (((1u32 << inside) - 1) & 0xff) as u8,
+            (((1u32 << inside) - 1) >> 8) as u8,
+        ];
+        for k0 in (0..k).step_by(LANES) {
+            let lanes = LANES.min(k - k0);
+            let channels = ((1u32 << lanes) - 1) as u8;
+            // y_[l][i][j]: tile l's output (i, j), channels k0.. in lanes.
+            let mut tiles = [[[_mm256_setzero_ps(); 2]; 2]; LANES];
+            for (l, tile) in tiles.iter_mut().enumerate() {
+                // SAFETY: M[ξ][t0 + l][k0..k0 + lanes] lies inside m (the
+                // band's tiles, checked above), and the mask keeps the
+                // load within the channels.
+                let at = |xi: usize| unsafe {
+                    _mm256_maskz_loadu_ps(channels, m.as_ptr().add(xi * stride + (t0 + l) * k + k0))
+                };
+                // Aᵀ down each column j of the 4x4 block, then along rows.
+                let mut columns = [[_mm256_setzero_ps(); 4]; 2];
+                for j in 0..4 {
+                    let (m0, m1, m2, m3) = (at(j), at(4 + j), at(8 + j), at(12 + j));
+                    columns[0][j] = _mm256_add_ps(_mm256_add_ps(m0, m1), m2);
+                    columns[1][j] = _mm256_sub_ps(_mm256_sub_ps(m1, m2), m3);
+                }
+                for (i, c) in columns.iter().enumerate() {
+                    tile[i][0] = _mm256_add_ps(_mm256_add_ps(c[0], c[1]), c[2]);
+                    tile[i][1] = _mm256_sub_ps(_mm256_sub_ps(c[1], c[2]), c[3]);
+                }
+            }
+            for i in 0..rows {
+                // Pixel 2l + j of the row, channels in lanes, as two 8x8
+                // transposes: halves of 4 tiles each.
+                let halves: [[__m256; 8]; 2] = std::array::from_fn(|half| {
+                    let pixels = std::array::from_fn(|q| tiles[4 * half + q / 2][i][q % 2]);
+                    transpose8(pixels)
+                });
+                for c in 0..lanes {
+                    let kk = k0 + c;
+                    let b = _mm256_set1_ps(bias[kk]);
+                    let row = (n * k + kk) * h * w + (y + i) * w + x;
+                    for (half, values) in halves.iter().enumerate() {
+                        // SAFETY: pixels x + 8·half.. of output row y + i of
+                        // channel kk within the mask lie inside the output,
+                        // in tiles only this task writes.
+                        unsafe {
+                            _mm256_mask_storeu_ps(
+                                out.ptr().add(row + 8 * half),
+                                masks[half],
+                                _mm256_add_ps(values[c], b),
+                            )
+                        };
                     }
                 }
             }

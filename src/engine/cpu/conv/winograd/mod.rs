@@ -335,15 +335,21 @@ fn gather_tile_row<V: Tiles>(
         let source = &plane[(iy - 1) * w..][..w];
         if inside {
             deal::<V>(source[x - 1..][..ROW_SPAN].try_into().expect("span"), row);
-        } else {
-            let mut stretch = [0f32; ROW_SPAN];
-            for (j, value) in stretch.iter_mut().enumerate().take(span) {
-                if (1..=w).contains(&(x + j)) {
-                    *value = source[x + j - 1];
-                }
-            }
-            deal::<V>(&stretch, row);
+            continue;
         }
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked just above).
+            unsafe { deal_masked_x86::<V>(source, x, row) };
+            continue;
+        }
+        let mut stretch = [0f32; ROW_SPAN];
+        for (j, value) in stretch.iter_mut().enumerate().take(span) {
+            if (1..=w).contains(&(x + j)) {
+                *value = source[x + j - 1];
+            }
+        }
+        deal::<V>(&stretch, row);
     }
 }
 
@@ -386,6 +392,56 @@ unsafe fn deal_x86<V: Tiles>(stretch: &[f32; ROW_SPAN], row: &mut [Lane; 6]) {
             _mm512_permutex2var_ps(_mm512_loadu_ps(from), index, _mm512_loadu_ps(from.add(16)));
         _mm256_storeu_ps(cell.as_mut_ptr(), _mm512_castps512_ps256(picked));
     }
+}
+
+/// [`deal`] straight from an input row ([`dealt_row_x86`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn deal_masked_x86<V: Tiles>(source: &[f32], x: usize, row: &mut [Lane; 6]) {
+    let dealt = dealt_row_x86::<V>(source, x);
+    for (cell, lanes) in row.iter_mut().zip(dealt).take(V::IN) {
+        // SAFETY: a lane is LANES (8) floats.
+        unsafe { std::arch::x86_64::_mm256_storeu_ps(cell.as_mut_ptr(), lanes) };
+    }
+}
+
+/// Columns `j < IN` of the blocks of the [`LANES`] tiles whose blocks
+/// start at column `x - 1` of an input row: lane `l` of register `j` is
+/// column `x - 1 + OUT·l + j`, zero outside the row. Each column's two
+/// registers are loaded with a mask that leaves out what lies outside the
+/// row, where [`deal`] needs the row's edges copied first, value by value.
+/// By [`gather_tile_row`]'s test (sized for F(4x4)'s span) three of the
+/// four lane groups of a 64-pixel row are at an edge in F(2x2), and every
+/// group of narrower rows; their copies were most of bf16's input
+/// transform.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn dealt_row_x86<V: Tiles>(source: &[f32], x: usize) -> [std::arch::x86_64::__m256; 6] {
+    use std::arch::x86_64::*;
+    let w = source.len() as isize;
+    let mut dealt = [_mm256_setzero_ps(); 6];
+    for (j, lanes) in dealt.iter_mut().enumerate().take(V::IN) {
+        let base = j - j % V::OUT;
+        // Columns start .. start + 32 of the row, those inside it kept.
+        let start = x as isize - 1 + base as isize;
+        let first = (-start).clamp(0, 32);
+        let end = (w - start).clamp(0, 32);
+        let inside: u64 = ((1u64 << end) - 1) & !((1u64 << first) - 1);
+        let from = source.as_ptr().wrapping_offset(start);
+        // SAFETY: a masked load reads only its mask's lanes, and those are
+        // columns 0..w of `source`.
+        let (low, high) = unsafe {
+            (
+                _mm512_maskz_loadu_ps(inside as u16, from),
+                _mm512_maskz_loadu_ps((inside >> 16) as u16, from.wrapping_add(16)),
+            )
+        };
+        // Lanes 8-15 repeat 0-7 and are dropped.
+        let index = permute_index(|l| V::OUT * (l % LANES) + j % V::OUT);
+        *lanes = _mm512_castps512_ps256(_mm512_permutex2var_ps(low, index, high));
+    }
+    dealt
 }
 
 /// The index vector of `_mm512_permutex2var_ps`: output lane `q` (of 16)
