@@ -273,9 +273,8 @@ impl PackedLhs {
 
     /// [`from_column_pairs`](Self::from_column_pairs) in `buffer`'s memory
     /// (from [`into_buffer`](Self::into_buffer)), which is not zeroed
-    /// first: `fill` must put every row of its pair, or stale values stay.
-    /// Zeroing the 5 MB operand of a bf16 Winograd band took as long as
-    /// filling it.
+    /// first: `fill` must put every row of its pair, or stale values stay
+    /// (bf16 Winograd reuses one operand's memory across a map's bands).
     pub fn from_column_pairs_in(
         buffer: Vec<u32>,
         m: usize,

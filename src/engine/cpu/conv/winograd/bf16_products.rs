@@ -49,9 +49,8 @@ const OUTPUT_TILES: usize = 16;
 const PANELS_PER_TASK: usize = 2;
 
 thread_local! {
-    /// The packed transformed input `V` and the products `M` of the last
-    /// call on this thread.
-    static BUFFERS: Cell<(Vec<u32>, Vec<f32>)> = const { Cell::new((Vec::new(), Vec::new())) };
+    /// The products `M` of the last call on this thread.
+    static BUFFERS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
 /// A 3x3 kernel transformed for [`conv2d`]: `U[ξ]` as the `[C, K]` right
@@ -110,7 +109,11 @@ pub fn conv2d(s: &ConvShape, input: &[f32], kernel: &TransformedKernel, bias: &[
     let out_ptr = SharedMut(out.as_mut_ptr());
     // Every element of M is written before it is read, so the buffer is
     // kept between calls rather than zeroed at each.
-    let (mut v, mut m) = BUFFERS.take();
+    let mut m = BUFFERS.take();
+    // V's memory, reused across the bands (each fills all of it) but not
+    // kept between calls: kept, it raised the peak at 512 px by 105 MiB
+    // (the VAE's large maps no longer fit where it sat).
+    let mut v = Vec::new();
     for band in bands::<F2>(s) {
         let padded = band.padded;
         // V, packed as it is made: rows (ξ, tile), columns C, a pair of
@@ -180,7 +183,7 @@ pub fn conv2d(s: &ConvShape, input: &[f32], kernel: &TransformedKernel, bias: &[
                 )
             });
     }
-    BUFFERS.set((v, m));
+    BUFFERS.set(m);
     out
 }
 
