@@ -12,11 +12,13 @@
 //! once, when the model loads, and kept packed for the products: 32 bytes
 //! per channel pair, where the im2col kernel and the f32 Winograd's bf16
 //! taps took 36. Per band of tiles, the input's transform `V` is computed
-//! as the f32 variant computes it and packed as it is made into one left
-//! operand whose rows are (position, tile); each position's rows are
-//! multiplied by that position's `U` into `M` `[position][tile][K]`, whose
-//! contiguous channels the products store as whole vectors and the output
-//! transform reads [`LANES`] at a time.
+//! (in AVX-512 registers for 8 tiles side by side, else as the f32
+//! variant computes it) and packed as it is made into one left operand
+//! whose rows are (position, tile); each position's rows are multiplied by
+//! that position's `U` into `M` `[position][tile][K]`, whose contiguous
+//! channels the products store as whole vectors and the output transform
+//! reads 8 at a time, transposing each output row to pixels before it
+//! stores it.
 
 use std::cell::Cell;
 
