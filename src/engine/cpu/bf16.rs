@@ -353,13 +353,7 @@ impl ColumnPair {
     /// `even` of column 2p, `odd` of column 2p + 1.
     #[inline(always)]
     pub fn put(&mut self, row: usize, even: &[f32; MR], odd: &[f32; MR]) {
-        assert!(row.is_multiple_of(MR), "row {row}");
-        let at = ((row / MR) * self.pairs + self.p) * MR;
-        assert!(at + MR <= self.len, "row {row} past the operand");
-        // SAFETY: pair p of block row / MR is inside the data (checked),
-        // and only this task writes it.
-        let dst = unsafe { std::slice::from_raw_parts_mut(self.data.0.add(at), MR) };
-        interleave(even, odd, dst);
+        interleave(even, odd, self.pairs_of(row));
     }
 
     /// [`put`](Self::put) of rows already rounded to bf16 ([`round8`]).
@@ -369,11 +363,19 @@ impl ColumnPair {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
     pub unsafe fn put_bf16(&mut self, row: usize, even: __m128i, odd: __m128i) {
+        // SAFETY: the slot holds 8 pairs; the CPU has the instructions.
+        unsafe { store_pairs8(even, odd, self.pairs_of(row).as_mut_ptr()) }
+    }
+
+    /// The 8 pairs of rows `row..row + 8` in this pair of columns.
+    #[inline(always)]
+    fn pairs_of(&mut self, row: usize) -> &mut [u32] {
         assert!(row.is_multiple_of(MR), "row {row}");
         let at = ((row / MR) * self.pairs + self.p) * MR;
         assert!(at + MR <= self.len, "row {row} past the operand");
-        // SAFETY: as in `put`; the CPU has the instructions.
-        unsafe { store_pairs8(even, odd, self.data.0.add(at)) }
+        // SAFETY: pair p of block row / MR is inside the data (checked),
+        // and only this task writes it.
+        unsafe { std::slice::from_raw_parts_mut(self.data.0.add(at), MR) }
     }
 }
 
