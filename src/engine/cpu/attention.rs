@@ -5,22 +5,19 @@
 //! result is written in that layout too, so nothing is split, transposed
 //! or merged, and the full `[batch, heads, n, m]` score tensor never exists.
 //!
-//! [`attention_bf16`] does the two products in bf16 (f32 sums) for `--dtype
-//! bf16`, transposed: the scores as `K qᵀ` and the result as `Vᵀ Pᵀ`, so
-//! that the head's width (40 in SD 1.5) is the short side of each product,
-//! where the kernel takes rows 8 at a time, and the query block the long
-//! side, in whole panels of 32.
+//! [`attention_bf16`] (in `attention_bf16.rs`) does the two products in
+//! bf16 for `--dtype bf16`.
 
 use std::cell::RefCell;
 use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::bf16::{self, PackedLhs, PackedRhs, RHS_PANEL};
+pub use super::attention_bf16::attention_bf16;
 use super::f32_products::{self, Addends, Panels, PANEL};
 use super::math::exp;
 #[cfg(target_arch = "x86_64")]
-use super::math::{exp_avx512, exp_avx512_f32};
+use super::math::exp_avx512_f32;
 use super::{product, vectorized, SharedMut};
 
 /// Query rows per task of the gemm crate's attention: their scores
@@ -28,16 +25,6 @@ use super::{product, vectorized, SharedMut};
 /// cache; 32 and 64 were slower, 256 no faster (`cargo bench --bench
 /// cpu_kernels`).
 const QUERY_BLOCK: usize = 128;
-
-/// Bytes of scores per task of [`attention_bf16`]: its query block is as
-/// wide as keeps them within this (in whole panels, up to
-/// [`QUERY_BLOCK`]), so that the softmax's two passes and the second
-/// product read them from L2, as the f32 path's do. At 4096 keys (the
-/// first level at 512 px) a block of 128 queries (2 MiB of scores) took
-/// 110-121 ms, 32 take 91-106 (a throwaway probe, `2 x 4096 x 4096`, 8
-/// heads of 40, old and new binaries interleaved); at 1024 keys 128, 64
-/// and 32 measured alike.
-const BF16_SCORES_BUDGET: usize = 512 << 10;
 
 thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -47,7 +34,7 @@ thread_local! {
 
 impl AttentionShape {
     /// Panics unless q, k and v have this shape's sizes.
-    fn check(&self, q: &[f32], k: &[f32], v: &[f32]) {
+    pub(super) fn check(&self, q: &[f32], k: &[f32], v: &[f32]) {
         let dim = self.heads * self.head_dim;
         assert_eq!(q.len(), self.batch * self.queries * dim, "q size");
         assert_eq!(k.len(), self.batch * self.keys * dim, "k size");
@@ -133,7 +120,7 @@ fn attention_gemm(s: &AttentionShape, q: &[f32], k: &[f32], v: &[f32], scale: f3
 
 /// `task(b, h, rows)` for every batch entry `b`, head `h` and block of
 /// `block` query rows, in parallel.
-fn for_each_block(
+pub(super) fn for_each_block(
     s: &AttentionShape,
     block: usize,
     task: impl Fn(usize, usize, Range<usize>) + Sync,
@@ -271,168 +258,6 @@ unsafe fn softmax_panel_x86(
     }
 }
 
-/// [`attention`] with both products in bf16 (operands rounded to bf16,
-/// sums in f32; the softmax stays f32). Per head, K and Vᵀ are packed once
-/// as left operands; per block of queries, the scores `Sᵀ = K qᵀ` are
-/// `[keys, block]`, their softmax runs down the columns, and the
-/// probabilities are packed straight into the right operand of `outᵀ = Vᵀ
-/// Pᵀ`.
-///
-/// Panics if the CPU lacks AVX512-BF16 ([`bf16::available`]).
-pub fn attention_bf16(s: &AttentionShape, q: &[f32], k: &[f32], v: &[f32], scale: f32) -> Vec<f32> {
-    assert!(bf16::available(), "{}", bf16::UNAVAILABLE);
-    s.check(q, k, v);
-    let dim = s.heads * s.head_dim;
-    // SAFETY (both): head h of batch b's keys and values are `keys` rows of
-    // head_dim floats at row stride dim from (b * keys) * dim + h *
-    // head_dim, inside k and v (checked above).
-    let heads: Vec<(PackedLhs, PackedLhs)> = (0..s.batch * s.heads)
-        .into_par_iter()
-        .map(|bh| {
-            let at = (bh / s.heads) * s.keys * dim + (bh % s.heads) * s.head_dim;
-            unsafe {
-                (
-                    PackedLhs::new(s.keys, s.head_dim, (k.as_ptr().add(at), dim, 1)),
-                    PackedLhs::new(s.head_dim, s.keys, (v.as_ptr().add(at), 1, dim)),
-                )
-            }
-        })
-        .collect();
-    let mut out = vec![0f32; q.len()];
-    let out_ptr = SharedMut(out.as_mut_ptr());
-    let block = (BF16_SCORES_BUDGET / (4 * s.keys.max(1)) / RHS_PANEL * RHS_PANEL)
-        .clamp(RHS_PANEL, QUERY_BLOCK);
-    for_each_block(s, block, |b, h, rows| {
-        let (keys, values) = &heads[b * s.heads + h];
-        let width = rows.len();
-        let q_at = (b * s.queries + rows.start) * dim + h * s.head_dim;
-        let queries =
-            PackedRhs::from_columns(s.head_dim, width, |j| &q[q_at + j * dim..][..s.head_dim]);
-        SCORES.with(|scores| {
-            let scores = &mut *scores.borrow_mut();
-            scores.resize(s.keys * width, 0.0);
-            // SAFETY: scores is [keys, width] row-major.
-            unsafe {
-                bf16::product_packed_into((scores.as_mut_ptr(), width, 1), keys, &queries);
-            }
-            let (probabilities, sums) = softmax_columns(scores, s.keys, width, scale);
-            // SAFETY: outᵀ [head_dim, width] is this block's rows of
-            // head h in the output, at (row stride 1, column stride
-            // dim); no other task writes them.
-            unsafe {
-                let at = out_ptr.ptr().add(q_at);
-                bf16::product_packed_into((at, 1, dim), values, &probabilities);
-                for (j, sum) in sums.iter().enumerate() {
-                    let row = std::slice::from_raw_parts_mut(at.add(j * dim), s.head_dim);
-                    row.iter_mut().for_each(|x| *x /= sum);
-                }
-            }
-        });
-    });
-    out
-}
-
-/// The softmax of each column of `scores` (`[keys, width]`, times `scale`)
-/// without its division: e^(scale · (score - max)) packed as the `[keys,
-/// width]` right operand of a bf16 product, and each column's sum.
-fn softmax_columns(scores: &[f32], keys: usize, width: usize, scale: f32) -> (PackedRhs, Vec<f32>) {
-    assert_eq!(scores.len(), keys * width, "scores of [{keys}, {width}]");
-    let mut packed = PackedRhs::zeros(keys, width);
-    let mut sums = vec![0f32; width];
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: only `attention_bf16` calls this, on a CPU with AVX512-BF16
-    // (and AVX512F/VL); the sizes are checked above.
-    unsafe {
-        softmax_columns_x86(scores, keys, width, scale, &mut packed, &mut sums)
-    };
-    // attention_bf16 refuses to run without AVX512-BF16, so elsewhere
-    // this is never called.
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = scale;
-    (packed, sums)
-}
-
-/// [`softmax_columns`] 16 columns at a time, down all the keys twice (the
-/// max, then the exponentials), so that the strip (256 KiB at 4096 keys)
-/// is still in cache for the second pass and the max and the sum stay in
-/// registers. Each pair of keys becomes one row of the strip's pairs,
-/// rounded to bf16 as it is made: no f32 copy of the probabilities.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
-unsafe fn softmax_columns_x86(
-    scores: &[f32],
-    keys: usize,
-    width: usize,
-    scale: f32,
-    packed: &mut PackedRhs,
-    sums: &mut [f32],
-) {
-    use std::arch::x86_64::*;
-    const STRIP: usize = 16;
-    let pairs = keys.div_ceil(2);
-    for panel in 0..width.div_ceil(RHS_PANEL) {
-        let dst = packed.panel_mut(panel);
-        for half in 0..RHS_PANEL / STRIP {
-            let first = panel * RHS_PANEL + half * STRIP;
-            if first >= width {
-                break;
-            }
-            let mask: __mmask16 = if width - first >= STRIP {
-                0xffff
-            } else {
-                (1 << (width - first)) - 1
-            };
-            // SAFETY (all loads): row r < keys, columns first.. within the
-            // mask, are inside scores ([keys, width], checked by the caller).
-            let load = |r: usize| unsafe {
-                _mm512_maskz_loadu_ps(mask, scores.as_ptr().add(r * width + first))
-            };
-            let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
-            for r in 0..keys {
-                max = _mm512_max_ps(load(r), max);
-            }
-            // e^(scale·x - scale·max), one multiply-add before the exp.
-            let shift = _mm512_mul_ps(max, _mm512_set1_ps(-scale));
-            let scale = _mm512_set1_ps(scale);
-            let probability =
-                |x: __m512| _mm512_maskz_mov_ps(mask, exp_avx512(_mm512_fmadd_ps(x, scale, shift)));
-            let mut sum = _mm512_setzero_ps();
-            for p in 0..pairs {
-                let even = probability(load(2 * p));
-                let odd = if 2 * p + 1 < keys {
-                    probability(load(2 * p + 1))
-                } else {
-                    _mm512_setzero_ps()
-                };
-                sum = _mm512_add_ps(sum, _mm512_add_ps(even, odd));
-                // 16 pairs, the even key's bf16 in the lower half.
-                let lower = _mm512_cvtepu16_epi32(bf16_bits(even));
-                let upper = _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bf16_bits(odd)));
-                // SAFETY: pair row p of the panel has RHS_PANEL u32 from
-                // half * STRIP.
-                unsafe {
-                    _mm512_storeu_si512(
-                        dst.as_mut_ptr().add(p * RHS_PANEL + half * STRIP) as *mut __m512i,
-                        _mm512_or_si512(lower, upper),
-                    )
-                };
-            }
-            // SAFETY: columns first.. within the mask are inside sums.
-            unsafe { _mm512_mask_storeu_ps(sums.as_mut_ptr().add(first), mask, sum) };
-        }
-    }
-}
-
-/// 16 floats rounded to bf16 (nearest even), as integers.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
-#[inline]
-fn bf16_bits(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m256i {
-    use std::arch::x86_64::*;
-    // SAFETY: both are 32 bytes of plain data.
-    unsafe { std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(x)) }
-}
-
 /// Replaces a row of scores with e^(score - max) and returns their sum.
 /// The max and the sum are kept per lane of [`LANES`] so that both loops
 /// vectorise (a single running float sum has to be added in order).
@@ -477,6 +302,7 @@ fn exp_shifted_in_place(row: &mut [f32]) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::bf16;
     use super::*;
     use rand::{Rng, SeedableRng};
 
@@ -567,13 +393,18 @@ mod tests {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
         // Partial query panels, an odd number of keys (77, as the text
         // encoder's), a head width that is not whole blocks of 8 rows,
-        // SD 1.5's 40 over more than one query block, and enough keys for
-        // blocks of 32 queries (the last one partial).
+        // SD 1.5's 40 over more than one query block, keys over several
+        // blocks of the pass with a partial odd last one (2100, 513), and
+        // SD 1.5's wider heads (80, 160) and SD 2.1's and SDXL's (64).
         for (batch, queries, keys, heads, head_dim) in [
             (2, 70, 70, 3, 8),
             (1, 130, 77, 2, 5),
             (1, 300, 64, 2, 40),
             (1, 70, 2100, 2, 8),
+            (1, 40, 513, 2, 40),
+            (1, 33, 300, 1, 64),
+            (1, 50, 260, 2, 80),
+            (1, 20, 100, 1, 160),
         ] {
             let s = AttentionShape {
                 batch,
@@ -586,12 +417,24 @@ mod tests {
             let mut random =
                 |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-2.0..2.0)).collect() };
             let q = random(batch * queries * dim);
-            let k = random(batch * keys * dim);
+            let mut k = random(batch * keys * dim);
             let v = random(batch * keys * dim);
             let want = reference(&s, &q, &k, &v, 0.3);
             let err = max_difference(&attention_bf16(&s, &q, &k, &v, 0.3), &want);
             println!("{s:?}: {err}");
             assert!(err < 0.05, "{s:?}: {err}");
+            // Keys that grow along the sequence (scores of about 1 to 3),
+            // so that later blocks of the pass keep raising each query's
+            // max.
+            for (j, row) in k.chunks_mut(dim).enumerate() {
+                let grow = 1.0 + 3.0 * (j % keys) as f32 / keys as f32;
+                row.iter_mut().for_each(|x| *x = 0.25 * x.abs() * grow);
+            }
+            let q: Vec<f32> = q.iter().map(|x| 0.25 * x.abs()).collect();
+            let want = reference(&s, &q, &k, &v, 0.3);
+            let err = max_difference(&attention_bf16(&s, &q, &k, &v, 0.3), &want);
+            println!("growing {s:?}: {err}");
+            assert!(err < 0.05, "growing {s:?}: {err}");
         }
     }
 }

@@ -138,7 +138,8 @@ impl PackedRhs {
         self.k.div_ceil(2)
     }
 
-    fn panel(&self, panel: usize) -> &[u32] {
+    /// Columns `panel * RHS_PANEL..` as [`panel_mut`](Self::panel_mut) lays them out.
+    pub(super) fn panel(&self, panel: usize) -> &[u32] {
         let len = self.pairs() * NR;
         &self.data[panel * len..][..len]
     }
@@ -300,6 +301,13 @@ impl PackedLhs {
     /// The operand's memory, for [`from_column_pairs_in`](Self::from_column_pairs_in).
     pub fn into_buffer(self) -> Vec<u32> {
         self.data
+    }
+
+    /// Rows `block * LHS_BLOCK..` as `[k/2][LHS_BLOCK]` pairs, for
+    /// [`tile_sums`]; rows past `m` are zeros.
+    pub(super) fn block(&self, block: usize) -> &[u32] {
+        let len = self.k.div_ceil(2) * MR;
+        &self.data[block * len..][..len]
     }
 
     /// `lhs` `[m, k]` at (pointer, row stride, column stride) in floats.
@@ -652,10 +660,11 @@ unsafe fn kernel(a: &[u32], b: &[u32], pairs: usize, tile: &Tile) {
 /// through the loop.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
-fn tile_sums(a: &[u32], b: &[u32], pairs: usize) -> [[__m512; 2]; MR] {
+#[inline]
+pub(super) fn tile_sums(a: &[u32], b: &[u32], pairs: usize) -> [[__m512; 2]; MR] {
     assert!(a.len() >= pairs * MR && b.len() >= pairs * NR);
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-    let bp = b.as_ptr();
+    let (ap, bp) = (a.as_ptr(), b.as_ptr());
     for p in 0..pairs {
         // SAFETY: b has pairs * NR elements (checked above): pair p's 32.
         let (b0, b1) = unsafe {
@@ -665,7 +674,9 @@ fn tile_sums(a: &[u32], b: &[u32], pairs: usize) -> [[__m512; 2]; MR] {
             )
         };
         for (r, acc) in acc.iter_mut().enumerate() {
-            let pair = as_bf16(_mm512_set1_epi32(a[p * MR + r] as i32));
+            // SAFETY: a has pairs * MR elements (checked above); indexing
+            // instead kept a bounds check per row in the loop.
+            let pair = as_bf16(_mm512_set1_epi32(unsafe { *ap.add(p * MR + r) } as i32));
             acc[0] = _mm512_dpbf16_ps(acc[0], pair, b0);
             acc[1] = _mm512_dpbf16_ps(acc[1], pair, b1);
         }

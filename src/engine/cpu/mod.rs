@@ -7,6 +7,7 @@
 
 pub mod add;
 pub mod attention;
+mod attention_bf16;
 pub mod bf16;
 pub mod conv;
 pub mod f32_products;
