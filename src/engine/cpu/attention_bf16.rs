@@ -11,9 +11,10 @@
 //! difference. Transposed so, the head's width (40 in SD 1.5) is the short
 //! side of both products, where the kernel takes rows 8 at a time.
 //!
-//! Making all of a block's `[keys, 32]` scores first (512 KiB at 4096
-//! keys) kept them, K and V beyond L2's 1 MiB on the Zen 5 this was
-//! measured on, and took a pass of its own for the max.
+//! The version before made all of a query block's scores first (512 KiB
+//! at 4096 keys). With that head's K and V they did not fit in the 1 MiB
+//! L2 of the Zen 5 this was measured on, and the max took a pass of its
+//! own: 2 x 4096 x 4096 (8 heads of 40) took 81 ms there, 62.5 now.
 
 use std::cell::RefCell;
 
@@ -73,7 +74,7 @@ pub fn attention_bf16(s: &AttentionShape, q: &[f32], k: &[f32], v: &[f32], scale
         let queries = PackedRhs::from_columns(s.head_dim, rows.len(), |j| {
             &q[q_at + j * dim..][..s.head_dim]
         });
-        let block = Block {
+        let panel = QueryPanel {
             keys,
             values,
             queries: &queries,
@@ -87,19 +88,19 @@ pub fn attention_bf16(s: &AttentionShape, q: &[f32], k: &[f32], v: &[f32], scale
             // q_at; no other task writes them.
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                block.attend_x86(scratch, (out_ptr.ptr().add(q_at), dim));
+                panel.attend_x86(scratch, (out_ptr.ptr().add(q_at), dim));
             }
             // attention_bf16 refuses to run without AVX512-BF16, so
             // elsewhere this is never reached.
             #[cfg(not(target_arch = "x86_64"))]
-            let _ = (&block, scratch, out_ptr);
+            let _ = (&panel, scratch, out_ptr);
         });
     });
     out
 }
 
 /// One head's keys and values and one panel of its queries.
-struct Block<'a> {
+struct QueryPanel<'a> {
     /// `[keys, head_dim]`.
     keys: &'a PackedLhs,
     /// `[head_dim, keys]`.
@@ -111,7 +112,7 @@ struct Block<'a> {
     scale: f32,
 }
 
-impl Block<'_> {
+impl QueryPanel<'_> {
     /// Writes the panel's `width` rows of the result to `out` (the first
     /// query's head, at row stride `.1`).
     ///
