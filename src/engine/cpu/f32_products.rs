@@ -376,7 +376,8 @@ pub(super) struct Tile<'a> {
 /// lanes of each of b's k rows; the CPU has AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_sums(
+#[inline]
+pub(super) unsafe fn tile_sums(
     (a, a_step): ([*const f32; MR], usize),
     (b, b_step): (*const f32, usize),
     k: usize,
