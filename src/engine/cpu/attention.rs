@@ -281,18 +281,7 @@ unsafe fn attend_panel_x86(
             if start > 0 && raised {
                 let factor: [__m512; 2] =
                     std::array::from_fn(|h| exp_avx512_f32(_mm512_sub_ps(max[h], block_max[h])));
-                for (sum, factor) in sum.iter_mut().zip(&factor) {
-                    *sum = _mm512_mul_ps(*sum, *factor);
-                }
-                for row in out_t.chunks_exact_mut(PANEL) {
-                    for (h, factor) in factor.iter().enumerate() {
-                        // SAFETY: a row of outᵀ has PANEL floats.
-                        unsafe {
-                            let at = row.as_mut_ptr().add(h * HALF);
-                            _mm512_storeu_ps(at, _mm512_mul_ps(_mm512_loadu_ps(at), *factor));
-                        }
-                    }
-                }
+                scale_columns(out_t, &mut sum, factor);
             }
             max = block_max;
             for row in scores.chunks_exact_mut(PANEL).take(n) {
@@ -318,34 +307,87 @@ unsafe fn attend_panel_x86(
                 let sums = unsafe {
                     f32_products::tile_sums((a, head.stride), (scores.as_ptr(), PANEL), n)
                 };
-                for (row, tile_row) in out_rows.chunks_exact_mut(PANEL).zip(&sums) {
-                    for (h, &x) in tile_row.iter().enumerate() {
-                        // SAFETY: a row of outᵀ has PANEL floats.
-                        unsafe {
-                            let at = row.as_mut_ptr().add(h * HALF);
-                            _mm512_storeu_ps(at, _mm512_add_ps(_mm512_loadu_ps(at), x));
-                        }
-                    }
-                }
+                add_tile(out_rows, &sums);
             }
         }
-        // out = (outᵀ)ᵀ / sum, query by query.
-        let mut inverse = [0f32; PANEL];
-        for (h, &sum) in sum.iter().enumerate() {
-            let x = _mm512_div_ps(_mm512_set1_ps(1.0), sum);
-            // SAFETY: inverse has PANEL floats.
-            unsafe { _mm512_storeu_ps(inverse.as_mut_ptr().add(h * HALF), x) };
-        }
-        for (j, inverse) in inverse.iter().enumerate().take(width) {
-            // SAFETY: query j's head is head_dim floats at j * out_stride
-            // (the caller's promise).
-            let dst =
-                unsafe { std::slice::from_raw_parts_mut(out.add(j * out_stride), head.head_dim) };
-            for (d, x) in dst.iter_mut().enumerate() {
-                *x = out_t[d * PANEL + j] * inverse;
-            }
-        }
+        // SAFETY: the caller's promise.
+        unsafe { store_divided(out_t, sum, (out, out_stride, width), head.head_dim) };
     });
+}
+
+/// Scales each query's partial `outᵀ` (`[rows, PANEL]`, a column per
+/// query) and sum by its lane of `factor`, when a block of keys has raised
+/// its max (the one-pass kernels' rescale).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) fn scale_columns(
+    out_t: &mut [f32],
+    sum: &mut [std::arch::x86_64::__m512; 2],
+    factor: [std::arch::x86_64::__m512; 2],
+) {
+    use std::arch::x86_64::*;
+    for (sum, factor) in sum.iter_mut().zip(&factor) {
+        *sum = _mm512_mul_ps(*sum, *factor);
+    }
+    for row in out_t.chunks_exact_mut(PANEL) {
+        for (h, factor) in factor.iter().enumerate() {
+            // SAFETY: a row of outᵀ has PANEL floats.
+            unsafe {
+                let at = row.as_mut_ptr().add(h * PANEL / 2);
+                _mm512_storeu_ps(at, _mm512_mul_ps(_mm512_loadu_ps(at), *factor));
+            }
+        }
+    }
+}
+
+/// Adds a kernel tile's sums (8 rows of PANEL) into `out_rows` (`[8,
+/// PANEL]` of `outᵀ`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) fn add_tile(out_rows: &mut [f32], sums: &[[std::arch::x86_64::__m512; 2]; 8]) {
+    use std::arch::x86_64::*;
+    for (row, tile_row) in out_rows.chunks_exact_mut(PANEL).zip(sums) {
+        for (h, &x) in tile_row.iter().enumerate() {
+            // SAFETY: a row of outᵀ has PANEL floats.
+            unsafe {
+                let at = row.as_mut_ptr().add(h * PANEL / 2);
+                _mm512_storeu_ps(at, _mm512_add_ps(_mm512_loadu_ps(at), x));
+            }
+        }
+    }
+}
+
+/// `out = (outᵀ)ᵀ / sum` for the panel's `width` queries: query j's
+/// `head_dim` results at `out + j * stride`.
+///
+/// # Safety
+/// Those rows lie inside the output's buffer and no other thread writes
+/// them; the CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn store_divided(
+    out_t: &[f32],
+    sum: [std::arch::x86_64::__m512; 2],
+    (out, stride, width): (*mut f32, usize, usize),
+    head_dim: usize,
+) {
+    use std::arch::x86_64::*;
+    let mut inverse = [0f32; PANEL];
+    for (h, &sum) in sum.iter().enumerate() {
+        let x = _mm512_div_ps(_mm512_set1_ps(1.0), sum);
+        // SAFETY: inverse has PANEL floats.
+        unsafe { _mm512_storeu_ps(inverse.as_mut_ptr().add(h * PANEL / 2), x) };
+    }
+    for (j, inverse) in inverse.iter().enumerate().take(width) {
+        // SAFETY: query j's head is head_dim floats at j * stride (the
+        // caller's promise).
+        let dst = unsafe { std::slice::from_raw_parts_mut(out.add(j * stride), head_dim) };
+        for (d, x) in dst.iter_mut().enumerate() {
+            *x = out_t[d * PANEL + j] * inverse;
+        }
+    }
 }
 
 /// Replaces a row of scores with e^(score - max) and returns their sum.

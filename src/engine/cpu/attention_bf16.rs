@@ -20,6 +20,8 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::attention::{add_tile, scale_columns, store_divided};
 use super::attention::{for_each_block, AttentionShape};
 #[cfg(target_arch = "x86_64")]
 use super::bf16::tile_sums;
@@ -30,6 +32,10 @@ use super::SharedMut;
 /// floats, 32 KiB) and probabilities (16 KiB) stay in L1 between the two
 /// products.
 const KEY_BLOCK: usize = 256;
+
+// The pass's outᵀ helpers, shared with the f32 kernel, take its panels
+// of queries as wide as a bf16 right-operand panel.
+const _: () = assert!(RHS_PANEL == super::f32_products::PANEL);
 
 /// One task's scores, probabilities and `outᵀ`, kept between its blocks.
 #[derive(Default)]
@@ -176,18 +182,7 @@ impl QueryPanel<'_> {
                     let factor: [__m512; 2] = std::array::from_fn(|h| {
                         exp2_avx512(_mm512_mul_ps(_mm512_sub_ps(max[h], block_max[h]), scale))
                     });
-                    for (sum, factor) in sum.iter_mut().zip(&factor) {
-                        *sum = _mm512_mul_ps(*sum, *factor);
-                    }
-                    for row in out_t.chunks_exact_mut(RHS_PANEL) {
-                        for (h, factor) in factor.iter().enumerate() {
-                            // SAFETY: a row of out_t has RHS_PANEL floats.
-                            unsafe {
-                                let at = row.as_mut_ptr().add(h * HALF);
-                                _mm512_storeu_ps(at, _mm512_mul_ps(_mm512_loadu_ps(at), *factor));
-                            }
-                        }
-                    }
+                    scale_columns(out_t, &mut sum, factor);
                 }
             }
             max = block_max;
@@ -226,32 +221,11 @@ impl QueryPanel<'_> {
             for (group, out_rows) in out_t.chunks_exact_mut(LHS_BLOCK * RHS_PANEL).enumerate() {
                 let values = &self.values.block(group)[start / 2 * LHS_BLOCK..];
                 let sums = tile_sums(values, probabilities, pairs);
-                for (row, tile_row) in out_rows.chunks_exact_mut(RHS_PANEL).zip(&sums) {
-                    for (h, &x) in tile_row.iter().enumerate() {
-                        // SAFETY: a row of out_t has RHS_PANEL floats.
-                        unsafe {
-                            let at = row.as_mut_ptr().add(h * HALF);
-                            _mm512_storeu_ps(at, _mm512_add_ps(_mm512_loadu_ps(at), x));
-                        }
-                    }
-                }
+                add_tile(out_rows, &sums);
             }
         }
-        // out = (outᵀ)ᵀ / sum, query by query.
-        let mut inverse = [0f32; RHS_PANEL];
-        for (h, &sum) in sum.iter().enumerate() {
-            let x = _mm512_div_ps(_mm512_set1_ps(1.0), sum);
-            // SAFETY: inverse has RHS_PANEL floats.
-            unsafe { _mm512_storeu_ps(inverse.as_mut_ptr().add(h * HALF), x) };
-        }
-        for (j, inverse) in inverse.iter().enumerate().take(self.queries.n()) {
-            // SAFETY: query j's head is head_dim floats at j * stride
-            // (the caller's promise).
-            let dst = unsafe { std::slice::from_raw_parts_mut(out.add(j * stride), self.head_dim) };
-            for (d, x) in dst.iter_mut().enumerate() {
-                *x = out_t[d * RHS_PANEL + j] * inverse;
-            }
-        }
+        // SAFETY: the caller's promise.
+        unsafe { store_divided(out_t, sum, (out, stride, self.queries.n()), self.head_dim) };
     }
 }
 
