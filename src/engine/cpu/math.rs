@@ -68,7 +68,12 @@ pub fn exp2_avx512(t: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
 #[target_feature(enable = "avx512f")]
 #[inline]
 pub fn exp_avx512_f32(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
-    let series = [
+    use std::arch::x86_64::*;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // e^r's Taylor series from its highest coefficient down.
+    const SERIES: [f32; 8] = [
+        1.0 / 5040.0,
         1.0 / 720.0,
         1.0 / 120.0,
         1.0 / 24.0,
@@ -77,22 +82,6 @@ pub fn exp_avx512_f32(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512
         1.0,
         1.0,
     ];
-    exp_avx512_series(x, 1.0 / 5040.0, &series)
-}
-
-/// e^x = 2^n e^r with the Taylor series of e^r given from its highest
-/// coefficient down.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-fn exp_avx512_series(
-    x: std::arch::x86_64::__m512,
-    highest: f32,
-    lower: &[f32],
-) -> std::arch::x86_64::__m512 {
-    use std::arch::x86_64::*;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
     // e^-104 is below f32's smallest subnormal; the clamp keeps -inf from
     // making r = -inf + inf. `max` returns its second operand for NaN.
     let x = _mm512_max_ps(_mm512_set1_ps(-104.0), x);
@@ -101,8 +90,8 @@ fn exp_avx512_series(
     );
     let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
     let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
-    let mut p = _mm512_set1_ps(highest);
-    for &c in lower {
+    let mut p = _mm512_set1_ps(SERIES[0]);
+    for &c in &SERIES[1..] {
         p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
     }
     _mm512_scalef_ps(p, n)
