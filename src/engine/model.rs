@@ -218,11 +218,9 @@ impl Model {
                 dtype
             };
         let (vb, files) = part("vae", "diffusion_pytorch_model", vae_dtype)?;
-        // The VAE stays f32 even with bf16 products: it runs twice per
-        // generation, not per step, and its large maps take Winograd, faster
-        // in f32 there than im2col in bf16 (`cargo bench --bench cpu_kernels`).
-        let vae = blocks::with_bf16_products(false, || Vae::new(vb, &vae_spec))
-            .with_context(|| weights_error(&files))?;
+        // With bf16 products the VAE takes them too, but for the layers
+        // where f32 is faster or bf16 untested (see `vae::conv`).
+        let vae = Vae::new(vb, &vae_spec).with_context(|| weights_error(&files))?;
         let fingerprint = match source {
             Weights::Files => fingerprint(&all_files)?,
             Weights::Random => "random".into(),

@@ -6,7 +6,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::blocks::{
-    attention, group_norm, linear, AttentionMode, Conv1x1, GroupNorm, Linear, ResnetBlock,
+    self, attention, group_norm, linear, AttentionMode, Conv1x1, GroupNorm, Linear, ResnetBlock,
 };
 use super::config::VaeSpec;
 use super::conv::Conv2d;
@@ -14,8 +14,32 @@ use super::profile::section;
 
 const EPS: f64 = 1e-6;
 
+/// Channels on each side below which a convolution stays f32 with bf16
+/// products: the VAE's first and last convolutions (3, 4 or 8 channels on
+/// one side) and its 1x1 quant convolutions, whose products are too narrow
+/// for bf16's panels of 32 columns to pay. (The parity cases' VAEs, of 16
+/// and 32 channels, take bf16: the drift test covers this path.)
+const BF16_MIN_CHANNELS: usize = 16;
+
+/// A convolution of the VAE. Inside `with_bf16_products(true)` (`--dtype
+/// bf16` on the CPU) its products are bf16 where both sides have enough
+/// channels: F(2x2) in bf16 took 29.0 ms on 512 -> 512 at 64x64 and 40.6
+/// on 128 -> 128 at 256x256 where F(4x4) in f32 took 39.4 and 63.3 (`cargo
+/// bench --bench cpu_kernels -- convolution`, 2-core Zen 4).
+fn conv(vb: VarBuilder, [cin, cout, kernel, stride, padding]: [usize; 5]) -> Result<Conv2d> {
+    let bf16 = blocks::bf16_products() && cin.min(cout) >= BF16_MIN_CHANNELS;
+    blocks::with_bf16_products(bf16, || Conv2d::new(vb, cin, cout, kernel, stride, padding))
+}
+
 fn conv3x3(vb: VarBuilder, cin: usize, cout: usize) -> Result<Conv2d> {
-    Conv2d::new(vb, cin, cout, 3, 1, 1)
+    conv(vb, [cin, cout, 3, 1, 1])
+}
+
+/// A decoder's up-convolution stays f32: it runs on the map before
+/// upsampling (`Conv2d::forward_upsampled`), where bf16's would run
+/// F(2x2) on the map four times the size.
+fn up_conv(vb: VarBuilder, channels: usize) -> Result<Conv2d> {
+    blocks::with_bf16_products(false, || Conv2d::new(vb, channels, channels, 3, 1, 1))
 }
 
 /// A projection stored either as a linear layer or, in older checkpoints,
@@ -38,7 +62,14 @@ struct PixelAttention {
 }
 
 impl PixelAttention {
+    /// Always f32, products included: one head of all the channels (512),
+    /// wider than the heads bf16's attention kernel is tested on, and 22 ms
+    /// of a 256 px decode.
     fn new(vb: VarBuilder, channels: usize, groups: usize) -> Result<Self> {
+        blocks::with_bf16_products(false, || Self::new_f32(vb, channels, groups))
+    }
+
+    fn new_f32(vb: VarBuilder, channels: usize, groups: usize) -> Result<Self> {
         // diffusers renamed these; both spellings are in circulation.
         let [q, k, v, out] = if vb.contains_tensor("to_q.weight") {
             ["to_q", "to_k", "to_v", "to_out.0"]
@@ -193,7 +224,7 @@ impl Encoder {
                 Ok(EncoderBlock {
                     resnets: resnets(vb.clone(), spec.layers_per_block, cin, ch[i], groups)?,
                     downsample: (i + 1 < ch.len())
-                        .then(|| Conv2d::new(vb.pp("downsamplers.0.conv"), ch[i], ch[i], 3, 2, 0))
+                        .then(|| conv(vb.pp("downsamplers.0.conv"), [ch[i], ch[i], 3, 2, 0]))
                         .transpose()?,
                 })
             })
@@ -238,7 +269,7 @@ impl Decoder {
                 Ok(DecoderBlock {
                     resnets: resnets(vb.clone(), layers, cin, rev[i], groups)?,
                     upsample: (i + 1 < rev.len())
-                        .then(|| conv3x3(vb.pp("upsamplers.0.conv"), rev[i], rev[i]))
+                        .then(|| up_conv(vb.pp("upsamplers.0.conv"), rev[i]))
                         .transpose()?,
                 })
             })
@@ -280,11 +311,11 @@ impl Vae {
             decoder: Decoder::new(vb.pp("decoder"), spec)?,
             quant_conv: spec
                 .use_quant_conv
-                .then(|| Conv2d::new(vb.pp("quant_conv"), 2 * l, 2 * l, 1, 1, 0))
+                .then(|| conv(vb.pp("quant_conv"), [2 * l, 2 * l, 1, 1, 0]))
                 .transpose()?,
             post_quant_conv: spec
                 .use_post_quant_conv
-                .then(|| Conv2d::new(vb.pp("post_quant_conv"), l, l, 1, 1, 0))
+                .then(|| conv(vb.pp("post_quant_conv"), [l, l, 1, 1, 0]))
                 .transpose()?,
             latent_channels: l,
         })
