@@ -67,7 +67,7 @@ impl Products<'_> {
                     m.resize(positions * slots * band.stride, 0.0);
                     for c0 in (0..c).step_by(INPUT_CHUNK) {
                         let cs = c0..(c0 + INPUT_CHUNK).min(c);
-                        u.resize(positions * slots * cs.len(), 0.0);
+                        u.resize(positions * u_position_step(slots, cs.len()), 0.0);
                         let (matrices, kernel) = (self.matrices, self.kernel);
                         transform_kernel(matrices, positions, kernel, c, ks.clone(), cs.clone(), u);
                         multiply(&band, layout, slots, cs, u, &v, m);
@@ -164,7 +164,7 @@ fn multiply(
     let (padded, stride, width) = (band.padded, band.stride, cs.len());
     for xi in 0..layout.positions {
         let m_at = m[xi * slots * stride..].as_mut_ptr();
-        let u_at = u[xi * slots * width..].as_ptr();
+        let u_at = u[xi * u_position_step(slots, width)..].as_ptr();
         let v_at = xi * layout.position_step() + layout.start(cs.start, 0);
         match layout.form {
             Form::Panels => {
@@ -227,7 +227,8 @@ fn transform_kernel(
     u: &mut [f32],
 ) {
     let (slots, width) = (ks.len() * ts.len(), cs.len());
-    assert!(u.len() >= positions * slots * width);
+    let step = u_position_step(slots, width);
+    assert!(u.len() >= positions * step);
     assert!(ts.iter().all(|t| t.len() == positions * 9));
     let done = if avx512f() { width - width % 16 } else { 0 };
     for (kk, k) in ks.enumerate() {
@@ -239,7 +240,7 @@ fn transform_kernel(
             // phase][..done] is inside u (checked above).
             unsafe {
                 let at = u.as_mut_ptr().add(first_slot * width);
-                transform_taps_x86(ts, &taps[..done * 9], at, [width, slots * width]);
+                transform_taps_x86(ts, &taps[..done * 9], at, [width, step]);
             }
         }
         if done == width {
@@ -250,12 +251,12 @@ fn transform_kernel(
             // SAFETY: t is [positions, 9] row-major (checked above); taps
             // from channel `done` is [width - done, 9] row-major, read as
             // its [9, width - done] transpose; U[ξ][slot][done..width] is
-            // at row stride slots * width from slot * width + done, inside
+            // at row stride `step` from slot * width + done, inside
             // u (checked above).
             unsafe {
                 product(
                     [positions, width - done, 9],
-                    (u.as_mut_ptr().add(slot * width + done), slots * width, 1),
+                    (u.as_mut_ptr().add(slot * width + done), step, 1),
                     false,
                     (t.as_ptr(), 9, 1),
                     (taps[done * 9..].as_ptr(), 1, 9),
@@ -265,6 +266,13 @@ fn transform_kernel(
             }
         }
     }
+}
+
+/// Floats from `U[ξ]` (`[slots, width]`) to `U[ξ + 1]`: a cache line
+/// more, so that the 36 stores the transform makes per 16 channels do not
+/// all fall into one cache set (`slots · width` is a power of two).
+fn u_position_step(slots: usize, width: usize) -> usize {
+    slots * width + 16
 }
 
 fn avx512f() -> bool {
