@@ -2,7 +2,7 @@
 //! UNet (batch 2, as with classifier-free guidance) and VAE at 256 px (and
 //! the UNet's first attention at 512 px), same process, same inputs, median
 //! of 5 after a warm-up: the 3x3 convolutions
-//! (candle's `conv2d` vs atelier's im2col and Winograd F(4x4)) and attention
+//! (candle's `conv2d` vs atelier's im2col, Winograd F(4x4) and F(2x2)) and attention
 //! (candle's matmul + softmax + matmul with the heads split out, as the
 //! generic path runs it, vs the fused kernel, in f32 and with bf16
 //! products), and the linear layers (candle's, weight `[out, in]`; the
@@ -214,11 +214,12 @@ fn attentions() -> candle_core::Result<()> {
 fn convolutions() -> candle_core::Result<()> {
     let dev = Device::Cpu;
     println!(
-        "{:<34} {:>16} {:>16} {:>16} {:>16} {:>16}",
+        "{:<34} {:>16} {:>16} {:>16} {:>16} {:>16} {:>16}",
         "shape (batch, C->K, map)",
         "candle ms",
         "im2col ms",
         "F(4x4) ms",
+        "F(2x2) ms",
         "bf16 im2col ms",
         "bf16 F(2x2) ms"
     );
@@ -285,11 +286,12 @@ fn convolutions() -> candle_core::Result<()> {
             }))
         };
         println!(
-            "{:<34} {:>16} {:>16} {:>16} {:>16} {:>16}  f32 uses {:?}",
+            "{:<34} {:>16} {:>16} {:>16} {:>16} {:>16} {:>16}  f32 uses {:?}",
             format!("{batch}, {c}->{k}, {size}x{size} /{stride}"),
             rate(candle),
             rate(im2col),
             winograd(Algorithm::WinogradF4),
+            winograd(Algorithm::WinogradF2),
             in_bf16(Algorithm::Im2col),
             in_bf16(Algorithm::WinogradF2),
             cpu_conv::algorithm(&shape),

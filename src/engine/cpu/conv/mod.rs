@@ -19,6 +19,7 @@ mod im2col;
 mod winograd;
 
 use super::bf16::PackedRhs;
+use super::f32_products::PANEL;
 use winograd::bf16_products::TransformedKernel;
 
 /// Geometry of one convolution (NCHW input, `[K, C, kh, kw]` kernel, square
@@ -64,47 +65,68 @@ pub enum Algorithm {
     Im2col,
     /// Winograd F(4x4, 3x3).
     WinogradF4,
-    /// Winograd F(2x2, 3x3): bf16's (see [`conv2d_bf16`]); in f32, F(4x4)
-    /// or im2col beat it on every shape of the UNet and VAE.
+    /// Winograd F(2x2, 3x3): bf16's (see [`conv2d_bf16`]); in f32, the
+    /// UNet's small maps (8x8 with guidance at 256 px).
     WinogradF2,
 }
 
-/// Winograd pays a transform of every weight per call (4x the kernel's
-/// size), so it only wins when the product runs over enough 4x4 tiles (all
-/// images together). Below this count im2col was faster in `cargo bench
-/// --bench cpu_kernels`: on SD 1.5 at 256 px, F4 takes the 32x32 and 16x16
-/// maps (with or without guidance) and im2col the 8x8 and 4x4 ones (1280
-/// channels, where reading the weights dominates: at 8x8 with guidance
-/// im2col took 20.9 ms, F4 26.8).
-const F4_MIN_TILES: usize = 16;
+/// What the three f32 algorithms are estimated to cost per output channel
+/// and input channel, in units of one F(2x2) tile's products, fitted to a
+/// probe of `conv2d_with` on 320 to 2560 channels at 4x4 to 32x32 (2-core
+/// Zen 4, atelier's products; each within about 15%):
+/// - im2col: 0.46 per output pixel;
+/// - F(2x2): 13 for the kernel's transform (16 positions) and 1 per 2x2
+///   tile, the tiles rounded up to the products' [`PANEL`] columns;
+/// - F(4x4): 29 for the kernel's transform (36 positions) and 1.8 per 4x4
+///   tile, rounded likewise.
+///
+/// So the kernel's transform, paid on every call, sets the small maps'
+/// choice: with guidance, 1280 channels at 8x8 took im2col 18.2 ms, F(4x4)
+/// 27.6 (its 8 tiles fill a quarter of the products' columns) and F(2x2)
+/// 13.7; at 4x4, 4.6 against F(2x2)'s 13.3.
+fn estimated_cost(algorithm: Algorithm, shape: &ConvShape) -> f64 {
+    let pixels = shape.batch * shape.out_height() * shape.out_width();
+    let tiles = |side: usize| {
+        let tiles =
+            shape.batch * shape.out_height().div_ceil(side) * shape.out_width().div_ceil(side);
+        tiles.next_multiple_of(PANEL) as f64
+    };
+    match algorithm {
+        Algorithm::Im2col => 0.46 * pixels as f64,
+        Algorithm::WinogradF2 => 13.0 + tiles(2),
+        Algorithm::WinogradF4 => 29.0 + 1.8 * tiles(4),
+    }
+}
 
-/// Input channels below which im2col beats F(4x4) at any size: with few
+/// Input channels below which im2col beats Winograd at any size: with few
 /// inputs the products Winograd saves are small and its output transform
 /// (per output channel and tile) is most of its time. The VAE's first
 /// convolutions: 3 -> 128 channels at 512x512 took 98-110 ms in F(4x4)
 /// against 43-52 in im2col, 4 -> 512 at 64x64 3.3 against 1.8 ms.
 const F4_MIN_INPUT_CHANNELS: usize = 16;
 
+/// The f32 algorithm for `shape`: the cheapest by [`estimated_cost`] of
+/// those that compute it.
 pub fn algorithm(shape: &ConvShape) -> Algorithm {
-    if winograd_fits(shape.kernel, shape.stride, shape.padding)
-        && tiles(shape) >= F4_MIN_TILES
-        && shape.in_channels >= F4_MIN_INPUT_CHANNELS
+    if !winograd_fits(shape.kernel, shape.stride, shape.padding)
+        || shape.in_channels < F4_MIN_INPUT_CHANNELS
     {
-        Algorithm::WinogradF4
-    } else {
-        Algorithm::Im2col
+        return Algorithm::Im2col;
     }
+    [
+        Algorithm::WinogradF4,
+        Algorithm::WinogradF2,
+        Algorithm::Im2col,
+    ]
+    .into_iter()
+    .min_by(|a, b| estimated_cost(*a, shape).total_cmp(&estimated_cost(*b, shape)))
+    .expect("three algorithms")
 }
 
 /// Whether Winograd's F(4x4, 3x3) computes this convolution: 3x3, stride 1,
 /// padding 1.
 fn winograd_fits(kernel: usize, stride: usize, padding: usize) -> bool {
     (kernel, stride, padding) == (3, 1, 1)
-}
-
-/// 4x4 output tiles over all images.
-fn tiles(shape: &ConvShape) -> usize {
-    shape.batch * shape.out_height().div_ceil(4) * shape.out_width().div_ceil(4)
 }
 
 /// `output = conv(input, kernel) + bias`, all contiguous, NCHW.
@@ -519,9 +541,19 @@ mod tests {
             algorithm(&shape(2, 320, 32, 32, 320)),
             Algorithm::WinogradF4
         );
-        assert_eq!(algorithm(&shape(2, 1280, 8, 8, 1280)), Algorithm::Im2col);
+        // Measured (see estimated_cost): F(2x2) where F(4x4)'s tiles
+        // would not fill the products, im2col where F(2x2)'s would not.
+        assert_eq!(
+            algorithm(&shape(2, 1280, 8, 8, 1280)),
+            Algorithm::WinogradF2
+        );
+        assert_eq!(algorithm(&shape(1, 1280, 8, 8, 1280)), Algorithm::Im2col);
         assert_eq!(
             algorithm(&shape(1, 640, 16, 16, 640)),
+            Algorithm::WinogradF2
+        );
+        assert_eq!(
+            algorithm(&shape(2, 640, 12, 12, 640)),
             Algorithm::WinogradF4
         );
         assert_eq!(algorithm(&shape(2, 1280, 4, 4, 1280)), Algorithm::Im2col);
