@@ -282,19 +282,11 @@ fn avx512f() -> bool {
     false
 }
 
-/// [`transform_kernel`] for one output channel's `taps` (`[channels, 9]`,
-/// channels a multiple of 16), 16 input channels at a time: their 144
-/// taps loaded as 9 registers and transposed with permutes into one
-/// register per tap, then per matrix and position 9 multiply-adds. `u` is
-/// `U[0][the first matrix's slot]`; `[phase_step, position_step]` are the
-/// floats to the next matrix's slot and to the next position. As one
-/// gemm-crate product per output channel, this transform took 36% of a
-/// 640 -> 640 convolution at 16x16 (`perf`), almost as much as its
-/// products; this way about 28% (with gathers instead of permutes, 37%).
 // Tap i of channel j is float 9j + i of the 16 channels' 144: lane (9j +
 // i) % 32 of the register pair (9j + i) / 32, one permute per pair and a
 // blend. Constants: made on every call (once per output channel), these
 // took 3.7% of a 640 -> 640 convolution at 16x16.
+#[cfg(target_arch = "x86_64")]
 const TAP_LANES: [[i32; 16]; 9] = {
     let mut lanes = [[0; 16]; 9];
     let mut n = 0;
@@ -307,6 +299,7 @@ const TAP_LANES: [[i32; 16]; 9] = {
 };
 
 /// `TAP_MASKS[i][pair]`: the channels whose tap `i` is in register pair `pair`.
+#[cfg(target_arch = "x86_64")]
 const TAP_MASKS: [[u16; 5]; 9] = {
     let mut masks = [[0; 5]; 9];
     let mut n = 0;
@@ -318,6 +311,15 @@ const TAP_MASKS: [[u16; 5]; 9] = {
     masks
 };
 
+/// [`transform_kernel`] for one output channel's `taps` (`[channels, 9]`,
+/// channels a multiple of 16), 16 input channels at a time: their 144
+/// taps loaded as 9 registers and transposed with permutes into one
+/// register per tap, then per matrix and position 9 multiply-adds. `u` is
+/// `U[0][the first matrix's slot]`; `[phase_step, position_step]` are the
+/// floats to the next matrix's slot and to the next position. As one
+/// gemm-crate product per output channel, this transform took 36% of a
+/// 640 -> 640 convolution at 16x16 (`perf`), almost as much as its
+/// products; this way about 28% (with gathers instead of permutes, 37%).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn transform_taps_x86(
