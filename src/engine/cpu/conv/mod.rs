@@ -73,7 +73,8 @@ pub enum Algorithm {
 /// What the three f32 algorithms are estimated to cost per output channel
 /// and input channel, in units of one F(2x2) tile's products, fitted to a
 /// probe of `conv2d_with` on 320 to 2560 channels at 4x4 to 32x32 (2-core
-/// Zen 4, atelier's products; each within about 15%):
+/// Zen 4, atelier's products; most within about 15%, im2col on 5x5 and
+/// 7x7 maps up to 25% under):
 /// - im2col: 0.46 per output pixel;
 /// - F(2x2): 13 for the kernel's transform (16 positions) and 1 per 2x2
 ///   tile, the tiles rounded up to the products' [`PANEL`] columns;
