@@ -104,13 +104,13 @@ fn estimated_cost(algorithm: Algorithm, shape: &ConvShape) -> f64 {
 /// (per output channel and tile) is most of its time. The VAE's first
 /// convolutions: 3 -> 128 channels at 512x512 took 98-110 ms in F(4x4)
 /// against 43-52 in im2col, 4 -> 512 at 64x64 3.3 against 1.8 ms.
-const F4_MIN_INPUT_CHANNELS: usize = 16;
+const WINOGRAD_MIN_INPUT_CHANNELS: usize = 16;
 
 /// The f32 algorithm for `shape`: the cheapest by `estimated_cost` of
 /// those that compute it.
 pub fn algorithm(shape: &ConvShape) -> Algorithm {
     if !winograd_fits(shape.kernel, shape.stride, shape.padding)
-        || shape.in_channels < F4_MIN_INPUT_CHANNELS
+        || shape.in_channels < WINOGRAD_MIN_INPUT_CHANNELS
     {
         return Algorithm::Im2col;
     }

@@ -282,33 +282,33 @@ fn avx512f() -> bool {
     false
 }
 
-// Tap i of channel j is float 9j + i of the 16 channels' 144: lane (9j +
-// i) % 32 of the register pair (9j + i) / 32, one permute per pair and a
-// blend. Constants: made on every call (once per output channel), these
-// took 3.7% of a 640 -> 640 convolution at 16x16.
+/// Where each tap of 16 channels lies among their 144 floats (9
+/// registers), for [`transform_taps_x86`]'s transpose: tap i of channel j
+/// is float 9j + i, lane `lanes[i][j]` = (9j + i) % 32 of the register
+/// pair (9j + i) / 32, which `masks[i][pair]` marks; one permute per pair
+/// and a blend. Constants: made on every call (once per output channel),
+/// these took 3.7% of a 640 -> 640 convolution at 16x16.
 #[cfg(target_arch = "x86_64")]
-const TAP_LANES: [[i32; 16]; 9] = {
-    let mut lanes = [[0; 16]; 9];
-    let mut n = 0;
-    while n < 9 * 16 {
-        let (i, j) = (n / 16, n % 16);
-        lanes[i][j] = ((9 * j + i) % 32) as i32;
-        n += 1;
-    }
-    lanes
-};
+struct TapTranspose {
+    lanes: [[i32; 16]; 9],
+    masks: [[u16; 5]; 9],
+}
 
-/// `TAP_MASKS[i][pair]`: the channels whose tap `i` is in register pair `pair`.
 #[cfg(target_arch = "x86_64")]
-const TAP_MASKS: [[u16; 5]; 9] = {
-    let mut masks = [[0; 5]; 9];
+const TAP_TRANSPOSE: TapTranspose = {
+    let mut t = TapTranspose {
+        lanes: [[0; 16]; 9],
+        masks: [[0; 5]; 9],
+    };
     let mut n = 0;
     while n < 9 * 16 {
         let (i, j) = (n / 16, n % 16);
-        masks[i][(9 * j + i) / 32] |= 1 << j;
+        let float = 9 * j + i;
+        t.lanes[i][j] = (float % 32) as i32;
+        t.masks[i][float / 32] |= 1 << j;
         n += 1;
     }
-    masks
+    t
 };
 
 /// [`transform_kernel`] for one output channel's `taps` (`[channels, 9]`,
@@ -330,10 +330,10 @@ unsafe fn transform_taps_x86(
 ) {
     use std::arch::x86_64::*;
     assert!(taps.len().is_multiple_of(16 * 9));
+    let TapTranspose { lanes, masks } = &TAP_TRANSPOSE;
     // SAFETY: 16 i32 are one 512-bit load.
     let index: [__m512i; 9] =
-        std::array::from_fn(|i| unsafe { _mm512_loadu_si512(TAP_LANES[i].as_ptr().cast()) });
-    let masks = &TAP_MASKS;
+        std::array::from_fn(|i| unsafe { _mm512_loadu_si512(lanes[i].as_ptr().cast()) });
     for (group, channels) in taps.chunks_exact(16 * 9).enumerate() {
         // SAFETY: 9 loads of 16 floats cover the group's 144.
         let r: [__m512; 9] =
