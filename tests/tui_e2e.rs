@@ -2,6 +2,8 @@
 //! against a small random-weight model. Open a project, recall a run, edit
 //! the prompt, set the strength, generate, see it in history, recall it,
 //! change the strength, generate again, compare, open help, quit.
+//! And the first key after start, when the terminal never answers the
+//! question of which images it shows.
 
 mod common;
 
@@ -16,8 +18,9 @@ struct Tmux {
 }
 
 impl Tmux {
-    fn start(dir: &Path, config: &Path, width: u16, height: u16) -> Self {
-        let session = format!("atelier-e2e-{}", std::process::id());
+    /// `name` tells apart the sessions of tests that run at once.
+    fn start(name: &str, dir: &Path, config: &Path, width: u16, height: u16) -> Self {
+        let session = format!("atelier-e2e-{name}-{}", std::process::id());
         let command = format!(
             "cd '{}' && ATELIER_CONFIG_DIR='{}' ATELIER_DATA_DIR='{}' '{}'; echo ATELIER-EXITED $?; sleep 60",
             dir.display(),
@@ -157,7 +160,7 @@ fn iterate_compare_and_quit_in_tmux() {
         "--quiet",
     ]);
 
-    let tmux = Tmux::start(dir.path(), config.path(), 140, 40);
+    let tmux = Tmux::start("iterate", dir.path(), config.path(), 140, 40);
     tmux.wait_for("ready", 30);
     tmux.wait_for("#1", 5);
 
@@ -213,4 +216,25 @@ fn iterate_compare_and_quit_in_tmux() {
 
     tmux.keys(&["q"]);
     tmux.wait_for("ATELIER-EXITED 0", 10);
+}
+
+/// Images as the terminal says (the default `image_protocol`), in a tmux
+/// that never answers the query: the first key still reaches the
+/// workstation. ratatui-image's query thread, parked in a read of stdin
+/// after its timeout, used to swallow it.
+#[test]
+fn the_first_key_counts_when_the_terminal_does_not_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tempfile::tempdir().unwrap();
+    let init = Command::new(env!("CARGO_BIN_EXE_atelier"))
+        .current_dir(dir.path())
+        .args(["init", "."])
+        .output()
+        .unwrap();
+    common::ok(&init);
+
+    let tmux = Tmux::start("first-key", dir.path(), config.path(), 100, 30);
+    tmux.wait_for("ready: images as halfblocks", 30);
+    tmux.keys(&["?"]);
+    tmux.wait_for("any key closes", 5);
 }

@@ -4,6 +4,7 @@
 
 pub mod images;
 pub mod keymap;
+mod picker;
 pub mod state;
 pub mod theme;
 pub mod view;
@@ -16,8 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use crossterm::event::{self, Event as TermEvent, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
-use ratatui_image::picker::cap_parser::QueryStdioOptions;
-use ratatui_image::picker::{Picker, ProtocolType};
+use ratatui_image::picker::Picker;
 
 use self::images::{ImageSlot, Request, Response};
 use self::keymap::{Command, Keymap};
@@ -50,28 +50,6 @@ pub fn load_keymap() -> Result<Keymap> {
         Some(path) => Keymap::with_overrides(&std::fs::read_to_string(&path)?, &path),
         None => Ok(Keymap::default()),
     }
-}
-
-/// The image protocol: forced by the config, else asked of the terminal
-/// (which works over SSH and inside tmux), else half-blocks.
-fn picker(forced: Option<&str>) -> Picker {
-    let forced = forced.unwrap_or("auto");
-    if forced == "halfblocks" {
-        return Picker::halfblocks();
-    }
-    // Terminals that answer do so at once; tmux and some SSH paths never
-    // answer some queries, so do not wait long for them.
-    let mut options = QueryStdioOptions::default();
-    options.timeout = Duration::from_millis(400);
-    let mut picker =
-        Picker::from_query_stdio_with_options(options).unwrap_or_else(|_| Picker::halfblocks());
-    match forced {
-        "kitty" => picker.set_protocol_type(ProtocolType::Kitty),
-        "sixel" => picker.set_protocol_type(ProtocolType::Sixel),
-        "iterm2" => picker.set_protocol_type(ProtocolType::Iterm2),
-        _ => {}
-    }
-    picker
 }
 
 fn crop_key(key: KeyEvent) -> Option<CropKey> {
@@ -176,7 +154,7 @@ pub fn run(global: &crate::cli::Global, args: TuiArgs) -> Result<()> {
         "first frame after {:.0} ms",
         started.elapsed().as_secs_f64() * 1000.0
     );
-    let picker = picker(config.image_protocol.as_deref());
+    let picker = picker::picker(config.image_protocol.as_deref());
     tracing::info!(
         "ready after {:.0} ms, images by {:?}",
         started.elapsed().as_secs_f64() * 1000.0,
