@@ -12,8 +12,9 @@ const SCALE: u32 = 2;
 const LINE: u32 = 8 * SCALE + 4;
 const PAD: u32 = 8;
 
-/// Draws `text` at (x, y), clipped to the image; non-ASCII shows as '?'.
-pub fn draw_text(img: &mut RgbImage, x: u32, y: u32, text: &str, color: Rgb<u8>) {
+/// Draws `text` at (x, y), each font pixel `scale` pixels wide, clipped to
+/// the image; non-ASCII shows as '?'.
+fn draw_text(img: &mut RgbImage, (x, y): (u32, u32), (text, scale): (&str, u32), color: Rgb<u8>) {
     for (i, c) in text.chars().enumerate() {
         let glyph = font8x8::BASIC_FONTS
             .get(c)
@@ -24,10 +25,10 @@ pub fn draw_text(img: &mut RgbImage, x: u32, y: u32, text: &str, color: Rgb<u8>)
                 if bits >> col & 1 == 0 {
                     continue;
                 }
-                for dy in 0..SCALE {
-                    for dx in 0..SCALE {
-                        let px = x + (i as u32 * 8 + col) * SCALE + dx;
-                        let py = y + row as u32 * SCALE + dy;
+                for dy in 0..scale {
+                    for dx in 0..scale {
+                        let px = x + (i as u32 * 8 + col) * scale + dx;
+                        let py = y + row as u32 * scale + dy;
                         if px < img.width() && py < img.height() {
                             img.put_pixel(px, py, color);
                         }
@@ -38,24 +39,29 @@ pub fn draw_text(img: &mut RgbImage, x: u32, y: u32, text: &str, color: Rgb<u8>)
     }
 }
 
-/// How many characters fit in `width` pixels.
-fn chars_in(width: u32) -> usize {
-    (width / (8 * SCALE)) as usize
+/// `line` as it fits in `width` pixels, with the scale to draw it at: the
+/// full size, else half size (a setting's value is what the label is
+/// for, so it is shrunk before it is cut), else cut to fit with a `~`.
+fn fit(line: &str, width: u32) -> (String, u32) {
+    let len = line.chars().count() as u32;
+    if len * 8 * SCALE <= width {
+        return (line.to_string(), SCALE);
+    }
+    let small = SCALE / 2;
+    let room = (width / (8 * small)).max(1) as usize;
+    if len as usize <= room {
+        return (line.to_string(), small);
+    }
+    let cut: String = line.chars().take(room - 1).collect();
+    (cut + "~", small)
 }
 
-/// Lines cut to fit the width.
-fn fit_lines(lines: &[String], width: u32) -> Vec<String> {
-    let n = chars_in(width).max(1);
-    lines
-        .iter()
-        .map(|l| {
-            if l.chars().count() > n {
-                l.chars().take(n.saturating_sub(1)).collect::<String>() + "~"
-            } else {
-                l.clone()
-            }
-        })
-        .collect()
+/// Draws `line` fitted to `width` pixels (see [`fit`]), the smaller text
+/// centred in the line's height.
+fn draw_fitted(img: &mut RgbImage, (x, y): (u32, u32), line: &str, width: u32, color: Rgb<u8>) {
+    let (text, scale) = fit(line, width);
+    let y = y + 8 * (SCALE - scale) / 2;
+    draw_text(img, (x, y), (&text, scale), color);
 }
 
 /// One cell: an image (scaled to fit `cell` pixels) and its labels.
@@ -102,14 +108,10 @@ pub fn grid(
     let width = row_header_w + columns as u32 * (cell + PAD) + PAD;
     let height = title_h + header_h + rows as u32 * cell_h + PAD;
     let mut sheet = RgbImage::from_pixel(width, height, BG);
-    for line in fit_lines(&[title.to_string()], width - 2 * PAD) {
-        draw_text(&mut sheet, PAD, PAD, &line, FG);
-    }
+    draw_fitted(&mut sheet, (PAD, PAD), title, width - 2 * PAD, FG);
     for (c, header) in column_headers.iter().enumerate().take(columns) {
         let x = row_header_w + PAD + c as u32 * (cell + PAD);
-        for line in fit_lines(std::slice::from_ref(header), cell) {
-            draw_text(&mut sheet, x, title_h, &line, ACCENT);
-        }
+        draw_fitted(&mut sheet, (x, title_h), header, cell, ACCENT);
     }
     for (i, c) in cells.iter().enumerate() {
         let (row, col) = ((i / columns) as u32, (i % columns) as u32);
@@ -117,7 +119,7 @@ pub fn grid(
         let y = title_h + header_h + row * cell_h;
         if col == 0 {
             if let Some(h) = row_headers.get(row as usize) {
-                draw_text(&mut sheet, PAD, y + cell / 2, h, ACCENT);
+                draw_fitted(&mut sheet, (PAD, y + cell / 2), h, row_header_w, ACCENT);
             }
         }
         match &c.image {
@@ -141,15 +143,15 @@ pub fn grid(
                     (y + (cell - th) / 2) as i64,
                 );
             }
-            None => draw_text(&mut sheet, x + PAD, y + cell / 2, "(no image)", FG),
+            None => draw_fitted(&mut sheet, (x + PAD, y + cell / 2), "(no image)", cell, FG),
         }
         let mut ly = y + cell + 4;
-        for line in fit_lines(&c.labels, cell) {
-            draw_text(&mut sheet, x, ly, &line, FG);
+        for line in &c.labels {
+            draw_fitted(&mut sheet, (x, ly), line, cell, FG);
             ly += LINE;
         }
-        for line in fit_lines(&c.highlight, cell) {
-            draw_text(&mut sheet, x, ly, &line, ACCENT);
+        for line in &c.highlight {
+            draw_fitted(&mut sheet, (x, ly), line, cell, ACCENT);
             ly += LINE;
         }
     }
@@ -163,8 +165,17 @@ mod tests {
     #[test]
     fn text_is_drawn_and_clipped() {
         let mut img = RgbImage::from_pixel(40, 20, BG);
-        draw_text(&mut img, 0, 0, "Hi there, long text", FG);
+        draw_text(&mut img, (0, 0), ("Hi there, long text", SCALE), FG);
         assert!(img.pixels().any(|p| *p == FG));
+    }
+
+    #[test]
+    fn a_label_shrinks_before_it_is_cut() {
+        // 12 characters fit a 192-pixel cell at full size, 24 at half.
+        assert_eq!(fit("strength 0.5", 192), ("strength 0.5".into(), 2));
+        assert_eq!(fit("strength 0.55", 192), ("strength 0.55".into(), 1));
+        let long = "prompt a red fox in the snow at night";
+        assert_eq!(fit(long, 192), ("prompt a red fox in the~".into(), 1));
     }
 
     #[test]
