@@ -2,8 +2,8 @@
 //! against a small random-weight model. Open a project, recall a run, edit
 //! the prompt, set the strength, generate, see it in history, recall it,
 //! change the strength, generate again, compare, open help, quit.
-//! And the first key after start, when the terminal never answers the
-//! question of which images it shows.
+//! And, with images asked of a terminal that never answers, the first key
+//! after start and tmux's passthrough setting after the end.
 
 mod common;
 
@@ -52,6 +52,15 @@ impl Tmux {
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// The pane's own value of a tmux option ("" when not set on the pane).
+    fn pane_option(&self, option: &str) -> String {
+        let out = Command::new("tmux")
+            .args(["show-options", "-p", "-v", "-t", &self.session, option])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     fn keys(&self, keys: &[&str]) {
@@ -220,10 +229,11 @@ fn iterate_compare_and_quit_in_tmux() {
 
 /// Images as the terminal says (the default `image_protocol`), in a tmux
 /// that never answers the query: the first key still reaches the
-/// workstation. ratatui-image's query thread, parked in a read of stdin
-/// after its timeout, used to swallow it.
+/// workstation (ratatui-image's query thread, parked in a read of stdin
+/// after its timeout, used to swallow it), and the pane's
+/// `allow-passthrough`, which ratatui-image turns on, is unset again after.
 #[test]
-fn the_first_key_counts_when_the_terminal_does_not_answer() {
+fn in_tmux_the_first_key_counts_and_passthrough_is_put_back() {
     let dir = tempfile::tempdir().unwrap();
     let config = tempfile::tempdir().unwrap();
     let init = Command::new(env!("CARGO_BIN_EXE_atelier"))
@@ -235,6 +245,10 @@ fn the_first_key_counts_when_the_terminal_does_not_answer() {
 
     let tmux = Tmux::start("first-key", dir.path(), config.path(), 100, 30);
     tmux.wait_for("ready: images as halfblocks", 30);
+    assert_eq!(tmux.pane_option("allow-passthrough"), "on");
     tmux.keys(&["?"]);
     tmux.wait_for("any key closes", 5);
+    tmux.keys(&["Escape", "q"]);
+    tmux.wait_for("ATELIER-EXITED 0", 5);
+    assert_eq!(tmux.pane_option("allow-passthrough"), "");
 }

@@ -7,6 +7,7 @@ pub mod keymap;
 mod picker;
 pub mod state;
 pub mod theme;
+mod tmux;
 pub mod view;
 pub mod worker;
 
@@ -154,6 +155,8 @@ pub fn run(global: &crate::cli::Global, args: TuiArgs) -> Result<()> {
         "first frame after {:.0} ms",
         started.elapsed().as_secs_f64() * 1000.0
     );
+    // Making the picker turns tmux's passthrough on; put back when run returns.
+    let _passthrough = tmux::PassthroughRestore::save();
     let picker = picker::picker(config.image_protocol.as_deref());
     tracing::info!(
         "ready after {:.0} ms, images by {:?}",
