@@ -28,6 +28,26 @@ pub struct Recipe {
 }
 
 impl Recipe {
+    /// The size as people read it: a run that never started keeps the
+    /// request's 0x0, which means the source's own size.
+    pub fn size_label(&self) -> String {
+        if self.width == 0 || self.height == 0 {
+            "source's".to_string()
+        } else {
+            format!("{}x{}", self.width, self.height)
+        }
+    }
+
+    /// The scheduler's name, or the model's own where none was asked for
+    /// and none was recorded (a run that did not finish).
+    pub fn scheduler_label(&self) -> &str {
+        if self.scheduler.is_empty() {
+            "model's"
+        } else {
+            &self.scheduler
+        }
+    }
+
     /// A1111's infotext: prompt, `Negative prompt:` line, then the settings.
     pub fn to_infotext(&self, sampler: &str) -> String {
         let mut text = self.prompt.clone();
@@ -138,6 +158,25 @@ mod tests {
             fit: Fit::Pad,
             model: "models/my, model".into(),
         }
+    }
+
+    #[test]
+    fn an_unresolved_size_and_scheduler_read_as_the_defaults() {
+        let ran = sample();
+        assert_eq!(
+            (ran.size_label().as_str(), ran.scheduler_label()),
+            ("640x384", "dpmpp_2m_karras")
+        );
+        let asked = Recipe {
+            width: 0,
+            height: 0,
+            scheduler: String::new(),
+            ..sample()
+        };
+        assert_eq!(
+            (asked.size_label().as_str(), asked.scheduler_label()),
+            ("source's", "model's")
+        );
     }
 
     #[test]

@@ -29,8 +29,8 @@ fn fields(r: &Recipe) -> Vec<(&'static str, String)> {
         ("steps", r.steps.to_string()),
         ("guidance", r.guidance.to_string()),
         ("seed", r.seed.to_string()),
-        ("scheduler", r.scheduler.clone()),
-        ("size", format!("{}x{}", r.width, r.height)),
+        ("scheduler", r.scheduler_label().to_string()),
+        ("size", r.size_label()),
         ("fit", r.fit.to_string()),
         (
             "crop",

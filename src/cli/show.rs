@@ -39,13 +39,12 @@ pub fn describe(project: &Project, r: &RunRecord) -> String {
         None => rc.steps.to_string(),
     };
     lines.push(format!(
-        "settings:  strength {}  steps {steps}  guidance {}  seed {}  scheduler {}  size {}x{}  fit {}{}",
+        "settings:  strength {}  steps {steps}  guidance {}  seed {}  scheduler {}  size {}  fit {}{}",
         rc.strength,
         rc.guidance,
         rc.seed,
-        if rc.scheduler.is_empty() { "(model's)" } else { &rc.scheduler },
-        rc.width,
-        rc.height,
+        rc.scheduler_label(),
+        rc.size_label(),
         rc.fit,
         rc.crop.map(|c| format!("  crop {c}")).unwrap_or_default()
     ));
