@@ -570,7 +570,17 @@ fn stars_tags_notes_and_the_trash() {
     assert_eq!(r.note, "the keeper");
     common::ok(&atelier_in(dir.path(), &["rm", "2"]));
     assert!(!common::ok(&atelier_in(dir.path(), &["history"])).contains("#2"));
-    assert!(common::ok(&atelier_in(dir.path(), &["trash", "list"])).contains("#2"));
+    {
+        // Listed with its settings, and while another process writes.
+        let _writer = Project::open(dir.path(), Access::Write).unwrap();
+        let list = common::ok(&atelier_in(dir.path(), &["trash", "list"]));
+        let row = list
+            .lines()
+            .find(|l| l.contains("#2"))
+            .unwrap_or_else(|| panic!("{list}"));
+        assert!(row.contains("done"), "{list}");
+        assert!(!list.contains("#1 "), "{list}");
+    }
     // A deleted id is never reused.
     gen(dir.path(), source.to_str().unwrap(), &[]);
     assert!(common::ok(&atelier_in(dir.path(), &["history"])).contains("#3"));
@@ -579,4 +589,6 @@ fn stars_tags_notes_and_the_trash() {
     common::ok(&atelier_in(dir.path(), &["rm", "2"]));
     assert!(common::ok(&atelier_in(dir.path(), &["trash", "empty"])).contains("deleted 1"));
     assert!(!dir.path().join("trash/000002").exists());
+    let list = common::ok(&atelier_in(dir.path(), &["trash", "list"]));
+    assert!(list.contains("the trash is empty"), "{list}");
 }

@@ -114,20 +114,27 @@ pub fn rm(args: MarkArgs, global: &Global) -> Result<()> {
 }
 
 pub fn trash(command: TrashCommand, global: &Global) -> Result<()> {
-    let project = open_project(global, false, Access::Write)?.expect("required");
+    // Listing reads only, so it works while another process writes.
+    let access = match command {
+        TrashCommand::List => Access::Read,
+        _ => Access::Write,
+    };
+    let project = open_project(global, false, access)?.expect("required");
     match command {
         TrashCommand::List => {
-            let dir = project.root().join("trash");
-            let mut ids: Vec<u64> = std::fs::read_dir(&dir)
-                .map(|d| {
-                    d.flatten()
-                        .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
-                        .collect()
-                })
-                .unwrap_or_default();
-            ids.sort();
-            for id in ids {
-                println!("#{id}");
+            let trashed = project.trashed()?;
+            for bad in &trashed.unreadable {
+                eprintln!(
+                    "warning: skipped the unreadable record {}: {}",
+                    bad.path.display(),
+                    bad.reason
+                );
+            }
+            if trashed.runs.is_empty() && trashed.unreadable.is_empty() {
+                println!("the trash is empty");
+            } else {
+                let runs: Vec<_> = trashed.runs.iter().collect();
+                print!("{}", super::history::table(&runs));
             }
         }
         TrashCommand::Restore(args) => {

@@ -229,7 +229,17 @@ impl Project {
 
     /// Every run record, oldest first; unreadable ones are listed, not fatal.
     pub fn history(&self) -> Result<History> {
-        let runs_dir = self.root.join("runs");
+        self.records_in("runs")
+    }
+
+    /// The runs in the trash, as [`Project::history`] lists the others.
+    pub fn trashed(&self) -> Result<History> {
+        self.records_in("trash")
+    }
+
+    /// The records in one of the project's folders of runs.
+    fn records_in(&self, folder: &str) -> Result<History> {
+        let runs_dir = self.root.join(folder);
         let mut history = History::default();
         let entries = match std::fs::read_dir(&runs_dir) {
             Ok(e) => e,
