@@ -29,6 +29,12 @@ pub fn run(args: ModelsArgs) -> Result<()> {
         .map(expand)
         .collect();
     folders.extend(args.dirs);
+    for missing in folders.iter().filter(|f| !f.is_dir()) {
+        eprintln!(
+            "warning: the model folder {} does not exist",
+            missing.display()
+        );
+    }
     let cache = crate::models::hf_cache_dir();
     let models = list(cache.as_deref(), &folders);
     if args.json {
@@ -38,13 +44,18 @@ pub fn run(args: ModelsArgs) -> Result<()> {
         return Ok(());
     }
     if models.is_empty() {
+        let searched = if folders.is_empty() {
+            "; no model folders are set (`model_dirs` in config.toml, or --dir)".to_string()
+        } else {
+            let names: Vec<_> = folders.iter().map(|f| f.display().to_string()).collect();
+            format!(" or in {}", names.join(", "))
+        };
         println!(
-            "no models found in the Hugging Face cache ({}) or in {} folder(s); `atelier gen \
+            "no models found in the Hugging Face cache ({}){searched}; `atelier gen \
              --model sd-turbo` downloads one (aliases: {})",
             cache
                 .map(|c| c.display().to_string())
                 .unwrap_or_else(|| "none".into()),
-            folders.len(),
             crate::models::ALIASES
                 .iter()
                 .map(|(a, _)| *a)
