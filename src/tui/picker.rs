@@ -1,8 +1,8 @@
 //! Which image protocol the terminal speaks, asked of the terminal itself.
 //!
 //! ratatui-image (10 and 11) asks from a thread blocked in a read of stdin,
-//! and when the terminal never answers (tmux drops the wrapped query unless
-//! `allow-passthrough` is on, and it is off by default) that thread stays
+//! and when the terminal never answers (a detached tmux session, an outer
+//! terminal that ignores the question tmux passes on) that thread stays
 //! parked after the timeout and swallows the user's first key
 //! (ratatui-image#202, fixed for 12). [`release_parked_reader`] frees it.
 
