@@ -479,15 +479,18 @@ pub fn update(s: &mut State, action: Action) -> Vec<Effect> {
             step,
             of,
             seconds,
-        } => set_job(
-            s,
-            id,
-            JobState::Running {
-                step,
-                of,
-                seconds_per_step: seconds,
-            },
-        ),
+        } => {
+            mark_running(s, id);
+            set_job(
+                s,
+                id,
+                JobState::Running {
+                    step,
+                    of,
+                    seconds_per_step: seconds,
+                },
+            )
+        }
         Action::JobDecoding(id) => set_job(s, id, JobState::Decoding),
         Action::JobEnded(id) => {
             s.jobs.retain(|j| j.id != id);
@@ -510,6 +513,16 @@ pub fn update(s: &mut State, action: Action) -> Vec<Effect> {
         Action::Command(c) => command(s, c, &mut effects),
     }
     effects
+}
+
+/// The worker writes a queued record as running before its first step;
+/// the history shows it so too, without reading the record again.
+fn mark_running(s: &mut State, id: u64) {
+    if let Some(r) = s.runs.iter_mut().find(|r| r.id == id) {
+        if r.status == Status::Queued {
+            r.status = Status::Running;
+        }
+    }
 }
 
 fn set_job(s: &mut State, id: u64, state: JobState) {

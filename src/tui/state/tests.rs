@@ -185,6 +185,12 @@ fn the_prompt_editor_takes_lines_and_keys_do_not_leak_into_commands() {
 #[test]
 fn progress_cancel_and_the_queue() {
     let mut s = state();
+    for id in 4..=6 {
+        update(
+            &mut s,
+            Action::RunChanged(Box::new(run(id, "q", None, Status::Queued))),
+        );
+    }
     s.jobs = vec![
         Job {
             id: 4,
@@ -210,6 +216,12 @@ fn progress_cancel_and_the_queue() {
         },
     );
     assert_eq!(s.running().unwrap().id, 4);
+    assert_eq!(
+        s.run(4).unwrap().status,
+        Status::Running,
+        "the history row too"
+    );
+    assert_eq!(s.run(5).unwrap().status, Status::Queued);
     assert_eq!(cmd(&mut s, Command::Cancel), vec![Effect::Cancel(4)]);
     assert_eq!(
         cmd(&mut s, Command::PromoteQueued),
