@@ -1,7 +1,8 @@
 //! The workstation driven as a person drives it: the real binary in tmux
 //! against a small random-weight model. Open a project, recall a run, edit
 //! the prompt, set the strength, generate, see it in history, recall it,
-//! change the strength, generate again, compare, open help, quit.
+//! change the strength, generate again, compare, open help, quit while a
+//! job runs.
 //! And, with images asked of a terminal that never answers, the first key
 //! after start and tmux's passthrough setting after the end.
 
@@ -223,8 +224,18 @@ fn iterate_compare_and_quit_in_tmux() {
     let screen = tmux.wait_for("history", 5);
     assert!(!screen.contains("keys (any key closes)"));
 
+    // Quit while a job runs: it goes back to queued in the project.
+    tmux.keys(&["g"]);
+    tmux.wait_for("s/step", 30);
+    tmux.keys(&["q"]);
+    tmux.wait_for("Press q again", 5);
     tmux.keys(&["q"]);
     tmux.wait_for("ATELIER-EXITED 0", 10);
+    let left = Project::open(dir.path(), Access::Read)
+        .unwrap()
+        .record(5)
+        .unwrap();
+    assert_eq!(left.status, Status::Queued, "{:?}", left.error);
 }
 
 /// Images as the terminal says (the default `image_protocol`), in a tmux

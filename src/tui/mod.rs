@@ -469,6 +469,24 @@ fn suspend(terminal: &mut ratatui::DefaultTerminal) -> Result<()> {
     Ok(())
 }
 
+/// On quit, the job the worker has started goes back to queued, so that
+/// it runs again next time like the jobs behind it; its worker stops when
+/// the process ends, which leaves no output behind. Should the worker
+/// write it as done in between, the next start makes the same image again
+/// (its seed is in the record), so a race loses nothing.
+fn requeue_started(project: &Project, state: &State) -> Result<()> {
+    for job in state.jobs.iter().filter(|j| j.state != JobState::Queued) {
+        let Ok(mut record) = project.record(job.id) else {
+            continue;
+        };
+        if record.status == Status::Running {
+            record.status = Status::Queued;
+            project.write_record(&record)?;
+        }
+    }
+    Ok(())
+}
+
 /// Carries out effects; true when the UI should quit.
 fn run_effects(
     effects: Vec<Effect>,
@@ -479,7 +497,10 @@ fn run_effects(
 ) -> Result<bool> {
     for effect in effects {
         match effect {
-            Effect::Quit => return Ok(true),
+            Effect::Quit => {
+                requeue_started(project, state)?;
+                return Ok(true);
+            }
             Effect::Cancel(_) => cancel.store(true, Ordering::SeqCst),
             Effect::Reorder(_) => {} // the state's order is the dispatch order
             Effect::Dequeue(id) => {

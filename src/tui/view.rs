@@ -678,9 +678,9 @@ fn draw_styles(frame: &mut Frame, s: &State, theme: &Theme, area: Rect, selected
 }
 
 fn draw_confirm(frame: &mut Frame, theme: &Theme, area: Rect) {
-    let popup = centered(area, 56, 5);
+    let popup = centered(area, 56, 6);
     frame.render_widget(Clear, popup);
-    let text = "Jobs are still running or queued. They stay queued in the project.\nPress q again to quit, any other key to stay.";
+    let text = "Jobs are running or queued. They stay queued in the project (the running one from its start) and resume next time.\nPress q again to quit, any other key to stay.";
     frame.render_widget(
         Paragraph::new(text)
             .wrap(Wrap { trim: true })
