@@ -97,6 +97,9 @@ fn main() {
     }
 }
 
+/// How large `atelier.log` may grow before it is set aside.
+const LOG_LIMIT_BYTES: u64 = 8 << 20;
+
 /// Logs go to stderr for commands; the workstation owns the screen, so its
 /// logs go to `atelier.log` in the data folder.
 fn init_logging(to_file: bool) {
@@ -105,11 +108,18 @@ fn init_logging(to_file: bool) {
     });
     if to_file {
         let dir = atelier::config::data_dir();
+        let path = dir.join("atelier.log");
+        // Appended to by every start: past the limit the old log becomes
+        // atelier.log.1 (replacing the one before), so it never grows
+        // without bound.
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() > LOG_LIMIT_BYTES) {
+            let _ = std::fs::rename(&path, dir.join("atelier.log.1"));
+        }
         let file = std::fs::create_dir_all(&dir).and_then(|_| {
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(dir.join("atelier.log"))
+                .open(&path)
         });
         if let Ok(file) = file {
             tracing_subscriber::fmt()
