@@ -186,10 +186,8 @@ pub fn table(runs: &[&RunRecord]) -> String {
     out
 }
 
-pub fn run(args: HistoryArgs, global: &Global) -> Result<()> {
-    let root = Project::locate(global.project.as_deref())?;
-    let project = Project::open(&root, Access::Read)?;
-    let history = project.history()?;
+/// Tells on stderr which records were skipped, and why.
+pub fn warn_unreadable(history: &History) {
     for bad in &history.unreadable {
         eprintln!(
             "warning: skipped the unreadable record {}: {}",
@@ -197,6 +195,13 @@ pub fn run(args: HistoryArgs, global: &Global) -> Result<()> {
             bad.reason
         );
     }
+}
+
+pub fn run(args: HistoryArgs, global: &Global) -> Result<()> {
+    let root = Project::locate(global.project.as_deref())?;
+    let project = Project::open(&root, Access::Read)?;
+    let history = project.history()?;
+    warn_unreadable(&history);
     let runs = select(&project, &history, &args)?;
     if args.json {
         let array: Vec<serde_json::Value> = runs.iter().map(|r| run_json(r)).collect();

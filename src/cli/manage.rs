@@ -123,13 +123,7 @@ pub fn trash(command: TrashCommand, global: &Global) -> Result<()> {
     match command {
         TrashCommand::List => {
             let trashed = project.trashed()?;
-            for bad in &trashed.unreadable {
-                eprintln!(
-                    "warning: skipped the unreadable record {}: {}",
-                    bad.path.display(),
-                    bad.reason
-                );
-            }
+            super::history::warn_unreadable(&trashed);
             if trashed.runs.is_empty() && trashed.unreadable.is_empty() {
                 println!("the trash is empty");
             } else {
