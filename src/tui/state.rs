@@ -349,6 +349,11 @@ impl State {
             .map(|i| &self.runs[i])
     }
 
+    fn run_mut(&mut self, id: u64) -> Option<&mut RunRecord> {
+        let i = self.runs.binary_search_by_key(&id, |r| r.id).ok()?;
+        Some(&mut self.runs[i])
+    }
+
     /// The run shown as B: the marked one (when another is selected).
     pub fn b_run(&self) -> Option<&RunRecord> {
         let selected = self.selected_run()?.id;
@@ -518,7 +523,7 @@ pub fn update(s: &mut State, action: Action) -> Vec<Effect> {
 /// The worker writes a queued record as running before its first step;
 /// the history shows it so too, without reading the record again.
 fn mark_running(s: &mut State, id: u64) {
-    if let Some(r) = s.runs.iter_mut().find(|r| r.id == id) {
+    if let Some(r) = s.run_mut(id) {
         if r.status == Status::Queued {
             r.status = Status::Running;
         }
