@@ -8,7 +8,7 @@ use atelier::project::{ModelRef, RunRecord, Status};
 use atelier::recipe::Recipe;
 use atelier::tui::images::ImageSlot;
 use atelier::tui::keymap::{Command, Keymap};
-use atelier::tui::state::{update, Action, Job, JobState, State};
+use atelier::tui::state::{update, Action, Job, JobState, State, TextKey};
 use atelier::tui::theme::Theme;
 use atelier::tui::view;
 use ratatui::backend::TestBackend;
@@ -157,6 +157,47 @@ fn tiny_terminal() {
     update(&mut s, Action::Command(Command::NextView));
     update(&mut s, Action::Command(Command::NextView));
     insta::assert_snapshot!(screen(&s, 60, 20, true));
+}
+
+#[test]
+fn classic_terminal_shows_the_preview_beside_the_history() {
+    let mut s = state();
+    update(&mut s, Action::Command(Command::MoveDown));
+    insta::assert_snapshot!(screen(&s, 80, 24, true));
+}
+
+#[test]
+fn every_setting_shows_on_small_terminals() {
+    let mut s = state();
+    // Typing a four-line prompt is the tallest the recipe gets outside cropping.
+    update(&mut s, Action::Command(Command::EditPrompt));
+    for c in "one\ntwo\nthree\nfour".chars() {
+        let key = match c {
+            '\n' => TextKey::Newline,
+            c => TextKey::Char(c),
+        };
+        update(&mut s, Action::Text(key));
+    }
+    for (w, h) in [(60, 20), (80, 24), (99, 30)] {
+        let text = screen(&s, w, h, true);
+        for name in [
+            "strength",
+            "steps",
+            "guidance",
+            "seed",
+            "count",
+            "scheduler",
+            "size",
+            "crop",
+            "model",
+            "device",
+            "source",
+            "parent",
+            "four",
+        ] {
+            assert!(text.contains(name), "{name} missing at {w}x{h}:\n{text}");
+        }
+    }
 }
 
 #[test]

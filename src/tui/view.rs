@@ -2,16 +2,18 @@
 //! on screen are built, so a history of any length draws in constant time.
 
 use super::images::{ImageSlot, Thumbs, THUMB_H, THUMB_W};
-use ratatui::layout::{Constraint, Direction, Layout, Rect};
+use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Paragraph, Wrap};
 use ratatui::Frame;
 use ratatui_image::{Resize, StatefulImage};
 
 use super::keymap::Keymap;
-use super::state::{differing_fields, scheduler_label, JobState, Mode, Seed, State, TextField};
+use super::state::{differing_fields, JobState, Mode, State};
 use super::theme::Theme;
 use crate::project::Status;
+
+mod recipe;
 
 /// What the preview pane shows.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -108,33 +110,29 @@ pub fn draw(
         .areas(main);
         draw_history(frame, s, theme, history, thumbs);
         draw_preview(frame, s, theme, preview_area, preview);
-        draw_recipe(frame, s, theme, recipe);
+        recipe::draw(frame, s, theme, recipe);
     } else {
-        // Small terminals: history over recipe; the preview only with room.
-        let show_preview = main.height >= 30;
-        let constraints: Vec<Constraint> = if show_preview {
-            vec![
-                Constraint::Percentage(35),
-                Constraint::Percentage(35),
-                Constraint::Min(8),
-            ]
+        // Smaller terminals: the recipe at the bottom with the rows it needs
+        // (leaving the history at least 5); above it the history, and the
+        // preview beside it (80 columns and more) or under it (30 rows and
+        // more) where there is room.
+        let recipe_h = recipe::height(s, main.width).min(main.height.saturating_sub(5));
+        let [top, recipe_area] =
+            Layout::vertical([Constraint::Min(4), Constraint::Length(recipe_h)]).areas(main);
+        if top.height >= 16 {
+            let [history, preview_area] =
+                Layout::vertical([Constraint::Percentage(45), Constraint::Min(6)]).areas(top);
+            draw_history(frame, s, theme, history, None);
+            draw_preview(frame, s, theme, preview_area, preview);
+        } else if top.width >= 80 && top.height >= 8 {
+            let [history, preview_area] =
+                Layout::horizontal([Constraint::Percentage(50), Constraint::Min(20)]).areas(top);
+            draw_history(frame, s, theme, history, None);
+            draw_preview(frame, s, theme, preview_area, preview);
         } else {
-            vec![
-                Constraint::Min(4),
-                Constraint::Length((main.height / 2).clamp(6, 14)),
-            ]
-        };
-        let parts = Layout::default()
-            .direction(Direction::Vertical)
-            .constraints(constraints)
-            .split(main);
-        draw_history(frame, s, theme, parts[0], None);
-        if show_preview {
-            draw_preview(frame, s, theme, parts[1], preview);
-            draw_recipe(frame, s, theme, parts[2]);
-        } else {
-            draw_recipe(frame, s, theme, parts[1]);
+            draw_history(frame, s, theme, top, None);
         }
+        recipe::draw(frame, s, theme, recipe_area);
     }
     if queue_h > 0 {
         draw_queue(frame, s, theme, queue);
@@ -157,6 +155,18 @@ fn cut(text: &str, width: usize) -> String {
             .take(width.saturating_sub(1))
             .collect::<String>()
             + "…"
+    }
+}
+
+/// `text` in `width` characters, its start given up for its end: a path's
+/// last folders name the model.
+fn cut_start(text: &str, width: usize) -> String {
+    let count = text.chars().count();
+    if count <= width {
+        text.to_string()
+    } else {
+        let keep = width.saturating_sub(1);
+        "…".to_string() + &text.chars().skip(count - keep).collect::<String>()
     }
 }
 
@@ -206,7 +216,12 @@ fn draw_history(frame: &mut Frame, s: &State, theme: &Theme, area: Rect, thumbs:
             if s.mode == Mode::Filter { "▏" } else { "" }
         )
     } else {
-        format!(" history ({}, {} runs) ", s.view.name(), s.visible.len())
+        format!(
+            " history ({}, {} run{}) ",
+            s.view.name(),
+            s.visible.len(),
+            if s.visible.len() == 1 { "" } else { "s" }
+        )
     };
     let outer = block(title, theme, s.mode == Mode::Filter);
     let inner = outer.inner(area);
@@ -360,161 +375,6 @@ fn draw_preview(
     }
 }
 
-fn draw_recipe(frame: &mut Frame, s: &State, theme: &Theme, area: Rect) {
-    let e = &s.editor;
-    let editing = matches!(s.mode, Mode::Edit(_));
-    let outer = block(" recipe (g generates) ", theme, editing);
-    let inner = outer.inner(area);
-    frame.render_widget(outer, area);
-    // Settings that differ from the recalled run are highlighted.
-    let base = e.parent.and_then(|p| s.run(p)).map(|r| r.recipe.clone());
-    let current = e.recipe(0, s.next_random);
-    let changed = base
-        .as_ref()
-        .map(|b| differing_fields(b, &current))
-        .unwrap_or_default();
-    let style_for = |name: &str| {
-        if changed.contains(&name) {
-            theme.changed
-        } else {
-            theme.text
-        }
-    };
-    let label = |name: &'static str| Span::styled(format!("{name:<10}"), theme.dim);
-    let width = inner.width.saturating_sub(10) as usize;
-    let mut lines = Vec::new();
-    for (field, name, text) in [
-        (TextField::Prompt, "prompt", &e.prompt),
-        (TextField::Negative, "negative", &e.negative),
-    ] {
-        let active = s.mode == Mode::Edit(field);
-        let shown: Vec<&str> = if text.is_empty() {
-            vec![""]
-        } else {
-            text.split('\n').collect()
-        };
-        let max_lines = if active { 4 } else { 2 };
-        for (k, part) in shown.iter().enumerate().take(max_lines) {
-            let mut value = cut(part, width.saturating_sub(1));
-            if active && k == shown.len().min(max_lines) - 1 {
-                value.push('▏');
-            }
-            let style = if active {
-                theme.accent
-            } else {
-                style_for(name)
-            };
-            lines.push(Line::from(vec![
-                if k == 0 {
-                    label(name)
-                } else {
-                    Span::raw(" ".repeat(10))
-                },
-                Span::styled(value, style),
-            ]));
-        }
-    }
-    let seed = match e.seed {
-        Seed::Random => "random".to_string(),
-        Seed::Fixed(x) => x.to_string(),
-    };
-    let size = if e.width == 0 {
-        "source's".to_string()
-    } else {
-        format!("{}x{}", e.width, e.height)
-    };
-    let source = match &e.source {
-        Some(src) => match src.run {
-            Some(id) => format!("output of #{id}"),
-            None => src.hash.get(..8).unwrap_or("").to_string(),
-        },
-        None => s
-            .selected_run()
-            .map(|r| format!("{} (selected)", &r.source.get(..8).unwrap_or("")))
-            .unwrap_or_else(|| "none".into()),
-    };
-    let rows: Vec<(&'static str, String)> = vec![
-        (
-            "strength",
-            format!(
-                "{:.2}  ({} of {} steps run)",
-                e.strength,
-                e.steps_run(),
-                e.steps
-            ),
-        ),
-        ("steps", e.steps.to_string()),
-        ("guidance", format!("{}", e.guidance)),
-        ("seed", seed),
-        ("count", e.count.to_string()),
-        ("scheduler", scheduler_label(&e.scheduler)),
-        ("size", format!("{size}  fit {}", e.fit)),
-        (
-            "crop",
-            match e.crop {
-                Some(c) => format!("{c}{}", aspect_label(e.aspect)),
-                None if s.mode == Mode::Crop => format!("whole source{}", aspect_label(e.aspect)),
-                None => "none (c to crop)".into(),
-            },
-        ),
-        ("model", cut(&e.model, width)),
-        ("device", s.device.clone()),
-        ("source", source),
-        (
-            "parent",
-            e.parent
-                .map(|p| format!("#{p}"))
-                .unwrap_or_else(|| "none".into()),
-        ),
-    ];
-    for (name, value) in rows {
-        lines.push(Line::from(vec![
-            label(name),
-            Span::styled(value, style_for(name)),
-        ]));
-    }
-    if s.mode == Mode::Crop {
-        // A map of the source with the crop marked.
-        if let Some((sw, sh)) = s.source_size {
-            lines.push(Line::from(Span::styled(
-                "crop: arrows move, +/- size, a aspect, 0 clears, Esc ends",
-                theme.accent,
-            )));
-            let (mw, mh) = (28usize, 8usize);
-            let c = e.crop.unwrap_or(crate::engine::CropRect {
-                x: 0,
-                y: 0,
-                w: sw,
-                h: sh,
-            });
-            let to_col = |x: u32| (x as usize * mw / sw as usize).min(mw);
-            let to_row = |y: u32| (y as usize * mh / sh as usize).min(mh);
-            let (x0, x1, y0, y1) = (
-                to_col(c.x),
-                to_col(c.x + c.w).max(to_col(c.x) + 1),
-                to_row(c.y),
-                to_row(c.y + c.h).max(to_row(c.y) + 1),
-            );
-            for row in 0..mh {
-                let text: String = (0..mw)
-                    .map(|col| {
-                        if (x0..x1).contains(&col) && (y0..y1).contains(&row) {
-                            '█'
-                        } else {
-                            '·'
-                        }
-                    })
-                    .collect();
-                lines.push(Line::from(vec![
-                    Span::raw(" ".repeat(10)),
-                    Span::styled(text, theme.accent),
-                ]));
-            }
-        }
-    }
-    frame.render_widget(Paragraph::new(lines), inner);
-}
-
 /// The crop rectangle drawn over the source as shown in `rect`.
 fn draw_crop_overlay(
     frame: &mut Frame,
@@ -547,13 +407,6 @@ fn draw_crop_overlay(
             .border_style(theme.accent),
         frame_rect,
     );
-}
-
-fn aspect_label(aspect: usize) -> String {
-    match super::state::ASPECTS[aspect % super::state::ASPECTS.len()] {
-        (0, 0) => String::new(),
-        (w, h) => format!("  ({w}:{h})"),
-    }
 }
 
 fn draw_queue(frame: &mut Frame, s: &State, theme: &Theme, area: Rect) {
