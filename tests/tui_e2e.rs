@@ -18,17 +18,45 @@ struct Tmux {
     session: String,
 }
 
+/// Runs the workstation in `dir`, then says how it exited.
+fn command_line(dir: &Path, config: &Path) -> String {
+    workstation(dir, config) + "; echo ATELIER-EXITED $?; sleep 60"
+}
+
+/// The workstation in `dir`, with its own configuration and data folder.
+fn workstation(dir: &Path, config: &Path) -> String {
+    format!(
+        "cd '{}' && ATELIER_CONFIG_DIR='{}' ATELIER_DATA_DIR='{}' '{}'",
+        dir.display(),
+        config.display(),
+        config.display(),
+        env!("CARGO_BIN_EXE_atelier")
+    )
+}
+
 impl Tmux {
     /// `name` tells apart the sessions of tests that run at once.
     fn start(name: &str, dir: &Path, config: &Path, width: u16, height: u16) -> Self {
+        Self::new_session(name, width, height, &command_line(dir, config))
+    }
+
+    /// The workstation typed into an interactive shell, for job control
+    /// (Ctrl-Z, `fg`); [`Tmux::wait_for_exit`] asks the shell how it ended.
+    fn start_in_shell(name: &str, dir: &Path, config: &Path, width: u16, height: u16) -> Self {
+        let tmux = Self::new_session(name, width, height, "bash --norc --noprofile -i");
+        tmux.keys(&[&workstation(dir, config), "Enter"]);
+        tmux
+    }
+
+    /// After [`Tmux::start_in_shell`]'s workstation ended: has the shell
+    /// print its exit status, and waits for it.
+    fn wait_for_exit(&self, status: i32) {
+        self.keys(&["echo ATELIER-EXITED $?", "Enter"]);
+        self.wait_for(&format!("ATELIER-EXITED {status}"), 5);
+    }
+
+    fn new_session(name: &str, width: u16, height: u16, command: &str) -> Self {
         let session = format!("atelier-e2e-{name}-{}", std::process::id());
-        let command = format!(
-            "cd '{}' && ATELIER_CONFIG_DIR='{}' ATELIER_DATA_DIR='{}' '{}'; echo ATELIER-EXITED $?; sleep 60",
-            dir.display(),
-            config.display(),
-            config.display(),
-            env!("CARGO_BIN_EXE_atelier")
-        );
         let status = Command::new("tmux")
             .args([
                 "new-session",
@@ -39,7 +67,7 @@ impl Tmux {
                 &width.to_string(),
                 "-y",
                 &height.to_string(),
-                &command,
+                command,
             ])
             .status()
             .expect("tmux must be installed for this test (.ci/run installs it)");
@@ -254,12 +282,32 @@ fn in_tmux_the_first_key_counts_and_passthrough_is_put_back() {
         .unwrap();
     common::ok(&init);
 
-    let tmux = Tmux::start("first-key", dir.path(), config.path(), 100, 30);
+    let tmux = Tmux::start_in_shell("first-key", dir.path(), config.path(), 100, 30);
     tmux.wait_for("ready: images as halfblocks", 30);
     assert_eq!(tmux.pane_option("allow-passthrough"), "on");
     tmux.keys(&["?"]);
     tmux.wait_for("any key closes", 5);
-    tmux.keys(&["Escape", "q"]);
-    tmux.wait_for("ATELIER-EXITED 0", 5);
+    tmux.keys(&["Escape"]);
+
+    // Stopped by Ctrl-Z, the pane gets its own setting back for the
+    // shell; atelier's returns with `fg`.
+    tmux.keys(&["C-z"]);
+    tmux.wait_for("Stopped", 5);
     assert_eq!(tmux.pane_option("allow-passthrough"), "");
+    tmux.keys(&["fg", "Enter"]);
+    wait_until(5, || tmux.pane_option("allow-passthrough") == "on");
+    tmux.wait_for("recipe (g generates)", 5);
+
+    tmux.keys(&["q"]);
+    tmux.wait_for_exit(0);
+    assert_eq!(tmux.pane_option("allow-passthrough"), "");
+}
+
+/// Waits up to `seconds` for `done`, failing the test after.
+fn wait_until(seconds: u64, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(seconds);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -156,7 +156,7 @@ pub fn run(global: &crate::cli::Global, args: TuiArgs) -> Result<()> {
         started.elapsed().as_secs_f64() * 1000.0
     );
     // Making the picker turns tmux's passthrough on; put back when run returns.
-    let _passthrough = tmux::PassthroughRestore::save();
+    let passthrough = tmux::PassthroughRestore::save();
     let picker = picker::picker(config.image_protocol.as_deref());
     tracing::info!(
         "ready after {:.0} ms, images by {:?}",
@@ -176,6 +176,7 @@ pub fn run(global: &crate::cli::Global, args: TuiArgs) -> Result<()> {
         picker,
         Engine::new(device, dtype),
         device_name,
+        passthrough.as_ref(),
     );
     ratatui::restore();
     result
@@ -191,6 +192,7 @@ fn event_loop(
     picker: Picker,
     engine: Engine,
     device: String,
+    passthrough: Option<&tmux::PassthroughRestore>,
 ) -> Result<()> {
     let (job_tx, job_rx) = mpsc::channel();
     let (report_tx, report_rx) = mpsc::channel();
@@ -351,7 +353,10 @@ fn event_loop(
                         && key.code == KeyCode::Char('z')
                         && key.modifiers.contains(KeyModifiers::CONTROL) =>
                 {
-                    suspend(terminal)?;
+                    match passthrough {
+                        Some(p) => p.while_stopped(|| suspend(terminal))?,
+                        None => suspend(terminal)?,
+                    }
                     dirty = true;
                 }
                 TermEvent::Key(key) if key.kind != KeyEventKind::Release => {
