@@ -246,12 +246,22 @@ pub fn execute(
     record.timings = Some(generation.timings.clone());
     record.status = Status::Done;
     let image = project.image_path(record.id);
-    write_output(
+    if let Err(e) = write_output(
         &image,
         &generation,
         &record.recipe,
         &serde_json::to_value(&record)?,
-    )?;
+    ) {
+        // The record keeps the recipe with its seed, so a rerun makes the
+        // same image once there is room; if even the record cannot be
+        // written, the next writer marks it interrupted.
+        let id = record.id;
+        let error = anyhow::anyhow!(
+            "#{id} was not saved: {e:#}. Its recipe is kept: `atelier rerun {id}` makes it again"
+        );
+        let _ = finish(&mut record, Status::Failed, Some(format!("{error:#}")));
+        return Err(error);
+    }
     project.write_record(&record)?;
     if let Some(out) = &plan.out {
         std::fs::copy(&image, out)
@@ -278,6 +288,7 @@ fn write_output(
         return candle_core::safetensors::save(&tensors, path)
             .with_context(|| format!("cannot write {}", path.display()));
     }
+    // write_png's errors name the file.
     crate::png_meta::write_png(
         path,
         &g.image,
@@ -286,5 +297,4 @@ fn write_output(
             ("atelier", &serde_json::to_string(record)?),
         ],
     )
-    .with_context(|| format!("cannot write {}", path.display()))
 }

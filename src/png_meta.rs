@@ -30,7 +30,8 @@ pub fn encode_png(image: &RgbImage, texts: &[(&str, &str)]) -> Result<Vec<u8>> {
 /// Writes the PNG through a temporary file in the same folder, synced, then
 /// renamed, so a crash never leaves a half-written image under the name.
 pub fn write_png(path: &Path, image: &RgbImage, texts: &[(&str, &str)]) -> Result<()> {
-    let bytes = encode_png(image, texts)?;
+    let bytes = encode_png(image, texts)
+        .with_context(|| format!("cannot encode the PNG for {}", path.display()))?;
     crate::atomic::write_atomic(path, &bytes)
 }
 

@@ -592,3 +592,58 @@ fn stars_tags_notes_and_the_trash() {
     let list = common::ok(&atelier_in(dir.path(), &["trash", "list"]));
     assert!(list.contains("the trash is empty"), "{list}");
 }
+
+/// A disk that fills while the image is written: the run ends failed with
+/// the error and its recipe (seed included) on disk, and nothing half
+/// written is left. The full disk is a small tmpfs over the project's
+/// `runs/`, mounted in a mount namespace of this test's own (`unshare`).
+#[test]
+fn a_full_disk_fails_the_run_and_keeps_its_recipe() {
+    if !Command::new("unshare")
+        .args(["-rm", "true"])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        eprintln!("skipped: no `unshare -rm` here to mount a small disk");
+        return;
+    }
+    let (dir, source) = project();
+    // Two pages: room for the record (rewritten through a temporary file),
+    // not for the image.
+    let script = r#"
+        mount -t tmpfs -o size=8k tmpfs runs || exit 90
+        "$ATELIER" gen --source "$SOURCE" --prompt "a red fox" --steps 4 --seed 7 --quiet 2> gen.err
+        echo $? > gen.rc
+        cat runs/000001/run.toml > run.toml
+        ls -A runs/000001 > files
+    "#;
+    let status = Command::new("unshare")
+        .args(["-rm", "sh", "-c", script])
+        .current_dir(dir.path())
+        .env("ATELIER", env!("CARGO_BIN_EXE_atelier"))
+        .env("SOURCE", &source)
+        .status()
+        .unwrap();
+    assert!(status.success(), "the script failed: {status}");
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+    assert_eq!(read("gen.rc").trim(), "1");
+    let stderr = read("gen.err");
+    assert!(
+        stderr.contains("#1 was not saved: cannot write")
+            && stderr.contains("runs/000001/image.png: the disk is full")
+            && stderr.contains("`atelier rerun 1` makes it again"),
+        "{stderr}"
+    );
+    let record: toml::Value = toml::from_str(&read("run.toml")).unwrap();
+    assert_eq!(record["status"].as_str(), Some("failed"));
+    assert!(record["error"]
+        .as_str()
+        .unwrap()
+        .contains("the disk is full"));
+    assert_eq!(record["recipe"]["seed"].as_integer(), Some(7));
+    assert_eq!(
+        read("files").trim(),
+        "run.toml",
+        "no image, no temporary file"
+    );
+}
