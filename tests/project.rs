@@ -616,6 +616,10 @@ fn a_full_disk_fails_the_run_and_keeps_its_recipe() {
         echo $? > gen.rc
         cat runs/000001/run.toml > run.toml
         ls -A runs/000001 > files
+        # Full to the last page, the next run cannot even be recorded.
+        head -c 1000000 /dev/zero > runs/filler
+        "$ATELIER" gen --source "$SOURCE" --prompt "a red fox" --steps 4 --quiet 2> gen2.err
+        ls -A runs > runs.left
     "#;
     let status = Command::new("unshare")
         .args(["-rm", "sh", "-c", script])
@@ -645,5 +649,15 @@ fn a_full_disk_fails_the_run_and_keeps_its_recipe() {
         read("files").trim(),
         "run.toml",
         "no image, no temporary file"
+    );
+    assert!(
+        read("gen2.err").contains("runs/000002/run.toml: the disk is full"),
+        "{}",
+        read("gen2.err")
+    );
+    assert_eq!(
+        read("runs.left").split_whitespace().collect::<Vec<_>>(),
+        ["000001", "filler"],
+        "no folder left for the run that was never recorded"
     );
 }

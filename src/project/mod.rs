@@ -307,9 +307,15 @@ impl Project {
     pub fn write_record(&self, record: &RunRecord) -> Result<()> {
         self.require_write()?;
         let dir = self.run_dir(record.id);
+        let new = !dir.exists();
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
-        write_atomic(&dir.join("run.toml"), record.to_toml()?.as_bytes())
+        let written = write_atomic(&dir.join("run.toml"), record.to_toml()?.as_bytes());
+        if written.is_err() && new {
+            // A run's folder without its record would hold its number.
+            let _ = std::fs::remove_dir(&dir);
+        }
+        written
     }
 
     /// Runs a dead writer left `running` are marked failed.

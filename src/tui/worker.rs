@@ -11,7 +11,7 @@ use image::RgbImage;
 
 use crate::engine::{Engine, Event};
 use crate::jobs::PlannedRun;
-use crate::project::{Project, RunRecord};
+use crate::project::{Project, RunRecord, Status};
 
 pub enum Job {
     Run {
@@ -101,9 +101,19 @@ pub fn spawn(
                 if let Err(e) = &result {
                     tracing::warn!("run #{id}: {e:#}");
                 }
-                let ended = project.record(id).unwrap_or_else(|_| {
-                    failed_copy(&record, "the record could not be read back".into())
-                });
+                let ended = match (project.record(id), &result) {
+                    // A job that failed before its record could say so (a
+                    // full disk): failed on screen with the reason; on disk
+                    // it stays queued, and runs again at the next start.
+                    (Ok(r), Err(e)) if matches!(r.status, Status::Queued | Status::Running) => {
+                        failed_copy(&r, format!("{e:#}"))
+                    }
+                    (Ok(r), _) => r,
+                    (Err(_), Err(e)) => failed_copy(&record, format!("{e:#}")),
+                    (Err(_), Ok(_)) => {
+                        failed_copy(&record, "the record could not be read back".into())
+                    }
+                };
                 if reports.send(Report::Ended(Box::new(ended))).is_err() {
                     break;
                 }
@@ -116,7 +126,7 @@ pub fn spawn(
 /// The queued record marked failed with `error`.
 fn failed_copy(record: &RunRecord, error: String) -> RunRecord {
     RunRecord {
-        status: crate::project::Status::Failed,
+        status: Status::Failed,
         error: Some(error),
         ..record.clone()
     }
