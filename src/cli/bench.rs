@@ -19,8 +19,10 @@ pub struct BenchArgs {
     /// Square size in pixels [default: each architecture's native size].
     #[arg(long)]
     pub size: Option<u32>,
+    /// Width in pixels [default: --size].
     #[arg(long)]
     pub width: Option<u32>,
+    /// Height in pixels [default: --size].
     #[arg(long)]
     pub height: Option<u32>,
     /// cpu, cuda, cuda:N or metal [default: the best available].
@@ -29,10 +31,14 @@ pub struct BenchArgs {
     /// f32, f16 or bf16 [default: f32 on the CPU, f16 on GPUs].
     #[arg(long)]
     pub dtype: Option<String>,
+    /// The img2img's schedule length; it runs steps x strength UNet calls.
     #[arg(long, default_value_t = 30)]
     pub steps: usize,
+    /// The img2img's strength.
     #[arg(long, default_value_t = 0.6)]
     pub strength: f64,
+    /// The img2img's guidance scale (1 or less: one image per UNet call
+    /// instead of two); the UNet step is timed at batch 2 either way.
     #[arg(long, default_value_t = 7.5)]
     pub guidance: f64,
     /// Timed repetitions of each measurement (the median is reported).

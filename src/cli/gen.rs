@@ -27,8 +27,10 @@ pub struct GenArgs {
     /// becomes the source.
     #[arg(long)]
     pub source: String,
+    /// What the output should show.
     #[arg(long)]
     pub prompt: String,
+    /// What it should not show (the guidance steers away from it).
     #[arg(long, default_value = "")]
     pub negative: String,
     /// How far the output may move from the source: 0 keeps it, 1 ignores it [default: 0.6].
@@ -49,8 +51,11 @@ pub struct GenArgs {
     /// ddim, euler, euler_a, dpmpp_2m, dpmpp_2m_karras or pndm [default: the model's own].
     #[arg(long)]
     pub scheduler: Option<SchedulerKind>,
+    /// Output width in pixels, rounded down to a multiple of 8 [default:
+    /// the source's; with only --height, the source's aspect].
     #[arg(long)]
     pub width: Option<u32>,
+    /// Output height, as --width.
     #[arg(long)]
     pub height: Option<u32>,
     /// A rectangle of the source to use: X,Y,W,H in pixels.

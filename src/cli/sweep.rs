@@ -20,11 +20,13 @@ pub struct SweepArgs {
     /// Values: A:B:STEP (inclusive), or a list A,B,C.
     #[arg(long)]
     pub strength: Option<String>,
+    /// Values, as for --strength: 5:9:2 or 5,7.5,9.
     #[arg(long)]
     pub guidance: Option<String>,
     /// Values: N..M (inclusive), or a list.
     #[arg(long)]
     pub seed: Option<String>,
+    /// Values: N..M, A:B:STEP or a list.
     #[arg(long)]
     pub steps: Option<String>,
     /// A list of schedulers: euler,ddim,...
