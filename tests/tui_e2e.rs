@@ -163,6 +163,78 @@ fn wait_done(dir: &Path, id: u64) -> atelier::project::RunRecord {
     }
 }
 
+/// A second workstation on a project another one writes opens read-only,
+/// shows the writer's runs as they are made, refuses to change anything,
+/// and takes the project over at the first change asked once the first
+/// has quit.
+#[test]
+fn a_second_workstation_follows_the_writer_then_takes_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let (writer_config, reader_config) =
+        (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let case = common::sd15_case();
+    let bin = env!("CARGO_BIN_EXE_atelier");
+    let run = |args: &[&str]| {
+        let out = Command::new(bin)
+            .current_dir(dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        common::ok(&out);
+    };
+    run(&["init", ".", "--model", case.join("model").to_str().unwrap()]);
+    run(&[
+        "gen",
+        "--source",
+        case.join("source.png").to_str().unwrap(),
+        "--prompt",
+        "a red fox",
+        "--steps",
+        "4",
+        "--seed",
+        "3",
+        "--quiet",
+    ]);
+    for config in [&writer_config, &reader_config] {
+        std::fs::write(
+            config.path().join("config.toml"),
+            "image_protocol = \"halfblocks\"\n",
+        )
+        .unwrap();
+    }
+
+    let writer = Tmux::start("writer", dir.path(), writer_config.path(), 120, 30);
+    writer.wait_for("ready", 30);
+    let reader = Tmux::start("reader", dir.path(), reader_config.path(), 120, 30);
+    reader.wait_for("recipe (read-only)", 30);
+    reader.wait_for(
+        "writes the project; its runs show as it makes them, g takes",
+        5,
+    );
+    reader.keys(&["s"]);
+    reader.wait_for("read-only while pid", 5);
+    assert!(
+        !Project::open(dir.path(), Access::Read)
+            .unwrap()
+            .record(1)
+            .unwrap()
+            .starred
+    );
+
+    writer.keys(&["r", "g"]);
+    assert_eq!(wait_done(dir.path(), 2).status, Status::Done);
+    reader.wait_for("#2", 5);
+
+    writer.keys(&["q"]);
+    writer.wait_for("ATELIER-EXITED 0", 5);
+    reader.keys(&["r", "g"]);
+    reader.wait_for("recipe (g generates)", 5);
+    assert_eq!(wait_done(dir.path(), 3).status, Status::Done);
+    reader.wait_for("#3 done", 10);
+    reader.keys(&["q"]);
+    reader.wait_for("ATELIER-EXITED 0", 5);
+}
+
 #[test]
 fn iterate_compare_and_quit_in_tmux() {
     let dir = tempfile::tempdir().unwrap();

@@ -6,7 +6,7 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 pub const LOCK_FILE: &str = "atelier.lock";
 
@@ -15,7 +15,20 @@ pub struct ProjectLock {
     _file: File,
 }
 
+/// Another process holds the project's lock.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the project {root} is being written by another process ({holder}); wait for it to \
+     finish or stop it. Reading commands (history, show, compare, export) still work"
+)]
+pub struct ProjectBusy {
+    pub root: String,
+    /// "pid N (command)", as the holder wrote it.
+    pub holder: String,
+}
+
 impl ProjectLock {
+    /// Takes the lock, or says who holds it ([`ProjectBusy`]).
     pub fn acquire(root: &Path) -> Result<Self> {
         let path = root.join(LOCK_FILE);
         let mut file = OpenOptions::new()
@@ -31,12 +44,11 @@ impl ProjectLock {
                 let mut holder = String::new();
                 let _ = file.read_to_string(&mut holder);
                 let holder = holder.trim();
-                bail!(
-                    "the project {} is being written by another process ({}); wait for it to \
-                     finish or stop it. Reading commands (history, show, compare, export) still work",
-                    root.display(),
-                    if holder.is_empty() { "unknown" } else { holder }
-                );
+                return Err(ProjectBusy {
+                    root: root.display().to_string(),
+                    holder: if holder.is_empty() { "unknown" } else { holder }.to_string(),
+                }
+                .into());
             }
             Err(TryLockError::Error(e)) => {
                 return Err(e).with_context(|| format!("cannot lock {}", path.display()))

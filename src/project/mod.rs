@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-pub use lock::{ProjectLock, LOCK_FILE};
+pub use lock::{ProjectBusy, ProjectLock, LOCK_FILE};
 pub use record::{ModelRef, RunRecord, Status};
 
 use crate::atomic::write_atomic;
@@ -80,7 +80,9 @@ impl History {
 pub struct Project {
     root: PathBuf,
     pub settings: Settings,
-    lock: Option<ProjectLock>,
+    /// Held by a writer; set once, when the project is opened for writing
+    /// or a reader takes it over ([`Project::try_take_write`]).
+    lock: std::sync::OnceLock<ProjectLock>,
 }
 
 /// The run folder name: zero-padded so listings sort by id.
@@ -154,19 +156,38 @@ impl Project {
                 settings_path.display()
             )
         })?;
-        let lock = match access {
-            Access::Write => Some(ProjectLock::acquire(root)?),
-            Access::Read => None,
-        };
         let project = Self {
             root: root.to_path_buf(),
             settings,
-            lock,
+            lock: std::sync::OnceLock::new(),
         };
-        if project.lock.is_some() {
-            project.recover_interrupted()?;
+        if access == Access::Write {
+            project.take_write(ProjectLock::acquire(root)?)?;
         }
         Ok(project)
+    }
+
+    /// For a project opened to read: takes the write lock if no other
+    /// process holds it now (true), as opening it to write would have.
+    pub fn try_take_write(&self) -> Result<bool> {
+        if self.is_writable() {
+            return Ok(true);
+        }
+        match ProjectLock::acquire(&self.root) {
+            Ok(lock) => self.take_write(lock).map(|_| true),
+            Err(e) if e.is::<ProjectBusy>() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn take_write(&self, lock: ProjectLock) -> Result<()> {
+        let _ = self.lock.set(lock);
+        self.recover_interrupted()
+    }
+
+    /// Whether this process holds the write lock.
+    pub fn is_writable(&self) -> bool {
+        self.lock.get().is_some()
     }
 
     pub fn root(&self) -> &Path {
@@ -174,7 +195,7 @@ impl Project {
     }
 
     fn require_write(&self) -> Result<()> {
-        if self.lock.is_none() {
+        if !self.is_writable() {
             bail!("the project was opened read-only");
         }
         Ok(())
@@ -237,8 +258,18 @@ impl Project {
         self.records_in("trash")
     }
 
+    /// The records of the runs whose ids `wanted` picks, as
+    /// [`Project::history`] lists them: for a reader following a writer.
+    pub fn history_of(&self, wanted: impl Fn(u64) -> bool) -> Result<History> {
+        self.records_where("runs", wanted)
+    }
+
     /// The records in one of the project's folders of runs.
     fn records_in(&self, folder: &str) -> Result<History> {
+        self.records_where(folder, |_| true)
+    }
+
+    fn records_where(&self, folder: &str, wanted: impl Fn(u64) -> bool) -> Result<History> {
         let runs_dir = self.root.join(folder);
         let mut history = History::default();
         let entries = match std::fs::read_dir(&runs_dir) {
@@ -250,6 +281,9 @@ impl Project {
             let Ok(id) = entry.file_name().to_string_lossy().parse::<u64>() else {
                 continue;
             };
+            if !wanted(id) {
+                continue;
+            }
             let path = entry.path().join("run.toml");
             if !path.exists() {
                 // A writer stopped between making the folder and renaming

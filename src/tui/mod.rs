@@ -2,6 +2,7 @@
 //! interface over the project, with generation in a worker thread and
 //! images decoded and encoded off the UI thread.
 
+mod follow;
 pub mod images;
 pub mod keymap;
 mod picker;
@@ -30,7 +31,7 @@ use self::view::PreviewTarget;
 use crate::cli::runner::DeviceArgs;
 use crate::engine::Engine;
 use crate::jobs::{PlannedRun, SourceRef};
-use crate::project::{Access, Project, Status};
+use crate::project::{Access, Project, ProjectBusy, Status};
 
 /// Options of `atelier` without a subcommand.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -115,7 +116,19 @@ pub fn run(global: &crate::cli::Global, args: TuiArgs) -> Result<()> {
     // Download progress bars would draw over the screen.
     crate::models::set_download_progress(false);
     let root = Project::locate(global.project.as_deref())?;
-    let project = Arc::new(Project::open(&root, Access::Write)?);
+    // Another writer (a sweep from a script): follow it, read-only.
+    let mut writer = None;
+    let project = match Project::open(&root, Access::Write) {
+        Ok(project) => project,
+        Err(e) => match e.downcast_ref::<ProjectBusy>() {
+            Some(busy) => {
+                writer = Some(busy.holder.clone());
+                Project::open(&root, Access::Read)?
+            }
+            None => return Err(e),
+        },
+    };
+    let project = Arc::new(project);
     let config = crate::config::load()?;
     let theme_dir = crate::config::config_dir().map(|d| d.join("themes"));
     let theme = Theme::resolve(config.theme.as_deref(), theme_dir.as_deref())?;
@@ -137,16 +150,11 @@ pub fn run(global: &crate::cli::Global, args: TuiArgs) -> Result<()> {
             bad.path.display()
         );
     }
-    // Jobs queued before (by a UI that died, or a stopped sweep) resume.
-    state.jobs = state
-        .runs
-        .iter()
-        .filter(|r| r.status == Status::Queued)
-        .map(|r| Job {
-            id: r.id,
-            state: JobState::Queued,
-        })
-        .collect();
+    // Jobs queued before resume, unless they are another writer's.
+    state.read_only = writer;
+    if state.read_only.is_none() {
+        state.resume_queued();
+    }
 
     let mut terminal = ratatui::init();
     // The first frame comes before the terminal is asked about images.
@@ -163,7 +171,8 @@ pub fn run(global: &crate::cli::Global, args: TuiArgs) -> Result<()> {
         started.elapsed().as_secs_f64() * 1000.0,
         picker.protocol_type()
     );
-    if state.message.is_empty() {
+    // Read-only, the status line says so instead.
+    if state.message.is_empty() && state.read_only.is_none() {
         state.message =
             format!("ready: images as {:?}; ? for help", picker.protocol_type()).to_lowercase();
     }
@@ -220,8 +229,17 @@ fn event_loop(
     let mut live: Option<(u64, image::RgbImage)> = None;
     let mut dirty = true;
     let mut last_draw = Instant::now() - Duration::from_secs(1);
+    let mut follower = follow::Follower::new();
 
     loop {
+        match follower.poll(project, &mut state) {
+            Ok(changed) => dirty |= changed,
+            Err(e) => {
+                state.message = format!("cannot read the project: {e:#}");
+                dirty = true;
+            }
+        }
+
         // Hand the next queued job to an idle worker.
         if !worker_busy {
             if let Some(id) = state
@@ -501,6 +519,17 @@ fn run_effects(
     cancel: &AtomicBool,
 ) -> Result<bool> {
     for effect in effects {
+        let writes = matches!(
+            effect,
+            Effect::Queue { .. } | Effect::Dequeue(_) | Effect::SetStar { .. }
+        );
+        if writes && !project.is_writable() && !follow::take_over(project, state)? {
+            state.message = format!(
+                "read-only while {} writes the project: try again when it ends",
+                state.read_only.as_deref().unwrap_or("another process")
+            );
+            continue;
+        }
         match effect {
             Effect::Quit => {
                 requeue_started(project, state)?;

@@ -253,6 +253,8 @@ pub enum Action {
     JobDecoding(u64),
     /// The job left the worker (done, failed or cancelled: its record says).
     JobEnded(u64),
+    /// Records another process wrote (new runs, or runs it moved on).
+    RunsChanged(Vec<RunRecord>),
     /// A message for the status line (errors from effects).
     Message(String),
     Crop(CropKey),
@@ -312,6 +314,9 @@ pub struct State {
     /// Where new runs go and in what precision, as records name it (`cpu
     /// bf16`); set by the loop.
     pub device: String,
+    /// Another process writes the project ("pid N (command)"): this one
+    /// shows its runs as they come and changes nothing until it ends.
+    pub read_only: Option<String>,
 }
 
 impl State {
@@ -333,9 +338,24 @@ impl State {
             styles: builtin_styles(),
             default_model: model.clone(),
             device: String::new(),
+            read_only: None,
         };
         update(&mut s, Action::History(runs));
         s
+    }
+
+    /// Jobs for the runs recorded as queued (by a workstation that quit or
+    /// died, or a stopped sweep): they run next, oldest first.
+    pub fn resume_queued(&mut self) {
+        self.jobs = self
+            .runs
+            .iter()
+            .filter(|r| r.status == Status::Queued)
+            .map(|r| Job {
+                id: r.id,
+                state: JobState::Queued,
+            })
+            .collect();
     }
 
     pub fn selected_run(&self) -> Option<&RunRecord> {
@@ -476,6 +496,12 @@ pub fn update(s: &mut State, action: Action) -> Vec<Effect> {
         }
         Action::RunChanged(record) => {
             s.upsert(*record);
+            s.rebuild_visible();
+        }
+        Action::RunsChanged(records) => {
+            for record in records {
+                s.upsert(record);
+            }
             s.rebuild_visible();
         }
         Action::JobLoading(id) => set_job(s, id, JobState::Loading),

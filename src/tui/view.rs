@@ -455,6 +455,10 @@ fn draw_status(frame: &mut Frame, s: &State, theme: &Theme, keymap: &Keymap, are
         }
         Mode::Styles(_) => "styles: j/k choose, Enter inserts, Esc closes".to_string(),
         _ if !s.message.is_empty() => s.message.clone(),
+        _ if s.read_only.is_some() => format!(
+            "read-only: {} writes the project; its runs show as it makes them, g takes over once it ends",
+            s.read_only.as_deref().unwrap_or_default()
+        ),
         _ => {
             let k = |c| keymap.keys(c).first().cloned().unwrap_or_default();
             use super::keymap::Command::*;

@@ -57,7 +57,12 @@ fn value_width(inner: usize) -> usize {
 
 pub fn draw(frame: &mut Frame, s: &State, theme: &Theme, area: Rect) {
     let editing = matches!(s.mode, Mode::Edit(_));
-    let outer = block(" recipe (g generates) ", theme, editing);
+    let title = if s.read_only.is_some() {
+        " recipe (read-only) "
+    } else {
+        " recipe (g generates) "
+    };
+    let outer = block(title, theme, editing);
     let inner = outer.inner(area);
     frame.render_widget(outer, area);
     let width = inner.width as usize;
