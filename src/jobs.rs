@@ -50,6 +50,9 @@ pub fn queue(
     plans: Vec<PlannedRun>,
     device: &str,
 ) -> Result<Vec<(RunRecord, PlannedRun)>> {
+    for plan in &plans {
+        check_size(plan)?;
+    }
     let mut queued = Vec::new();
     for (id, plan) in (project.next_id()?..).zip(plans) {
         let record = RunRecord {
@@ -76,6 +79,22 @@ pub fn queue(
         queued.push((record, plan));
     }
     Ok(queued)
+}
+
+/// Refuses, before anything is recorded, a size the engine would refuse
+/// (a phone photo at its own size): that is a mistake in the request, not
+/// a failed run.
+fn check_size(plan: &PlannedRun) -> Result<()> {
+    let r = &plan.recipe;
+    let source = match r.crop {
+        Some(c) => (c.w, c.h),
+        None => match crate::engine::source::oriented_dimensions(&plan.source.file) {
+            Ok(size) => size,
+            Err(_) => return Ok(()), // loading it will say what is wrong
+        },
+    };
+    let given = |side: u32| Some(side).filter(|s| *s > 0);
+    crate::engine::source::output_size(source, given(r.width), given(r.height)).map(|_| ())
 }
 
 /// The plan of a queued record (to resume it after a restart).

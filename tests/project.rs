@@ -661,3 +661,32 @@ fn a_full_disk_fails_the_run_and_keeps_its_recipe() {
         "no folder left for the run that was never recorded"
     );
 }
+
+/// A source whose own size is over the limit (a phone photo) is refused
+/// before a run is recorded, saying what to do; with a size it runs.
+#[test]
+fn a_source_too_large_for_its_own_size_is_refused_before_it_is_recorded() {
+    let (dir, _) = project();
+    let photo = dir.path().join("photo.png");
+    image::RgbImage::from_pixel(2400, 1800, image::Rgb([90, 120, 200]))
+        .save(&photo)
+        .unwrap();
+    let photo = photo.to_str().unwrap();
+    let message = err(atelier_in(
+        dir.path(),
+        &["gen", "--source", photo, "--prompt", "a red fox", "--quiet"],
+    ));
+    assert!(
+        message.contains("the generation size 2400x1800 is over the limit")
+            && message.contains("--width 1024 keeps the aspect"),
+        "{message}"
+    );
+    let project = Project::open(dir.path(), Access::Read).unwrap();
+    assert!(
+        project.history().unwrap().runs.is_empty(),
+        "no run recorded"
+    );
+    gen(dir.path(), photo, &["--width", "64"]);
+    let run = project.record(1).unwrap();
+    assert_eq!((run.recipe.width, run.recipe.height), (64, 48));
+}

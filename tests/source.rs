@@ -2,7 +2,8 @@
 //! grayscale, crop rectangles, fit modes, multiples of 8, size limits.
 
 use atelier::engine::source::{
-    flatten_to_rgb, load_source, output_size, prepare, to_tensor, CropRect, Fit,
+    flatten_to_rgb, load_source, oriented_dimensions, output_size, prepare, to_tensor, CropRect,
+    Fit,
 };
 use image::{DynamicImage, GenericImageView, ImageBuffer, Luma, Rgb, RgbImage, Rgba};
 
@@ -17,6 +18,11 @@ fn exif_orientation_is_applied() {
     // Stored 16x8, red left and blue right, EXIF orientation 6 (rotate 90).
     let img = load_source(&fixture("exif-rotate-90.jpg")).unwrap();
     assert_eq!(img.dimensions(), (8, 16));
+    // Read from the header alone (the workstation's crop, the size check).
+    assert_eq!(
+        oriented_dimensions(&fixture("exif-rotate-90.jpg")).unwrap(),
+        (8, 16)
+    );
     let rgb = img.to_rgb8();
     assert!(
         rgb.get_pixel(4, 2)[0] > 200 && rgb.get_pixel(4, 2)[2] < 50,

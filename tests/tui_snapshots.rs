@@ -201,6 +201,16 @@ fn every_setting_shows_on_small_terminals() {
 }
 
 #[test]
+fn the_size_row_says_what_the_sources_size_comes_to() {
+    let mut s = state();
+    update(&mut s, Action::SourceSize(517, 389));
+    assert!(screen(&s, 140, 30, false).contains("source's 512x384"));
+    // A phone photo at its own size is over the limit: the row says so.
+    update(&mut s, Action::SourceSize(4032, 3024));
+    assert!(screen(&s, 140, 30, false).contains("source's: too large, z"));
+}
+
+#[test]
 fn compare_two_runs() {
     let mut s = state();
     update(&mut s, Action::Command(Command::Mark));

@@ -90,6 +90,23 @@ pub fn load_source(path: &Path) -> Result<DynamicImage> {
     decode_source(&bytes, path)
 }
 
+/// The size of an image file as [`load_source`] gives it (EXIF
+/// orientation applied), from its header: without decoding it.
+pub fn oriented_dimensions(path: &Path) -> Result<(u32, u32)> {
+    use image::metadata::Orientation::*;
+    let reader = ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let mut decoder = reader
+        .into_decoder()
+        .with_context(|| format!("{} is not an image atelier can read", path.display()))?;
+    let (w, h) = decoder.dimensions();
+    Ok(match decoder.orientation() {
+        Ok(Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH) => (h, w),
+        _ => (w, h),
+    })
+}
+
 /// Decodes image bytes read from `path` (named in errors), as `load_source`.
 pub fn decode_source(bytes: &[u8], path: &Path) -> Result<DynamicImage> {
     let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
@@ -159,7 +176,8 @@ pub fn output_size(src: (u32, u32), width: Option<u32>, height: Option<u32>) -> 
     if w as u64 * h as u64 > MAX_OUTPUT_PIXELS {
         bail!(
             "the generation size {w}x{h} is over the limit of {} pixels (2048x2048); \
-             pass a smaller --width/--height (e.g. --width 1024) or crop the source",
+             choose a smaller size (--width 1024 keeps the aspect; z in the workstation) \
+             or crop the source",
             MAX_OUTPUT_PIXELS
         );
     }

@@ -299,14 +299,10 @@ fn event_loop(
                     project.source_path(&s.hash)
                 }
             });
-            if let Some((w, h)) = path.and_then(|p| {
-                image::ImageReader::open(p)
-                    .ok()?
-                    .with_guessed_format()
-                    .ok()?
-                    .into_dimensions()
-                    .ok()
-            }) {
+            // As the engine will see it: a phone photo's orientation applied.
+            if let Some((w, h)) =
+                path.and_then(|p| crate::engine::source::oriented_dimensions(&p).ok())
+            {
                 update(&mut state, Action::SourceSize(w, h));
             }
         }

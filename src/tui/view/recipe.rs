@@ -183,7 +183,7 @@ fn settings(s: &State, width: usize) -> Vec<Setting> {
         Seed::Fixed(x) => x.to_string(),
     };
     let size = if e.width == 0 {
-        "source's".to_string()
+        source_size(s)
     } else {
         format!("{}x{}", e.width, e.height)
     };
@@ -223,6 +223,20 @@ fn settings(s: &State, width: usize) -> Vec<Setting> {
     .into_iter()
     .map(|(name, value)| Setting { name, value })
     .collect()
+}
+
+/// "source's" with what that comes to, where the source's size is known,
+/// or that it is too large.
+fn source_size(s: &State) -> String {
+    let known = match s.editor.crop {
+        Some(c) => Some((c.w, c.h)),
+        None => s.source_size,
+    };
+    match known.map(|size| crate::engine::source::output_size(size, None, None)) {
+        Some(Ok((w, h))) => format!("source's {w}x{h}"),
+        Some(Err(_)) => "source's: too large, z".to_string(),
+        None => "source's".to_string(),
+    }
 }
 
 /// The strength with the steps it will run, shorter where room is short.
