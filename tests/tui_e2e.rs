@@ -23,10 +23,11 @@ fn command_line(dir: &Path, config: &Path) -> String {
     workstation(dir, config) + "; echo ATELIER-EXITED $?; sleep 60"
 }
 
-/// The workstation in `dir`, with its own configuration and data folder.
+/// The workstation in `dir`, with its own configuration and data folder,
+/// as if over SSH (the image query then also asks about compression).
 fn workstation(dir: &Path, config: &Path) -> String {
     format!(
-        "cd '{}' && ATELIER_CONFIG_DIR='{}' ATELIER_DATA_DIR='{}' '{}'",
+        "cd '{}' && SSH_CONNECTION='192.0.2.1 50000 192.0.2.2 22' ATELIER_CONFIG_DIR='{}' ATELIER_DATA_DIR='{}' '{}'",
         dir.display(),
         config.display(),
         config.display(),

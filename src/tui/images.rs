@@ -8,7 +8,7 @@ use std::sync::mpsc::{Receiver, Sender};
 
 use image::DynamicImage;
 use ratatui::buffer::Buffer;
-use ratatui::layout::Rect;
+use ratatui::layout::{Rect, Size};
 use ratatui_image::picker::Picker;
 use ratatui_image::protocol::StatefulProtocol;
 use ratatui_image::{Resize, ResizeEncodeRender};
@@ -41,7 +41,7 @@ pub enum Request {
         generation: u64,
         protocol: Box<StatefulProtocol>,
         resize: Resize,
-        area: Rect,
+        size: Size,
     },
 }
 
@@ -86,8 +86,8 @@ impl ImageSlot {
         }
     }
 
-    /// Where the image lands inside `area` (scaled to fit), when known.
-    pub fn size_for(&self, area: Rect) -> Option<Rect> {
+    /// The size the image takes inside `area` (scaled to fit), when known.
+    pub fn size_for(&self, area: Size) -> Option<Size> {
         self.protocol
             .as_ref()
             .map(|p| p.size_for(Resize::Scale(None), area))
@@ -113,17 +113,17 @@ impl ImageSlot {
 }
 
 impl ResizeEncodeRender for ImageSlot {
-    fn needs_resize(&self, resize: &Resize, area: Rect) -> Option<Rect> {
+    fn needs_resize(&self, resize: &Resize, size: Size) -> Option<Size> {
         self.protocol
             .as_ref()
-            .and_then(|p| p.needs_resize(resize, area))
+            .and_then(|p| p.needs_resize(resize, size))
     }
 
-    fn resize_encode(&mut self, resize: &Resize, area: Rect) {
+    fn resize_encode(&mut self, resize: &Resize, size: Size) {
         match &self.tx {
             None => {
                 if let Some(p) = self.protocol.as_mut() {
-                    p.resize_encode(resize, area);
+                    p.resize_encode(resize, size);
                 }
             }
             Some(tx) => {
@@ -132,7 +132,7 @@ impl ResizeEncodeRender for ImageSlot {
                         generation: self.generation,
                         protocol,
                         resize: resize.clone(),
-                        area,
+                        size,
                     });
                 }
             }
@@ -209,9 +209,9 @@ pub fn spawn(
                         generation,
                         mut protocol,
                         resize,
-                        area,
+                        size,
                     } => {
-                        protocol.resize_encode(&resize, area);
+                        protocol.resize_encode(&resize, size);
                         Response::Ready {
                             generation,
                             protocol,

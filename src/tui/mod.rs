@@ -165,11 +165,17 @@ pub fn run(global: &crate::cli::Global, args: TuiArgs) -> Result<()> {
     );
     // Making the picker turns tmux's passthrough on; put back when run returns.
     let passthrough = tmux::PassthroughRestore::save();
-    let picker = picker::picker(config.image_protocol.as_deref());
+    let compress = config.kitty_compression.unwrap_or_else(picker::over_ssh);
+    let picker = picker::picker(config.image_protocol.as_deref(), compress);
     tracing::info!(
-        "ready after {:.0} ms, images by {:?}",
+        "ready after {:.0} ms, images by {:?}{}",
         started.elapsed().as_secs_f64() * 1000.0,
-        picker.protocol_type()
+        picker.protocol_type(),
+        if picker::compresses(&picker) {
+            ", deflated"
+        } else {
+            ""
+        }
     );
     // Read-only, the status line says so instead.
     if state.message.is_empty() && state.read_only.is_none() {

@@ -21,14 +21,18 @@ const QUERY_TIMEOUT: Duration = Duration::from_millis(400);
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The image protocol: forced by the config, else asked of the terminal
-/// (which works over SSH and inside tmux), else half-blocks.
-pub fn picker(forced: Option<&str>) -> Picker {
+/// (which works over SSH and inside tmux), else half-blocks. With
+/// `compress`, also whether kitty images may go deflated.
+pub fn picker(forced: Option<&str>, compress: bool) -> Picker {
     let forced = forced.unwrap_or("auto");
     if forced == "halfblocks" {
         return Picker::halfblocks();
     }
-    let mut options = QueryStdioOptions::default();
-    options.timeout = QUERY_TIMEOUT;
+    let options = QueryStdioOptions {
+        timeout: QUERY_TIMEOUT,
+        kitty_compression: compress,
+        ..QueryStdioOptions::default()
+    };
     let picker = Picker::from_query_stdio_with_options(options);
     // A timeout comes back as Ok, with half-blocks: the thread may be
     // parked either way.
@@ -75,4 +79,20 @@ fn release_parked_reader() {
     if parked.recv_timeout(RELEASE_TIMEOUT).is_err() {
         tracing::warn!("the terminal answers no status report: its first key may be lost");
     }
+}
+
+/// Whether the terminal is at the far end of an SSH connection, where the
+/// link, not the CPU, is what images wait for.
+pub fn over_ssh() -> bool {
+    ["SSH_CONNECTION", "SSH_TTY"]
+        .iter()
+        .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
+}
+
+/// Whether kitty images go deflated with this picker.
+pub fn compresses(picker: &Picker) -> bool {
+    picker.protocol_type() == ProtocolType::Kitty
+        && picker
+            .capabilities()
+            .contains(&ratatui_image::picker::Capability::KittyCompression)
 }

@@ -333,7 +333,7 @@ fn draw_preview(
     match (target, preview) {
         (Some(_), Some(protocol)) => {
             // ratatui-image gives the size; the image sits at the area's top left.
-            let shown = protocol.size_for(image_area).map(|r| Rect {
+            let shown = protocol.size_for(image_area.as_size()).map(|r| Rect {
                 x: image_area.x,
                 y: image_area.y,
                 width: r.width.min(image_area.width),
