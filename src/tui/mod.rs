@@ -525,12 +525,21 @@ fn run_effects(
             effect,
             Effect::Queue { .. } | Effect::Dequeue(_) | Effect::SetStar { .. }
         );
-        if writes && !project.is_writable() && !follow::take_over(project, state)? {
-            state.message = format!(
-                "read-only while {} writes the project: try again when it ends",
-                state.read_only.as_deref().unwrap_or("another process")
-            );
-            continue;
+        if writes && !project.is_writable() {
+            match follow::take_over(project, state) {
+                Ok(true) => {}
+                Ok(false) => {
+                    state.message = format!(
+                        "read-only while {} writes the project: try again when it ends",
+                        state.read_only.as_deref().unwrap_or("another process")
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    state.message = format!("cannot take the project over: {e:#}");
+                    continue;
+                }
+            }
         }
         match effect {
             Effect::Quit => {
