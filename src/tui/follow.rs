@@ -60,11 +60,13 @@ impl Follower {
 /// opening it now would: the writer's unfinished runs (had it died) are
 /// marked, its queued ones resume here.
 pub fn take_over(project: &Project, state: &mut State) -> Result<bool> {
-    if !project.try_take_write()? {
-        return Ok(false);
+    // Marking the old writer's runs may fail after the lock is taken (a
+    // full disk): this workstation is the writer then all the same.
+    let taken = project.try_take_write();
+    if project.is_writable() {
+        state.read_only = None;
+        update(state, Action::History(project.history()?.runs));
+        state.resume_queued();
     }
-    update(state, Action::History(project.history()?.runs));
-    state.read_only = None;
-    state.resume_queued();
-    Ok(true)
+    taken
 }
