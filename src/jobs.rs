@@ -186,6 +186,19 @@ pub fn load_model(engine: &mut Engine, name: &str) -> Result<ModelRef> {
     })
 }
 
+/// The run's model could not be loaded (missing, corrupt, unreachable):
+/// the message is the cause's.
+#[derive(Debug)]
+pub struct ModelUnavailable(anyhow::Error);
+
+impl std::fmt::Display for ModelUnavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for ModelUnavailable {}
+
 /// The recipe as run: the scheduler and size the engine actually used.
 fn finished_recipe(plan: &PlannedRun, g: &Generation) -> Recipe {
     Recipe {
@@ -207,7 +220,10 @@ pub fn execute(
     on_event: &mut dyn FnMut(Event),
     cancel: &AtomicBool,
 ) -> Result<Outcome> {
-    let model = load_model(engine, &plan.recipe.model);
+    // Every plan of this model would fail the same way: say so to callers
+    // that go on past a failed run (a sweep).
+    let model =
+        load_model(engine, &plan.recipe.model).map_err(|e| anyhow::Error::new(ModelUnavailable(e)));
     let device = &device::label(device, engine.dtype());
     let (Some(project), Some(mut record)) = (project, record) else {
         model?;

@@ -474,6 +474,35 @@ fn sweep_queues_a_grid_and_draws_a_labelled_sheet() {
     assert!(err(atelier_in(dir.path(), &["sweep", "1"])).contains("one or two settings"));
 }
 
+/// A cell that fails (this model's PNDM config asks for warm-up steps atelier
+/// does not run) does not stop the sweep: the cells after it run, the sheet
+/// is drawn, and the command fails naming the failed runs.
+#[test]
+fn a_failed_cell_leaves_the_rest_of_the_sweep_and_its_sheet() {
+    let (dir, source) = project();
+    gen(dir.path(), source.to_str().unwrap(), &[]);
+    let out = atelier_in(
+        dir.path(),
+        &["sweep", "1", "--scheduler", "pndm,euler", "--quiet"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let message = err(out);
+    assert!(
+        message.contains("#2 (1/2) failed:") && message.contains("1 of 2 runs failed (#2)"),
+        "{message}"
+    );
+    assert!(stdout.contains("sheet: "), "{stdout}");
+    let project = Project::open(dir.path(), Access::Read).unwrap();
+    let (failed, made) = (project.record(2).unwrap(), project.record(3).unwrap());
+    assert_eq!(failed.status, Status::Failed);
+    assert!(failed.error.unwrap().contains("PNDM"));
+    assert_eq!(
+        (made.status, made.recipe.scheduler.as_str()),
+        (Status::Done, "euler")
+    );
+    assert!(dir.path().join("sheets/sweep-2-3.png").is_file());
+}
+
 #[test]
 fn compare_labels_the_settings_that_differ() {
     let (dir, source) = project();

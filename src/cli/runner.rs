@@ -11,6 +11,14 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::engine::device::default_device_name;
 use crate::engine::{Cancelled, Engine, Event};
 pub use crate::jobs::{Outcome, PlannedRun, SourceRef};
+
+/// A run that failed, where the runner went on past it.
+#[derive(Debug)]
+pub struct Failed {
+    /// Its record, in a project.
+    pub id: Option<u64>,
+    pub error: anyhow::Error,
+}
 use crate::project::{Project, RunRecord, Settings};
 
 /// Where generation runs and in what precision: the flags of the
@@ -87,14 +95,38 @@ impl Runner {
         }
     }
 
-    /// Runs every plan. In a project, all are first recorded as queued (so
-    /// a sweep is visible, and survives, before it runs). A cancel ends the
-    /// process; what was still queued stays queued in the project.
+    /// Runs every plan, stopping at the first that fails. In a project, all
+    /// are first recorded as queued (so a sweep is visible, and survives,
+    /// before it runs). A cancel ends the process; what was still queued
+    /// stays queued in the project.
     pub fn run_all(
         &mut self,
         project: Option<&Project>,
         plans: Vec<PlannedRun>,
     ) -> Result<Vec<Outcome>> {
+        self.run_plans(project, plans, false)?
+            .into_iter()
+            .map(|ended| ended.map_err(|failed| failed.error))
+            .collect()
+    }
+
+    /// As [`Runner::run_all`], going on past a run that fails (its record
+    /// says why), unless its model could not be loaded, which every run
+    /// after it would repeat: a sweep's other cells still come.
+    pub fn run_each(
+        &mut self,
+        project: Option<&Project>,
+        plans: Vec<PlannedRun>,
+    ) -> Result<Vec<std::result::Result<Outcome, Failed>>> {
+        self.run_plans(project, plans, true)
+    }
+
+    fn run_plans(
+        &mut self,
+        project: Option<&Project>,
+        plans: Vec<PlannedRun>,
+        keep_going: bool,
+    ) -> Result<Vec<std::result::Result<Outcome, Failed>>> {
         let queued: Vec<(Option<RunRecord>, PlannedRun)> = match project {
             Some(project) => crate::jobs::queue(project, plans, &self.device_name)?
                 .into_iter()
@@ -105,6 +137,7 @@ impl Runner {
         let count = queued.len();
         let mut outcomes = Vec::new();
         for (i, (record, plan)) in queued.into_iter().enumerate() {
+            let record_id = record.as_ref().map(|r| r.id);
             let label = match &record {
                 Some(r) => format!("{} ({}/{count})", r.label(), i + 1),
                 None => format!("image {}/{count}", i + 1),
@@ -148,10 +181,17 @@ impl Runner {
             );
             bar.finish_and_clear();
             match result {
-                Ok(o) => outcomes.push(o),
+                Ok(o) => outcomes.push(Ok(o)),
                 Err(e) if e.is::<Cancelled>() => {
                     eprintln!("cancelled: nothing written for {label}");
                     std::process::exit(130);
+                }
+                Err(e) if keep_going && !e.is::<crate::jobs::ModelUnavailable>() => {
+                    eprintln!("{label} failed: {e:#}");
+                    outcomes.push(Err(Failed {
+                        id: record_id,
+                        error: e,
+                    }));
                 }
                 Err(e) => return Err(e),
             }

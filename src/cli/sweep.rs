@@ -131,13 +131,28 @@ pub fn run(args: SweepArgs, global: &Global) -> Result<()> {
         }
     }
     let mut runner = args.run.runner(Some(&project))?;
-    let outcomes = runner.run_all(Some(&project), plans)?;
-
-    let cells: Vec<crate::sheet::Cell> = outcomes
+    // A cell that fails (a scheduler this model cannot run) leaves its
+    // place on the sheet marked; the others still come.
+    let ended = runner.run_each(Some(&project), plans)?;
+    let id_of = |e: &std::result::Result<super::runner::Outcome, super::runner::Failed>| {
+        match e {
+            Ok(o) => o.id,
+            Err(f) => f.id,
+        }
+        .unwrap_or(0)
+    };
+    let cells: Vec<crate::sheet::Cell> = ended
         .iter()
-        .map(|o| crate::sheet::Cell {
-            image: image::open(&o.path).ok().map(|i| i.to_rgb8()),
-            labels: vec![format!("#{}", o.id.unwrap_or(0))],
+        .map(|e| crate::sheet::Cell {
+            image: e
+                .as_ref()
+                .ok()
+                .and_then(|o| image::open(&o.path).ok())
+                .map(|i| i.to_rgb8()),
+            labels: vec![match e {
+                Ok(_) => format!("#{}", id_of(e)),
+                Err(_) => format!("#{} failed", id_of(e)),
+            }],
             highlight: vec![],
         })
         .collect();
@@ -148,8 +163,8 @@ pub fn run(args: SweepArgs, global: &Global) -> Result<()> {
     };
     let title = format!("sweep of #{id}: {}", base.recipe.prompt.replace('\n', " "));
     let sheet = crate::sheet::grid(&title, &column_headers, &row_headers, &cells, xs.len(), 192);
-    let first = outcomes.first().and_then(|o| o.id).unwrap_or(0);
-    let last = outcomes.last().and_then(|o| o.id).unwrap_or(0);
+    let first = ended.first().map(id_of).unwrap_or(0);
+    let last = ended.last().map(id_of).unwrap_or(0);
     let out = args.out.unwrap_or_else(|| {
         project
             .sheets_dir()
@@ -164,10 +179,22 @@ pub fn run(args: SweepArgs, global: &Global) -> Result<()> {
             &format!("atelier sweep of #{id}: runs #{first} to #{last}"),
         )],
     )?;
-    for o in &outcomes {
-        println!("#{}  {}", o.id.unwrap_or(0), o.path.display());
+    let mut failed = Vec::new();
+    for e in &ended {
+        match e {
+            Ok(o) => println!("#{}  {}", id_of(e), o.path.display()),
+            Err(_) => failed.push(format!("#{}", id_of(e))),
+        }
     }
     println!("sheet: {}", out.display());
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} runs failed ({}); `atelier show ID` has each one's error",
+            failed.len(),
+            ended.len(),
+            failed.join(", ")
+        );
+    }
     Ok(())
 }
 
