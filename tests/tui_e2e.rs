@@ -209,11 +209,11 @@ fn a_second_workstation_follows_the_writer_then_takes_over() {
     let reader = Tmux::start("reader", dir.path(), reader_config.path(), 120, 30);
     reader.wait_for("recipe (read-only)", 30);
     reader.wait_for(
-        "writes the project; its runs show as it makes them, g takes",
+        "writes the project; runs show as they are made, g takes over",
         5,
     );
     reader.keys(&["s"]);
-    reader.wait_for("read-only while pid", 5);
+    reader.wait_for("writes the project; try again once it can be written", 5);
     assert!(
         !Project::open(dir.path(), Access::Read)
             .unwrap()
@@ -234,6 +234,63 @@ fn a_second_workstation_follows_the_writer_then_takes_over() {
     reader.wait_for("#3 done", 10);
     reader.keys(&["q"]);
     reader.wait_for("ATELIER-EXITED 0", 5);
+}
+
+/// On a read-only disk (a bind mount in a mount namespace of the test's
+/// own) the workstation opens to browse, says why it cannot write, and a
+/// change asked for says so too, instead of the workstation not starting.
+#[test]
+fn a_project_that_cannot_be_written_opens_to_browse() {
+    if !Command::new("unshare")
+        .args(["-rm", "true"])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        eprintln!("skipped: no `unshare -rm` here to mount the project read-only");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = tempfile::tempdir().unwrap();
+    std::fs::write(
+        config.path().join("config.toml"),
+        "image_protocol = \"halfblocks\"\n",
+    )
+    .unwrap();
+    let case = common::sd15_case();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_atelier"))
+            .current_dir(dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        common::ok(&out);
+    };
+    run(&["init", ".", "--model", case.join("model").to_str().unwrap()]);
+    let source = case.join("source.png");
+    run(&[
+        "gen",
+        "--source",
+        source.to_str().unwrap(),
+        "--prompt",
+        "a fox",
+        "--steps",
+        "4",
+        "--quiet",
+    ]);
+    let d = dir.path().display();
+    let command = format!(
+        "unshare -rm sh -c \"mount --bind '{d}' '{d}' && mount -o remount,ro,bind '{d}' '{d}' && {}\"",
+        command_line(dir.path(), config.path())
+    );
+    let tmux = Tmux::new_session("read-only-disk", 140, 30, &command);
+    tmux.wait_for("recipe (read-only)", 30);
+    tmux.wait_for("the project cannot be written", 5);
+    tmux.wait_for("#1", 5);
+    // A star is a change: refused, with the reason.
+    tmux.keys(&["s"]);
+    tmux.wait_for("cannot take the project over", 5);
+    tmux.keys(&["q"]);
+    tmux.wait_for("ATELIER-EXITED 0", 5);
 }
 
 #[test]

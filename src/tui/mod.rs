@@ -116,16 +116,20 @@ pub fn run(global: &crate::cli::Global, args: TuiArgs) -> Result<()> {
     // Download progress bars would draw over the screen.
     crate::models::set_download_progress(false);
     let root = Project::locate(global.project.as_deref())?;
-    // Another writer (a sweep from a script): follow it, read-only.
-    let mut writer = None;
+    // Another writer (a sweep from a script), or a project this user or
+    // disk cannot write: browse it, read-only, and follow what changes.
+    let mut read_only = None;
     let project = match Project::open(&root, Access::Write) {
         Ok(project) => project,
-        Err(e) => match e.downcast_ref::<ProjectBusy>() {
-            Some(busy) => {
-                writer = Some(busy.holder.clone());
-                Project::open(&root, Access::Read)?
+        Err(e) => match Project::open(&root, Access::Read) {
+            Ok(project) => {
+                read_only = Some(match e.downcast_ref::<ProjectBusy>() {
+                    Some(busy) => format!("{} writes the project", busy.holder),
+                    None => format!("the project cannot be written ({e:#})"),
+                });
+                project
             }
-            None => return Err(e),
+            Err(_) => return Err(e),
         },
     };
     let project = Arc::new(project);
@@ -151,7 +155,7 @@ pub fn run(global: &crate::cli::Global, args: TuiArgs) -> Result<()> {
         );
     }
     // Jobs queued before resume, unless they are another writer's.
-    state.read_only = writer;
+    state.read_only = read_only;
     if state.read_only.is_none() {
         state.resume_queued();
     }
@@ -530,8 +534,11 @@ fn run_effects(
                 Ok(true) => {}
                 Ok(false) => {
                     state.message = format!(
-                        "read-only while {} writes the project: try again when it ends",
-                        state.read_only.as_deref().unwrap_or("another process")
+                        "read-only: {}; try again once it can be written",
+                        state
+                            .read_only
+                            .as_deref()
+                            .unwrap_or("another process writes")
                     );
                     continue;
                 }

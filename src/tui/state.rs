@@ -314,8 +314,9 @@ pub struct State {
     /// Where new runs go and in what precision, as records name it (`cpu
     /// bf16`); set by the loop.
     pub device: String,
-    /// Another process writes the project ("pid N (command)"): this one
-    /// shows its runs as they come and changes nothing until it ends.
+    /// Why this workstation cannot write the project ("pid N (command)
+    /// writes it", a folder it may not write): it shows the runs as they
+    /// come and changes nothing until it can.
     pub read_only: Option<String>,
 }
 

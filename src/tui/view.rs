@@ -456,7 +456,7 @@ fn draw_status(frame: &mut Frame, s: &State, theme: &Theme, keymap: &Keymap, are
         Mode::Styles(_) => "styles: j/k choose, Enter inserts, Esc closes".to_string(),
         _ if !s.message.is_empty() => s.message.clone(),
         _ if s.read_only.is_some() => format!(
-            "read-only: {} writes the project; its runs show as it makes them, g takes over once it ends",
+            "read-only: {}; runs show as they are made, g takes over once it can be written",
             s.read_only.as_deref().unwrap_or_default()
         ),
         _ => {
