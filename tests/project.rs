@@ -719,3 +719,16 @@ fn a_source_too_large_for_its_own_size_is_refused_before_it_is_recorded() {
     let run = project.record(1).unwrap();
     assert_eq!((run.recipe.width, run.recipe.height), (64, 48));
 }
+
+/// `atelier` without a command, where there is no terminal (a script, a
+/// pipe), says what to use instead of panicking in the terminal setup.
+#[test]
+fn the_workstation_without_a_terminal_points_to_the_commands() {
+    let (dir, _) = project();
+    let message = err(atelier_in(dir.path(), &[]));
+    assert!(
+        message.starts_with("error: the workstation needs a terminal")
+            && message.contains("atelier gen"),
+        "{message}"
+    );
+}

@@ -162,7 +162,29 @@ impl Keymap {
             map.bind(command, keys)
                 .with_context(|| format!("{}: {name}", origin.display()))?;
         }
+        map.refuse_shared_keys(origin)?;
         Ok(map)
+    }
+
+    /// A key given to a command while another still has it would leave the
+    /// other without it (and `?` listing it): say so, whichever the user
+    /// meant to move.
+    fn refuse_shared_keys(&self, origin: &Path) -> Result<()> {
+        for &command in Command::ALL {
+            for key in self.keys(command) {
+                let Ok(parsed) = parse_key(key) else { continue };
+                match self.bindings.get(&normalise(parsed)) {
+                    Some(&owner) if owner != command => bail!(
+                        "{}: {key} is the key of both {} and {}; give one of them another key",
+                        origin.display(),
+                        command.name(),
+                        owner.name()
+                    ),
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn command(&self, key: KeyEvent) -> Option<Command> {
@@ -229,6 +251,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown command"), "{err}");
+    }
+
+    #[test]
+    fn a_key_left_to_two_commands_is_refused_unless_both_move() {
+        let err = Keymap::with_overrides("generate = \"q\"", Path::new("keymap.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("q is the key of both") && err.contains("quit"),
+            "{err}"
+        );
+        let map = Keymap::with_overrides(
+            "generate = \"q\"\nquit = \"ctrl-q\"",
+            Path::new("keymap.toml"),
+        )
+        .unwrap();
+        assert_eq!(map.command(key('q')), Some(Command::Generate));
+        // The defaults share no key either.
+        Keymap::default()
+            .refuse_shared_keys(Path::new("defaults"))
+            .unwrap();
     }
 
     #[test]

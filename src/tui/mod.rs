@@ -17,7 +17,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use crossterm::event::{self, Event as TermEvent, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use ratatui_image::picker::Picker;
 
@@ -113,6 +113,13 @@ fn text_key(key: KeyEvent) -> Option<TextKey> {
 
 pub fn run(global: &crate::cli::Global, args: TuiArgs) -> Result<()> {
     let started = Instant::now();
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() || !std::io::stdout().is_terminal() {
+        bail!(
+            "the workstation needs a terminal (its input and output are not one here); \
+             scripts use the commands: atelier gen, history, show, rerun, sweep (atelier --help)"
+        );
+    }
     // Download progress bars would draw over the screen.
     crate::models::set_download_progress(false);
     let root = Project::locate(global.project.as_deref())?;
