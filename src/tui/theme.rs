@@ -34,9 +34,12 @@ fn color(name: &str) -> Result<Color> {
     if name == "reset" {
         return Ok(Color::Reset);
     }
-    name.replace('_', "")
-        .parse::<Color>()
-        .map_err(|_| anyhow::anyhow!("unknown colour {name:?}"))
+    name.replace('_', "").parse::<Color>().map_err(|_| {
+        anyhow::anyhow!(
+            "unknown colour {name:?}: use a name (red, dark_gray, light_blue, ...), \
+                 \"#rrggbb\" or \"reset\""
+        )
+    })
 }
 
 impl Theme {
@@ -122,12 +125,34 @@ fn collect(
         }
     }
     for (k, v) in table {
+        // A misspelt colour would otherwise be silently the inherited one.
+        if k != "inherits" && !FIELDS.contains(&k.as_str()) {
+            bail!(
+                "theme {name}: unknown colour {k:?}; a theme names {}",
+                FIELDS.join(", ")
+            );
+        }
         if let Some(v) = v.as_str() {
             fields.insert(k, v.to_string());
         }
     }
     Ok(())
 }
+
+/// The colours a theme file may name.
+const FIELDS: [&str; 11] = [
+    "text",
+    "dim",
+    "background",
+    "accent",
+    "border",
+    "selection_fg",
+    "selection_bg",
+    "changed",
+    "ok",
+    "error",
+    "running",
+];
 
 #[cfg(test)]
 mod tests {
@@ -155,5 +180,24 @@ mod tests {
         assert_eq!(mine.accent.fg, Some(Color::Rgb(255, 0, 0)));
         assert_eq!(mine.text, dark.text);
         assert!(Theme::load("nope", Some(dir.path())).is_err());
+    }
+
+    #[test]
+    fn a_misspelt_name_or_colour_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |text: &str| {
+            std::fs::write(dir.path().join("mine.toml"), text).unwrap();
+            format!("{:#}", Theme::load("mine", Some(dir.path())).unwrap_err())
+        };
+        let typo = load("inherits = \"dark\"\nacent = \"red\"\n");
+        assert!(
+            typo.contains("unknown colour \"acent\"") && typo.contains("accent"),
+            "{typo}"
+        );
+        let colour = load("accent = \"purpleish\"\n");
+        assert!(
+            colour.contains("accent: unknown colour \"purpleish\": use a name"),
+            "{colour}"
+        );
     }
 }
