@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize, Default, PartialEq)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// A built-in theme (dark, light, high-contrast) or a file in themes/.
     pub theme: Option<String>,
@@ -73,5 +73,12 @@ mod tests {
         );
         let wrong = toml::from_str::<Config>("kitty_compression = \"yes\"\n").unwrap_err();
         assert!(wrong.to_string().contains("kitty_compression"), "{wrong}");
+        let misspelt = toml::from_str::<Config>("image_protcol = \"kitty\"\n").unwrap_err();
+        assert!(
+            misspelt
+                .to_string()
+                .contains("unknown field `image_protcol`"),
+            "{misspelt}"
+        );
     }
 }

@@ -26,8 +26,10 @@ use crate::atomic::write_atomic;
 
 pub const SETTINGS_FILE: &str = "atelier.toml";
 
-/// `atelier.toml`: what commands use when a flag is not given.
+/// `atelier.toml`: what commands use when a flag is not given. A name it
+/// does not know (a misspelt `strenght`) is an error, not silently unused.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct Settings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,

@@ -138,6 +138,7 @@ pub enum Mode {
 
 /// A saved prompt snippet (`styles.toml` in the config folder).
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Style {
     pub name: String,
     #[serde(default)]
