@@ -732,3 +732,20 @@ fn the_workstation_without_a_terminal_points_to_the_commands() {
         "{message}"
     );
 }
+
+/// A misspelt setting in atelier.toml is an error naming it, not a default
+/// silently used instead.
+#[test]
+fn a_misspelt_project_setting_is_named() {
+    let (dir, _) = project();
+    let path = dir.path().join("atelier.toml");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("strenght = 0.4\n");
+    std::fs::write(&path, text).unwrap();
+    let message = err(atelier_in(dir.path(), &["history"]));
+    assert!(
+        message.contains("atelier.toml is not valid")
+            && message.contains("unknown field `strenght`"),
+        "{message}"
+    );
+}
