@@ -749,3 +749,37 @@ fn a_misspelt_project_setting_is_named() {
         "{message}"
     );
 }
+
+/// `export` to a name ending in .png writes that file for one run; for
+/// several, or with a run that has no image, it writes nothing and says why.
+#[test]
+fn export_to_a_file_name_and_nothing_half_done() {
+    let (dir, source) = project();
+    gen(dir.path(), source.to_str().unwrap(), &[]);
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("hero.png");
+    common::ok(&atelier_in(
+        dir.path(),
+        &["export", "1", "--to", file.to_str().unwrap()],
+    ));
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        std::fs::read(dir.path().join("runs/000001/image.png")).unwrap()
+    );
+    let two = out.path().join("two.png");
+    assert!(err(atelier_in(
+        dir.path(),
+        &["export", "1", "1", "--to", two.to_str().unwrap()]
+    ))
+    .contains("names one file, for 2 runs"));
+    let folder = out.path().join("folder");
+    assert!(err(atelier_in(
+        dir.path(),
+        &["export", "1", "7", "--to", folder.to_str().unwrap()]
+    ))
+    .contains("no run #7"));
+    assert!(
+        !folder.exists(),
+        "nothing written when one of the runs cannot be"
+    );
+}

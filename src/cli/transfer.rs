@@ -16,7 +16,8 @@ pub struct ExportArgs {
     /// Runs to export (42 or #42).
     #[arg(required = true)]
     pub ids: Vec<String>,
-    /// The folder to write `atelier-<id>.png` into (created if missing).
+    /// The folder to write `atelier-<id>.png` into (created if missing), or,
+    /// for one run, a file name ending in .png.
     #[arg(long)]
     pub to: PathBuf,
 }
@@ -31,8 +32,8 @@ pub struct ImportArgs {
 pub fn export(args: ExportArgs, global: &Global) -> Result<()> {
     let root = Project::locate(global.project.as_deref())?;
     let project = Project::open(&root, Access::Read)?;
-    std::fs::create_dir_all(&args.to)
-        .with_context(|| format!("cannot create {}", args.to.display()))?;
+    // Every run is checked before anything is written.
+    let mut ids = Vec::new();
     for id in &args.ids {
         let id = parse_run_id(id)?;
         let record = project.record(id)?;
@@ -42,7 +43,35 @@ pub fn export(args: ExportArgs, global: &Global) -> Result<()> {
                 record.status.name()
             );
         }
-        let to = args.to.join(format!("atelier-{id}.png"));
+        ids.push(id);
+    }
+    let to_file = !args.to.is_dir()
+        && args
+            .to
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    if to_file && ids.len() > 1 {
+        bail!(
+            "--to {} names one file, for {} runs; give a folder instead",
+            args.to.display(),
+            ids.len()
+        );
+    }
+    let folder = if to_file {
+        args.to.parent().unwrap_or(Path::new("")).to_path_buf()
+    } else {
+        args.to.clone()
+    };
+    if !folder.as_os_str().is_empty() {
+        std::fs::create_dir_all(&folder)
+            .with_context(|| format!("cannot create {}", folder.display()))?;
+    }
+    for id in ids {
+        let to = if to_file {
+            args.to.clone()
+        } else {
+            folder.join(format!("atelier-{id}.png"))
+        };
         // The PNG already carries the parameters text and the record.
         let bytes = std::fs::read(project.image_path(id))?;
         crate::atomic::write_atomic(&to, &bytes)?;
