@@ -597,6 +597,11 @@ fn stars_tags_notes_and_the_trash() {
     assert!(r.starred);
     assert_eq!(r.tags, vec!["hero"]);
     assert_eq!(r.note, "the keeper");
+    // A mistyped id among several changes none of them.
+    assert!(err(atelier_in(dir.path(), &["unstar", "1", "9"])).contains("no run #9"));
+    assert!(err(atelier_in(dir.path(), &["rm", "2", "9"])).contains("no run #9 to delete"));
+    let project = Project::open(dir.path(), Access::Read).unwrap();
+    assert!(project.record(1).unwrap().starred && project.record(2).is_ok());
     common::ok(&atelier_in(dir.path(), &["rm", "2"]));
     assert!(!common::ok(&atelier_in(dir.path(), &["history"])).contains("#2"));
     {

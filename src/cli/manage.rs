@@ -70,8 +70,13 @@ fn update(
     mut change: impl FnMut(&mut crate::project::RunRecord),
 ) -> Result<()> {
     let project = open_project(global, false, Access::Write)?.expect("required");
-    for id in ids {
-        let mut record = project.record(parse_run_id(id)?)?;
+    // Every record is read before any is changed: a bad id among several
+    // changes none.
+    let records = ids
+        .iter()
+        .map(|id| project.record(parse_run_id(id)?))
+        .collect::<Result<Vec<_>>>()?;
+    for mut record in records {
         change(&mut record);
         project.write_record(&record)?;
     }
@@ -105,8 +110,20 @@ pub fn note(args: NoteArgs, global: &Global) -> Result<()> {
 
 pub fn rm(args: MarkArgs, global: &Global) -> Result<()> {
     let project = open_project(global, false, Access::Write)?.expect("required");
-    for id in &args.ids {
-        let id = parse_run_id(id)?;
+    // All named first, so a mistyped id moves nothing.
+    let ids = args
+        .ids
+        .iter()
+        .map(|id| {
+            // Its folder, not its record: an unreadable record can go too.
+            let id = parse_run_id(id)?;
+            if !project.run_dir(id).is_dir() {
+                anyhow::bail!("there is no run #{id} to delete");
+            }
+            Ok(id)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for id in ids {
         project.trash(id)?;
         println!("#{id} moved to the trash (`atelier trash restore {id}` brings it back)");
     }
