@@ -149,8 +149,18 @@ pub fn trash(command: TrashCommand, global: &Global) -> Result<()> {
             }
         }
         TrashCommand::Restore(args) => {
-            for id in &args.ids {
-                let id = parse_run_id(id)?;
+            let ids = args
+                .ids
+                .iter()
+                .map(|id| {
+                    let id = parse_run_id(id)?;
+                    if !project.is_trashed(id) {
+                        anyhow::bail!("run #{id} is not in the trash");
+                    }
+                    Ok(id)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            for id in ids {
                 project.restore(id)?;
                 println!("#{id} restored");
             }

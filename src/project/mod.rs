@@ -384,10 +384,15 @@ impl Project {
     }
 
     /// Puts a trashed run back.
+    /// Whether run `id` is in the trash.
+    pub fn is_trashed(&self, id: u64) -> bool {
+        self.root.join("trash").join(run_dir_name(id)).is_dir()
+    }
+
     pub fn restore(&self, id: u64) -> Result<()> {
         self.require_write()?;
         let from = self.root.join("trash").join(run_dir_name(id));
-        if !from.is_dir() {
+        if !self.is_trashed(id) {
             bail!("run #{id} is not in the trash");
         }
         std::fs::rename(&from, self.run_dir(id))?;
