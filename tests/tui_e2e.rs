@@ -416,7 +416,7 @@ fn in_tmux_the_first_key_counts_and_passthrough_is_put_back() {
     tmux.wait_for("ready: images as halfblocks", 30);
     assert_eq!(tmux.pane_option("allow-passthrough"), "on");
     tmux.keys(&["?"]);
-    tmux.wait_for("any key closes", 5);
+    tmux.wait_for("any other key closes", 5);
     tmux.keys(&["Escape"]);
 
     // Stopped by Ctrl-Z, the pane gets its own setting back for the

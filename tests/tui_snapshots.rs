@@ -269,6 +269,35 @@ fn crop_mode_and_styles_picker() {
 }
 
 #[test]
+fn help_scrolls_where_it_does_not_fit() {
+    let mut s = state();
+    update(&mut s, Action::Command(Command::Help));
+    let top = screen(&s, 60, 20, false);
+    assert!(
+        top.contains("j/k scroll") && top.contains("next run"),
+        "{top}"
+    );
+    assert!(
+        !top.contains("move the last queued job to the front"),
+        "{top}"
+    );
+    for _ in 0..60 {
+        update(&mut s, Action::Command(Command::MoveDown));
+    }
+    let bottom = screen(&s, 60, 20, false);
+    assert!(
+        bottom.contains("move the last queued job to the front"),
+        "{bottom}"
+    );
+    update(&mut s, Action::Command(Command::Star));
+    assert_eq!(
+        s.mode,
+        atelier::tui::state::Mode::Normal,
+        "any other key closes it"
+    );
+}
+
+#[test]
 fn help_in_two_columns_on_a_short_terminal() {
     let mut s = state();
     update(&mut s, Action::Command(Command::Help));

@@ -400,7 +400,16 @@ fn event_loop(
                                 Command::Help
                             },
                         )),
-                        Mode::Help => Some(Action::Command(Command::Help)),
+                        // j/k scroll the help where it does not fit; any
+                        // other key (or any at all, where it fits) closes it.
+                        Mode::Help(_) => Some(Action::Command(match keymap.command(key) {
+                            Some(c @ (Command::MoveDown | Command::MoveUp))
+                                if help_max_offset(terminal)? > 0 =>
+                            {
+                                c
+                            }
+                            _ => Command::Help,
+                        })),
                         Mode::Crop => crop_key(key).map(Action::Crop),
                         Mode::Styles(_) => pick_key(key).map(Action::Pick),
                         Mode::Normal
@@ -415,6 +424,10 @@ fn event_loop(
                         state.next_random = rand::random::<u32>() as u64;
                         state.message.clear();
                         let effects = update(&mut state, action);
+                        // The help scrolls no further than its last line.
+                        if let Mode::Help(offset) = state.mode {
+                            state.mode = Mode::Help(offset.min(help_max_offset(terminal)?));
+                        }
                         if run_effects(effects, &mut state, project, &device, &cancel)? {
                             return Ok(());
                         }
@@ -488,6 +501,13 @@ fn event_loop(
             dirty = true;
         }
     }
+}
+
+/// How far the help scrolls on this terminal (0 where it fits).
+fn help_max_offset(terminal: &ratatui::DefaultTerminal) -> Result<usize> {
+    let size = terminal.size()?;
+    let area = ratatui::layout::Rect::new(0, 0, size.width, size.height);
+    Ok(view::help_max_offset(area, Command::ALL.len()))
 }
 
 /// Ctrl-Z: give the terminal back, stop like any job-controlled program

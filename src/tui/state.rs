@@ -128,7 +128,8 @@ pub enum Mode {
     Edit(TextField),
     /// Typing the history filter.
     Filter,
-    Help,
+    /// The keys, scrolled down this many lines where they do not fit.
+    Help(usize),
     ConfirmQuit,
     /// Choosing the crop rectangle of the source.
     Crop,
@@ -688,8 +689,13 @@ fn crop_input(s: &mut State, key: CropKey) {
 fn command(s: &mut State, c: Command, effects: &mut Vec<Effect>) {
     // Overlays take the next key.
     match s.mode {
-        Mode::Help => {
-            s.mode = Mode::Normal;
+        Mode::Help(offset) => {
+            // Moving scrolls it (where it does not fit); any other key closes it.
+            s.mode = match c {
+                Command::MoveDown => Mode::Help((offset + 1).min(Command::ALL.len())),
+                Command::MoveUp => Mode::Help(offset.saturating_sub(1)),
+                _ => Mode::Normal,
+            };
             return;
         }
         Mode::ConfirmQuit => {
@@ -709,7 +715,7 @@ fn command(s: &mut State, c: Command, effects: &mut Vec<Effect>) {
         Command::MoveUp => s.selected = s.selected.saturating_sub(1),
         Command::Top => s.selected = 0,
         Command::Bottom => s.selected = s.visible.len().saturating_sub(1),
-        Command::Help => s.mode = Mode::Help,
+        Command::Help => s.mode = Mode::Help(0),
         Command::Quit => {
             if s.jobs.is_empty() {
                 effects.push(Effect::Quit);

@@ -139,7 +139,7 @@ pub fn draw(
     }
     draw_status(frame, s, theme, keymap, status);
     match s.mode {
-        Mode::Help => draw_help(frame, theme, keymap, area),
+        Mode::Help(offset) => draw_help(frame, theme, keymap, area, offset),
         Mode::ConfirmQuit => draw_confirm(frame, theme, area),
         Mode::Styles(i) => draw_styles(frame, s, theme, area, i),
         _ => {}
@@ -485,7 +485,26 @@ fn centered(area: Rect, width: u16, height: u16) -> Rect {
     }
 }
 
-fn draw_help(frame: &mut Frame, theme: &Theme, keymap: &Keymap, area: Rect) {
+const HELP_COLUMN: u16 = 72;
+
+/// The help's columns and the lines each shows in `area`: one column when
+/// it fits; two on short terminals wide enough for them; else one that
+/// j/k scroll.
+fn help_layout(area: Rect, lines: usize) -> (usize, usize) {
+    let room = area.height.saturating_sub(2) as usize;
+    let two = lines > room && area.width >= 2 * HELP_COLUMN && lines <= 2 * room;
+    (if two { 2 } else { 1 }, room)
+}
+
+/// How far the help scrolls in `area` (0 where it fits).
+pub fn help_max_offset(area: Rect, lines: usize) -> usize {
+    match help_layout(area, lines) {
+        (1, room) => lines.saturating_sub(room),
+        _ => 0,
+    }
+}
+
+fn draw_help(frame: &mut Frame, theme: &Theme, keymap: &Keymap, area: Rect, offset: usize) {
     let lines: Vec<Line> = keymap
         .help_lines()
         .into_iter()
@@ -496,15 +515,24 @@ fn draw_help(frame: &mut Frame, theme: &Theme, keymap: &Keymap, area: Rect) {
             ])
         })
         .collect();
-    // One column when it fits, two on shorter terminals.
-    let room = area.height.saturating_sub(2) as usize;
-    let columns = if lines.len() <= room { 1 } else { 2 };
+    let (columns, room) = help_layout(area, lines.len());
     let per_column = lines.len().div_ceil(columns);
-    let popup = centered(area, 72 * columns as u16, per_column as u16 + 2);
+    let scrolls = per_column > room;
+    let popup = centered(area, HELP_COLUMN * columns as u16, per_column as u16 + 2);
     frame.render_widget(Clear, popup);
-    let outer = block(" keys (any key closes) ", theme, true);
+    let title = if scrolls {
+        " keys (j/k scroll, any other key closes) "
+    } else {
+        " keys (any key closes) "
+    };
+    let outer = block(title, theme, true);
     let inner = outer.inner(popup);
     frame.render_widget(outer, popup);
+    if scrolls {
+        let first = offset.min(help_max_offset(area, lines.len()));
+        frame.render_widget(Paragraph::new(lines[first..].to_vec()), inner);
+        return;
+    }
     let parts =
         Layout::horizontal(vec![Constraint::Ratio(1, columns as u32); columns]).split(inner);
     for (c, chunk) in lines.chunks(per_column).enumerate() {

@@ -293,7 +293,7 @@ fn star_and_use_as_source() {
 fn help_opens_and_any_key_closes_it() {
     let mut s = state();
     cmd(&mut s, Command::Help);
-    assert_eq!(s.mode, Mode::Help);
+    assert_eq!(s.mode, Mode::Help(0));
     assert!(
         cmd(&mut s, Command::Generate).is_empty(),
         "the key only closes help"
