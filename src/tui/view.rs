@@ -6,7 +6,7 @@ use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Paragraph, Wrap};
 use ratatui::Frame;
-use ratatui_image::{Resize, StatefulImage};
+use ratatui_image::StatefulImage;
 
 use super::keymap::Keymap;
 use super::state::{differing_fields, JobState, Mode, State};
@@ -340,7 +340,7 @@ fn draw_preview(
                 height: r.height.min(image_area.height),
             });
             frame.render_stateful_widget(
-                StatefulImage::default().resize(Resize::Scale(None)),
+                StatefulImage::default().resize(super::images::PREVIEW_RESIZE),
                 image_area,
                 protocol,
             );
