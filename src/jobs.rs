@@ -81,17 +81,20 @@ pub fn queue(
     Ok(queued)
 }
 
-/// Refuses, before anything is recorded, a size the engine would refuse
-/// (a phone photo at its own size): that is a mistake in the request, not
-/// a failed run.
+/// Refuses, before anything is recorded, a size or crop the engine would
+/// refuse (a phone photo at its own size, a crop past the source's edge):
+/// that is a mistake in the request, not a failed run.
 fn check_size(plan: &PlannedRun) -> Result<()> {
     let r = &plan.recipe;
+    let Ok((sw, sh)) = crate::engine::source::oriented_dimensions(&plan.source.file) else {
+        return Ok(()); // loading it will say what is wrong
+    };
     let source = match r.crop {
+        Some(c) if c.x as u64 + c.w as u64 > sw as u64 || c.y as u64 + c.h as u64 > sh as u64 => {
+            bail!("crop {c} reaches outside the {sw}x{sh} source");
+        }
         Some(c) => (c.w, c.h),
-        None => match crate::engine::source::oriented_dimensions(&plan.source.file) {
-            Ok(size) => size,
-            Err(_) => return Ok(()), // loading it will say what is wrong
-        },
+        None => (sw, sh),
     };
     let given = |side: u32| Some(side).filter(|s| *s > 0);
     crate::engine::source::output_size(source, given(r.width), given(r.height)).map(|_| ())

@@ -723,6 +723,16 @@ fn a_source_too_large_for_its_own_size_is_refused_before_it_is_recorded() {
     gen(dir.path(), photo, &["--width", "64"]);
     let run = project.record(1).unwrap();
     assert_eq!((run.recipe.width, run.recipe.height), (64, 48));
+    // So is a crop past the source's edge.
+    let message = err(atelier_in(
+        dir.path(),
+        &["rerun", "1", "--set", "crop=2000,0,800,800", "--quiet"],
+    ));
+    assert!(
+        message.contains("reaches outside the 2400x1800 source"),
+        "{message}"
+    );
+    assert_eq!(project.history().unwrap().runs.len(), 1, "no run recorded");
 }
 
 /// `atelier` without a command, where there is no terminal (a script, a
