@@ -425,6 +425,13 @@ pub fn validate_settings(strength: f64, steps: usize, guidance: f64) -> Result<(
     if steps > 1000 {
         bail!("steps {steps} is more than the 1000 training timesteps");
     }
+    // diffusers' img2img runs int(steps x strength) of the schedule's steps.
+    if (steps as f64 * strength) as usize == 0 {
+        bail!(
+            "strength {strength} with {steps} steps runs no denoising step \
+             (int(steps x strength) = 0); raise --strength or --steps"
+        );
+    }
     if !guidance.is_finite() || guidance < 0.0 {
         bail!("guidance {guidance} must be a number >= 0 (1 or less turns guidance off)");
     }
