@@ -732,6 +732,12 @@ fn a_source_too_large_for_its_own_size_is_refused_before_it_is_recorded() {
         message.contains("reaches outside the 2400x1800 source"),
         "{message}"
     );
+    // And settings that run no step at all.
+    let message = err(atelier_in(
+        dir.path(),
+        &["rerun", "1", "--set", "strength=0.05", "--quiet"],
+    ));
+    assert!(message.contains("runs no denoising step"), "{message}");
     assert_eq!(project.history().unwrap().runs.len(), 1, "no run recorded");
 }
 
