@@ -138,6 +138,7 @@ fn bad_input_fails_with_a_message_and_writes_nothing() {
         (&["--fit", "zoom"], "unknown fit"),
         (&["--crop", "1,2"], "X,Y,W,H"),
         (&["--width", "4096", "--height", "4096"], "over the limit"),
+        (&["--count", "100000"], "more than 100 variations"),
         (&["--device", "tpu"], "unknown device"),
     ];
     for (extra, message) in cases {

@@ -472,6 +472,12 @@ fn sweep_queues_a_grid_and_draws_a_labelled_sheet() {
     let sheet = image::open(dir.path().join("sheets/sweep-2-7.png")).unwrap();
     assert!(sheet.width() > 3 * 192 && sheet.height() > 2 * 192);
     assert!(err(atelier_in(dir.path(), &["sweep", "1"])).contains("one or two settings"));
+    assert!(err(atelier_in(
+        dir.path(),
+        &["sweep", "1", "--seed", "1..100", "--steps", "1..5"]
+    ))
+    .contains("100 x 5 = 500 runs; at most 400"));
+    assert_eq!(project.history().unwrap().runs.len(), 7, "nothing queued");
 }
 
 /// A cell that fails (this model's PNDM config asks for warm-up steps atelier

@@ -45,7 +45,7 @@ pub struct GenArgs {
     /// Seed of the first image; random (and recorded) when absent.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Variations: image i uses seed + i.
+    /// Variations: image i uses seed + i (at most 100).
     #[arg(long, default_value_t = 1)]
     pub count: usize,
     /// ddim, euler, euler_a, dpmpp_2m, dpmpp_2m_karras or pndm [default: the model's own].
@@ -132,9 +132,21 @@ pub fn resolve_source(project: Option<&Project>, source: &str) -> Result<SourceR
     }
 }
 
+/// The most variations one `gen` makes.
+const MAX_COUNT: usize = 100;
+
 pub fn run(args: GenArgs, global: &Global) -> Result<()> {
     if args.count == 0 {
         bail!("--count must be at least 1");
+    }
+    // Every variation is recorded as queued before the first runs: a typo
+    // of a few zeros would fill the project with runs the workstation then
+    // resumes.
+    if args.count > MAX_COUNT {
+        bail!(
+            "--count {} is more than {MAX_COUNT} variations at once",
+            args.count
+        );
     }
     let project = open_project(global, true, Access::Write)?;
     if project.is_none() && args.out.is_none() {

@@ -85,6 +85,9 @@ pub fn parse_values(key: &str, spec: &str) -> Result<Vec<String>> {
     Ok(values)
 }
 
+/// The most runs one sweep makes.
+const MAX_CELLS: usize = 400;
+
 pub fn run(args: SweepArgs, global: &Global) -> Result<()> {
     let axes: Vec<(&str, Vec<String>)> = [
         ("strength", &args.strength),
@@ -108,6 +111,16 @@ pub fn run(args: SweepArgs, global: &Global) -> Result<()> {
         Some((_, ys)) => ys.iter().map(Some).collect(),
         None => vec![None],
     };
+    // All cells are recorded before the first runs, and the sheet holds
+    // them all: 400 cells at 192 px is a sheet of about 4000 px a side.
+    if xs.len() * rows.len() > MAX_CELLS {
+        bail!(
+            "the sweep makes {} x {} = {} runs; at most {MAX_CELLS} at once",
+            xs.len(),
+            rows.len(),
+            xs.len() * rows.len()
+        );
+    }
     let mut plans = Vec::new();
     for y in &rows {
         for x in xs {
