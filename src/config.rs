@@ -23,6 +23,20 @@ pub struct Config {
     pub model_dirs: Vec<PathBuf>,
 }
 
+impl Config {
+    /// `model_dirs` with a leading `~` made the home folder.
+    pub fn model_folders(&self) -> Vec<PathBuf> {
+        let home = directories::BaseDirs::new().map(|b| b.home_dir().to_path_buf());
+        self.model_dirs
+            .iter()
+            .map(|p| match (p.strip_prefix("~"), &home) {
+                (Ok(rest), Some(home)) => home.join(rest),
+                _ => p.clone(),
+            })
+            .collect()
+    }
+}
+
 pub fn config_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("ATELIER_CONFIG_DIR") {
         return Some(PathBuf::from(dir));

@@ -18,16 +18,7 @@ pub struct ModelsArgs {
 }
 
 pub fn run(args: ModelsArgs) -> Result<()> {
-    let home = directories::BaseDirs::new().map(|b| b.home_dir().to_path_buf());
-    let expand = |p: PathBuf| match (p.strip_prefix("~"), &home) {
-        (Ok(rest), Some(home)) => home.join(rest),
-        _ => p,
-    };
-    let mut folders: Vec<PathBuf> = crate::config::load()?
-        .model_dirs
-        .into_iter()
-        .map(expand)
-        .collect();
+    let mut folders: Vec<PathBuf> = crate::config::load()?.model_folders();
     folders.extend(args.dirs);
     for missing in folders.iter().filter(|f| !f.is_dir()) {
         eprintln!(

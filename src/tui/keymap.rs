@@ -50,7 +50,7 @@ commands! {
     NextScheduler "next_scheduler" ["t"] "next scheduler";
     NextFit "next_fit" ["f"] "next fit: crop, pad, stretch";
     NextSize "next_size" ["z"] "next size: the source's, 512x512, 768x512, 512x768, 768x768, 1024x1024";
-    NextModel "next_model" ["M"] "next model: the project's, then the aliases";
+    NextModel "next_model" ["M"] "next model: the project's, this machine's, then aliases";
     EditPrompt "edit_prompt" ["e", "i"] "edit the prompt (Esc ends)";
     EditNegative "edit_negative" ["E"] "edit the negative prompt (Esc ends)";
     Styles "styles" ["y"] "insert a saved prompt style";

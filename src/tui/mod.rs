@@ -154,6 +154,7 @@ pub fn run(global: &crate::cli::Global, args: TuiArgs) -> Result<()> {
     let mut state = State::new(history.runs, model);
     state.device = crate::engine::device::label(&device_name, dtype);
     state.styles = load_styles()?;
+    state.models = local_models(&config);
     if let Some(bad) = history.unreadable.first() {
         state.message = format!(
             "skipped {} unreadable record(s), e.g. {}",
@@ -501,6 +502,17 @@ fn event_loop(
             dirty = true;
         }
     }
+}
+
+/// The complete models on this machine, by the name `--model` takes (the
+/// alias where there is one), for `M`.
+fn local_models(config: &crate::config::Config) -> Vec<String> {
+    let cache = crate::models::hf_cache_dir();
+    crate::models::list::list(cache.as_deref(), &config.model_folders())
+        .into_iter()
+        .filter(|m| m.missing.is_none())
+        .map(|m| m.alias.unwrap_or(m.name))
+        .collect()
 }
 
 /// How far the help scrolls on this terminal (0 where it fits).

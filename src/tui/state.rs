@@ -313,6 +313,9 @@ pub struct State {
     pub styles: Vec<Style>,
     /// The model new runs use unless changed (the project's, or --model).
     pub default_model: String,
+    /// Models found on this machine (as `atelier models` lists them), which
+    /// `M` offers after the default and before the aliases; set by the loop.
+    pub models: Vec<String>,
     /// Where new runs go and in what precision, as records name it (`cpu
     /// bf16`); set by the loop.
     pub device: String,
@@ -340,6 +343,7 @@ impl State {
             source_size: None,
             styles: builtin_styles(),
             default_model: model.clone(),
+            models: Vec::new(),
             device: String::new(),
             read_only: None,
         };
@@ -773,9 +777,12 @@ fn command(s: &mut State, c: Command, effects: &mut Vec<Effect>) {
         }
         Command::NextModel => {
             let mut models: Vec<String> = vec![s.default_model.clone()];
-            for (alias, _) in crate::models::ALIASES {
-                if !models.iter().any(|m| m == alias) {
-                    models.push(alias.to_string());
+            let aliases = crate::models::ALIASES
+                .iter()
+                .map(|(alias, _)| alias.to_string());
+            for model in s.models.iter().cloned().chain(aliases) {
+                if !models.contains(&model) {
+                    models.push(model);
                 }
             }
             let i = models

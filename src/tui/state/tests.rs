@@ -374,4 +374,16 @@ fn size_and_model_presets_cycle() {
     }
     assert_eq!(s.editor.model, "m");
     assert_eq!((s.editor.steps, s.editor.guidance), (30, 7.5));
+    // Models found on the machine come before the aliases, once each.
+    s.models = vec!["/models/mine".into(), "sdxl-turbo".into()];
+    cmd(&mut s, Command::NextModel);
+    assert_eq!(s.editor.model, "/models/mine");
+    cmd(&mut s, Command::NextModel);
+    assert_eq!(s.editor.model, "sdxl-turbo");
+    cmd(&mut s, Command::NextModel);
+    assert_eq!(s.editor.model, "sd-turbo");
+    for _ in 0..crate::models::ALIASES.len() - 1 {
+        cmd(&mut s, Command::NextModel);
+    }
+    assert_eq!(s.editor.model, "m", "sdxl-turbo came once");
 }
