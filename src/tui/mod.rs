@@ -154,7 +154,6 @@ pub fn run(global: &crate::cli::Global, args: TuiArgs) -> Result<()> {
     let mut state = State::new(history.runs, model);
     state.device = crate::engine::device::label(&device_name, dtype);
     state.styles = load_styles()?;
-    state.models = local_models(&config);
     if let Some(bad) = history.unreadable.first() {
         state.message = format!(
             "skipped {} unreadable record(s), e.g. {}",
@@ -175,6 +174,8 @@ pub fn run(global: &crate::cli::Global, args: TuiArgs) -> Result<()> {
         "first frame after {:.0} ms",
         started.elapsed().as_secs_f64() * 1000.0
     );
+    // After the first frame: it reads the model folders and the hub cache.
+    state.models = local_models(&config);
     // Making the picker turns tmux's passthrough on; put back when run returns.
     let passthrough = tmux::PassthroughRestore::save();
     let compress = config.kitty_compression.unwrap_or_else(picker::over_ssh);
