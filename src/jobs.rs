@@ -51,6 +51,7 @@ pub fn queue(
     device: &str,
 ) -> Result<Vec<(RunRecord, PlannedRun)>> {
     for plan in &plans {
+        crate::models::check_name(&plan.recipe.model)?;
         check_size(plan)?;
     }
     let mut queued = Vec::new();

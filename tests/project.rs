@@ -744,7 +744,23 @@ fn a_source_too_large_for_its_own_size_is_refused_before_it_is_recorded() {
         &["rerun", "1", "--set", "strength=0.05", "--quiet"],
     ));
     assert!(message.contains("runs no denoising step"), "{message}");
+    // And a model that can name nothing: no folder, alias or org/name.
+    let message = err(atelier_in(
+        dir.path(),
+        &["rerun", "1", "--set", "model=/no/such/model", "--quiet"],
+    ));
+    assert!(
+        message.contains("model /no/such/model does not exist"),
+        "{message}"
+    );
     assert_eq!(project.history().unwrap().runs.len(), 1, "no run recorded");
+    let other = tempfile::tempdir().unwrap();
+    let message = err(atelier_in(
+        other.path(),
+        &["init", "p", "--model", "/no/such/model"],
+    ));
+    assert!(message.contains("does not exist"), "{message}");
+    assert!(!other.path().join("p").exists(), "no project made");
 }
 
 /// `atelier` without a command, where there is no terminal (a script, a

@@ -52,6 +52,10 @@ pub enum TrashCommand {
 
 pub fn init(args: InitArgs) -> Result<()> {
     let dir = args.dir.unwrap_or(std::env::current_dir()?);
+    // A default model that can name nothing would fail every run later.
+    if let Some(model) = &args.model {
+        crate::models::check_name(model)?;
+    }
     let mut project = Project::init(&dir)?;
     if let Some(model) = args.model {
         project.settings.model = Some(model);

@@ -110,19 +110,13 @@ pub fn checkpoint_base(
 
 /// Resolves a model argument; `prefer_half` picks fp16 variants when
 /// downloading (GPU runs).
-pub fn resolve(name: &str, prefer_half: bool) -> Result<ModelLocation> {
+/// Whether `name` can name a model at all, without the network: a folder
+/// or file here, an alias, or something shaped like a Hugging Face
+/// repository (org/name). Checked before a run is recorded, and by `init`.
+pub fn check_name(name: &str) -> Result<()> {
     let path = Path::new(name);
-    if path.is_dir() {
-        return Ok(ModelLocation::Folder(path.to_path_buf()));
-    }
-    if path.is_file() {
-        let arch = crate::engine::single_file::detect(path)?;
-        let base = Hub::from_env(DOWNLOAD_PROGRESS.load(Ordering::Relaxed))?
-            .fetch_configs(repo_of(checkpoint_base(path, arch)))?;
-        return Ok(ModelLocation::SingleFile {
-            file: path.to_path_buf(),
-            base,
-        });
+    if path.exists() {
+        return Ok(());
     }
     let repo = repo_of(name);
     let looks_like_repo =
@@ -138,6 +132,25 @@ pub fn resolve(name: &str, prefer_half: bool) -> Result<ModelLocation> {
                 .join(", ")
         );
     }
+    Ok(())
+}
+
+pub fn resolve(name: &str, prefer_half: bool) -> Result<ModelLocation> {
+    let path = Path::new(name);
+    if path.is_dir() {
+        return Ok(ModelLocation::Folder(path.to_path_buf()));
+    }
+    if path.is_file() {
+        let arch = crate::engine::single_file::detect(path)?;
+        let base = Hub::from_env(DOWNLOAD_PROGRESS.load(Ordering::Relaxed))?
+            .fetch_configs(repo_of(checkpoint_base(path, arch)))?;
+        return Ok(ModelLocation::SingleFile {
+            file: path.to_path_buf(),
+            base,
+        });
+    }
+    check_name(name)?;
+    let repo = repo_of(name);
     let hub = Hub::from_env(DOWNLOAD_PROGRESS.load(Ordering::Relaxed))?;
     let dir = hub.fetch(repo, prefer_half).with_context(|| {
         if repo == name {
