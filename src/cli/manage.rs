@@ -112,22 +112,21 @@ pub fn note(args: NoteArgs, global: &Global) -> Result<()> {
     })
 }
 
-pub fn rm(args: MarkArgs, global: &Global) -> Result<()> {
-    let project = open_project(global, false, Access::Write)?.expect("required");
-    // All named first, so a mistyped id moves nothing.
-    let ids = args
-        .ids
-        .iter()
+/// The ids, each parsed and passed by `check` before any is acted on, so
+/// that a mistyped one among several changes nothing.
+fn checked_ids(ids: &[String], check: impl Fn(u64) -> Result<()>) -> Result<Vec<u64>> {
+    ids.iter()
         .map(|id| {
-            // Its folder, not its record: an unreadable record can go too.
             let id = parse_run_id(id)?;
-            if !project.run_dir(id).is_dir() {
-                anyhow::bail!("there is no run #{id} to delete");
-            }
+            check(id)?;
             Ok(id)
         })
-        .collect::<Result<Vec<_>>>()?;
-    for id in ids {
+        .collect()
+}
+
+pub fn rm(args: MarkArgs, global: &Global) -> Result<()> {
+    let project = open_project(global, false, Access::Write)?.expect("required");
+    for id in checked_ids(&args.ids, |id| project.check_trashable(id))? {
         project.trash(id)?;
         println!("#{id} moved to the trash (`atelier trash restore {id}` brings it back)");
     }
@@ -153,18 +152,7 @@ pub fn trash(command: TrashCommand, global: &Global) -> Result<()> {
             }
         }
         TrashCommand::Restore(args) => {
-            let ids = args
-                .ids
-                .iter()
-                .map(|id| {
-                    let id = parse_run_id(id)?;
-                    if !project.is_trashed(id) {
-                        anyhow::bail!("run #{id} is not in the trash");
-                    }
-                    Ok(id)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            for id in ids {
+            for id in checked_ids(&args.ids, |id| project.check_restorable(id))? {
                 project.restore(id)?;
                 println!("#{id} restored");
             }

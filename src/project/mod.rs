@@ -373,10 +373,8 @@ impl Project {
     /// Moves a run to the trash (recoverable until the trash is emptied).
     pub fn trash(&self, id: u64) -> Result<()> {
         self.require_write()?;
+        self.check_trashable(id)?;
         let from = self.run_dir(id);
-        if !from.is_dir() {
-            bail!("there is no run #{id} to delete");
-        }
         let to = self.root.join("trash").join(run_dir_name(id));
         std::fs::create_dir_all(self.root.join("trash"))?;
         std::fs::rename(&from, &to)
@@ -384,17 +382,27 @@ impl Project {
     }
 
     /// Puts a trashed run back.
-    /// Whether run `id` is in the trash.
-    pub fn is_trashed(&self, id: u64) -> bool {
-        self.root.join("trash").join(run_dir_name(id)).is_dir()
+    /// Fails unless run `id` can go to the trash: its folder, not its
+    /// record, so that an unreadable record can go too.
+    pub fn check_trashable(&self, id: u64) -> Result<()> {
+        if !self.run_dir(id).is_dir() {
+            bail!("there is no run #{id} to delete");
+        }
+        Ok(())
+    }
+
+    /// Fails unless run `id` is in the trash.
+    pub fn check_restorable(&self, id: u64) -> Result<()> {
+        if !self.root.join("trash").join(run_dir_name(id)).is_dir() {
+            bail!("run #{id} is not in the trash");
+        }
+        Ok(())
     }
 
     pub fn restore(&self, id: u64) -> Result<()> {
         self.require_write()?;
+        self.check_restorable(id)?;
         let from = self.root.join("trash").join(run_dir_name(id));
-        if !self.is_trashed(id) {
-            bail!("run #{id} is not in the trash");
-        }
         std::fs::rename(&from, self.run_dir(id))?;
         Ok(())
     }
