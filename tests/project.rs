@@ -639,11 +639,7 @@ fn stars_tags_notes_and_the_trash() {
 /// `runs/`, mounted in a mount namespace of this test's own (`unshare`).
 #[test]
 fn a_full_disk_fails_the_run_and_keeps_its_recipe() {
-    if !Command::new("unshare")
-        .args(["-rm", "true"])
-        .status()
-        .is_ok_and(|s| s.success())
-    {
+    if !common::can_unshare() {
         eprintln!("skipped: no `unshare -rm` here to mount a small disk");
         return;
     }

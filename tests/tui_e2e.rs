@@ -147,6 +147,43 @@ impl Drop for Tmux {
     }
 }
 
+/// A configuration folder whose config.toml asks for half-block images.
+fn halfblocks_config() -> tempfile::TempDir {
+    let config = tempfile::tempdir().unwrap();
+    std::fs::write(
+        config.path().join("config.toml"),
+        "image_protocol = \"halfblocks\"\n",
+    )
+    .unwrap();
+    config
+}
+
+/// A project in `dir` on the small SD 1.x parity model, with one run of
+/// "a red fox" made by `gen` with `settings`.
+fn project_with_a_run(dir: &Path, settings: &[&str]) {
+    let case = common::sd15_case();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_atelier"))
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .unwrap();
+        common::ok(&out);
+    };
+    run(&["init", ".", "--model", case.join("model").to_str().unwrap()]);
+    let source = case.join("source.png");
+    let mut gen = vec![
+        "gen",
+        "--source",
+        source.to_str().unwrap(),
+        "--prompt",
+        "a red fox",
+        "--quiet",
+    ];
+    gen.extend_from_slice(settings);
+    run(&gen);
+}
+
 fn wait_done(dir: &Path, id: u64) -> atelier::project::RunRecord {
     let started = Instant::now();
     loop {
@@ -171,38 +208,8 @@ fn wait_done(dir: &Path, id: u64) -> atelier::project::RunRecord {
 #[test]
 fn a_second_workstation_follows_the_writer_then_takes_over() {
     let dir = tempfile::tempdir().unwrap();
-    let (writer_config, reader_config) =
-        (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let case = common::sd15_case();
-    let bin = env!("CARGO_BIN_EXE_atelier");
-    let run = |args: &[&str]| {
-        let out = Command::new(bin)
-            .current_dir(dir.path())
-            .args(args)
-            .output()
-            .unwrap();
-        common::ok(&out);
-    };
-    run(&["init", ".", "--model", case.join("model").to_str().unwrap()]);
-    run(&[
-        "gen",
-        "--source",
-        case.join("source.png").to_str().unwrap(),
-        "--prompt",
-        "a red fox",
-        "--steps",
-        "4",
-        "--seed",
-        "3",
-        "--quiet",
-    ]);
-    for config in [&writer_config, &reader_config] {
-        std::fs::write(
-            config.path().join("config.toml"),
-            "image_protocol = \"halfblocks\"\n",
-        )
-        .unwrap();
-    }
+    let (writer_config, reader_config) = (halfblocks_config(), halfblocks_config());
+    project_with_a_run(dir.path(), &["--steps", "4", "--seed", "3"]);
 
     let writer = Tmux::start("writer", dir.path(), writer_config.path(), 120, 30);
     writer.wait_for("ready", 30);
@@ -241,42 +248,13 @@ fn a_second_workstation_follows_the_writer_then_takes_over() {
 /// change asked for says so too, instead of the workstation not starting.
 #[test]
 fn a_project_that_cannot_be_written_opens_to_browse() {
-    if !Command::new("unshare")
-        .args(["-rm", "true"])
-        .status()
-        .is_ok_and(|s| s.success())
-    {
+    if !common::can_unshare() {
         eprintln!("skipped: no `unshare -rm` here to mount the project read-only");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let config = tempfile::tempdir().unwrap();
-    std::fs::write(
-        config.path().join("config.toml"),
-        "image_protocol = \"halfblocks\"\n",
-    )
-    .unwrap();
-    let case = common::sd15_case();
-    let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_atelier"))
-            .current_dir(dir.path())
-            .args(args)
-            .output()
-            .unwrap();
-        common::ok(&out);
-    };
-    run(&["init", ".", "--model", case.join("model").to_str().unwrap()]);
-    let source = case.join("source.png");
-    run(&[
-        "gen",
-        "--source",
-        source.to_str().unwrap(),
-        "--prompt",
-        "a fox",
-        "--steps",
-        "4",
-        "--quiet",
-    ]);
+    let config = halfblocks_config();
+    project_with_a_run(dir.path(), &["--steps", "4"]);
     let d = dir.path().display();
     let command = format!(
         "unshare -rm sh -c \"mount --bind '{d}' '{d}' && mount -o remount,ro,bind '{d}' '{d}' && {}\"",
@@ -296,37 +274,11 @@ fn a_project_that_cannot_be_written_opens_to_browse() {
 #[test]
 fn iterate_compare_and_quit_in_tmux() {
     let dir = tempfile::tempdir().unwrap();
-    let config = tempfile::tempdir().unwrap();
-    std::fs::write(
-        config.path().join("config.toml"),
-        "image_protocol = \"halfblocks\"\n",
-    )
-    .unwrap();
-    let case = common::sd15_case();
-    let bin = env!("CARGO_BIN_EXE_atelier");
-    let run = |args: &[&str]| {
-        let out = Command::new(bin)
-            .current_dir(dir.path())
-            .args(args)
-            .output()
-            .unwrap();
-        common::ok(&out);
-    };
-    run(&["init", ".", "--model", case.join("model").to_str().unwrap()]);
-    run(&[
-        "gen",
-        "--source",
-        case.join("source.png").to_str().unwrap(),
-        "--prompt",
-        "a red fox",
-        "--steps",
-        "8",
-        "--strength",
-        "0.5",
-        "--seed",
-        "3",
-        "--quiet",
-    ]);
+    let config = halfblocks_config();
+    project_with_a_run(
+        dir.path(),
+        &["--steps", "8", "--strength", "0.5", "--seed", "3"],
+    );
 
     let tmux = Tmux::start("iterate", dir.path(), config.path(), 140, 40);
     tmux.wait_for("ready", 30);

@@ -152,3 +152,12 @@ pub fn ok(out: &Output) -> String {
     );
     String::from_utf8(out.stdout.clone()).unwrap()
 }
+
+/// Whether this machine lets a test mount in a namespace of its own
+/// (`unshare -rm`): a small or read-only disk without root.
+pub fn can_unshare() -> bool {
+    std::process::Command::new("unshare")
+        .args(["-rm", "true"])
+        .status()
+        .is_ok_and(|s| s.success())
+}
