@@ -215,8 +215,10 @@ fn a_second_workstation_follows_the_writer_then_takes_over() {
     writer.wait_for("ready", 30);
     let reader = Tmux::start("reader", dir.path(), reader_config.path(), 120, 30);
     reader.wait_for("recipe (read-only)", 30);
+    // The holder is named by program, not by its path: the path (here
+    // target/debug/atelier, deep in a checkout) pushed the advice off the line.
     reader.wait_for(
-        "writes the project; runs show as they are made, g takes over",
+        "(atelier) writes the project; runs show as they are made, g takes over once it can be written",
         5,
     );
     reader.keys(&["s"]);

@@ -54,11 +54,31 @@ impl ProjectLock {
                 return Err(e).with_context(|| format!("cannot lock {}", path.display()))
             }
         }
-        let command: Vec<String> = std::env::args().take(2).collect();
         file.set_len(0)?;
         file.rewind()?;
-        write!(file, "pid {} ({})", std::process::id(), command.join(" "))?;
+        write!(file, "pid {} ({})", std::process::id(), own_command())?;
         file.flush()?;
         Ok(Self { _file: file })
+    }
+}
+
+/// "atelier gen": the program's file name and subcommand. The full path of
+/// the executable says nothing more to whoever reads it and, in a status
+/// line, pushes out what to do.
+fn own_command() -> String {
+    let mut args = std::env::args_os();
+    let program = args
+        .next()
+        .map(|a| {
+            Path::new(&a)
+                .file_name()
+                .unwrap_or(a.as_os_str())
+                .to_string_lossy()
+                .into_owned()
+        })
+        .unwrap_or_else(|| "atelier".to_string());
+    match args.next() {
+        Some(sub) => format!("{program} {}", sub.to_string_lossy()),
+        None => program,
     }
 }
