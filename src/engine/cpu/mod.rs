@@ -6,6 +6,8 @@
 //! ops everywhere else.
 
 pub mod add;
+#[cfg(target_arch = "x86_64")]
+pub mod amx;
 pub mod attention;
 mod attention_bf16;
 pub mod bf16;

@@ -117,6 +117,12 @@ pub fn conv2d(s: &ConvShape, input: &[f32], kernel: &TransformedKernel, bias: &[
     // (the VAE's large maps no longer fit where it sat).
     let mut v = Vec::new();
     for band in bands::<F2>(s) {
+        // Each position's rows start where AMX products can start a part
+        // (a band of 8 tiles gains 8 rows of zeros).
+        let band = Band {
+            padded: band.padded.next_multiple_of(bf16::ROW_GROUP),
+            ..band
+        };
         let padded = band.padded;
         // V, packed as it is made: rows (ξ, tile), columns C, a pair of
         // input channels per task.
@@ -142,6 +148,7 @@ pub fn conv2d(s: &ConvShape, input: &[f32], kernel: &TransformedKernel, bias: &[
         // products store whole vectors.
         m.resize(POSITIONS * padded * k, 0.0);
         let m_ptr = SharedMut(m.as_mut_ptr());
+        let kernel_lhs = bf16::KernelLhs::new(&lhs);
         let panel_tasks = k.div_ceil(RHS_PANEL).div_ceil(PANELS_PER_TASK);
         (0..POSITIONS * panel_tasks)
             .into_par_iter()
@@ -157,7 +164,7 @@ pub fn conv2d(s: &ConvShape, input: &[f32], kernel: &TransformedKernel, bias: &[
                     let at = m_ptr.ptr().add(xi * padded * k + first * RHS_PANEL);
                     bf16::product_part(
                         (at, k, 1),
-                        &lhs,
+                        &kernel_lhs,
                         xi * padded..(xi + 1) * padded,
                         rhs,
                         panels,
@@ -165,6 +172,7 @@ pub fn conv2d(s: &ConvShape, input: &[f32], kernel: &TransformedKernel, bias: &[
                     );
                 }
             });
+        drop(kernel_lhs);
         v = lhs.into_buffer();
 
         (0..band.tiles)
