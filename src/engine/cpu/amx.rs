@@ -284,8 +284,7 @@ pub(super) unsafe fn product(
     let mut tail = [0u32; TILE * RHS_PANEL];
     // The four tiles of sums, as rows of a panel.
     let mut sums = [0f32; ROWS * RHS_PANEL];
-    // SAFETY: the configuration is 64 bytes, as ldtilecfg reads.
-    unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly)) };
+    let _tiles = Tiles::configure();
     for panel in panels.clone() {
         let b = rhs.panel(panel);
         let cols = RHS_PANEL.min(rhs.n() - panel * RHS_PANEL);
@@ -306,7 +305,7 @@ pub(super) unsafe fn product(
                     let left = [a.tile(r0, full_blocks), a.tile(r0 + TILE, full_blocks)];
                     multiply_add(left, tail.as_ptr());
                 }
-                store_sums(&mut sums);
+                store_sums(sums.as_mut_ptr(), 4);
             }
             let (row, col) = (r0 - rows.start, (panel - panels.start) * RHS_PANEL);
             for g in (0..ROWS.min(rows.end - r0)).step_by(8) {
@@ -337,8 +336,6 @@ pub(super) unsafe fn product(
             }
         }
     }
-    // SAFETY: hands the tiles back; nothing is read or written.
-    unsafe { asm!("tilerelease", options(nostack, nomem)) };
 }
 
 /// tmm0-3 = 0.
@@ -388,28 +385,198 @@ unsafe fn multiply_add(left: [*const u32; 2], right: *const u32) {
     };
 }
 
-/// The sums' four tiles into `sums`, 32 rows of 32 floats.
+/// The first `tiles` (2 or 4) of the sums into rows of 32 floats at `at`:
+/// 16 or 32 rows.
 ///
 /// # Safety
-/// The tiles are configured.
+/// Those rows are writable; the tiles are configured.
 #[inline(always)]
-unsafe fn store_sums(sums: &mut [f32; ROWS * RHS_PANEL]) {
-    let at = sums.as_mut_ptr();
-    // SAFETY: each tile stores 16 rows of 64 bytes inside `sums`.
+unsafe fn store_sums(at: *mut f32, tiles: usize) {
+    // SAFETY: each tile stores 16 rows of 64 bytes inside those rows.
     unsafe {
         asm!(
             "tilestored [{c0} + {s}], tmm0",
             "tilestored [{c1} + {s}], tmm1",
-            "tilestored [{c2} + {s}], tmm2",
-            "tilestored [{c3} + {s}], tmm3",
             c0 = in(reg) at,
             c1 = in(reg) at.add(TILE),
-            c2 = in(reg) at.add(TILE * RHS_PANEL),
-            c3 = in(reg) at.add(TILE * RHS_PANEL + TILE),
             s = in(reg) RHS_PANEL * 4,
             options(nostack)
+        );
+        if tiles == 4 {
+            asm!(
+                "tilestored [{c2} + {s}], tmm2",
+                "tilestored [{c3} + {s}], tmm3",
+                c2 = in(reg) at.add(TILE * RHS_PANEL),
+                c3 = in(reg) at.add(TILE * RHS_PANEL + TILE),
+                s = in(reg) RHS_PANEL * 4,
+                options(nostack)
+            );
+        }
+    }
+}
+
+/// [`store_sums`] the other way: the sums loaded from those rows.
+///
+/// # Safety
+/// Those rows are readable; the tiles are configured.
+#[inline(always)]
+unsafe fn load_sums(at: *const f32, tiles: usize) {
+    // SAFETY: each tile loads 16 rows of 64 bytes inside those rows.
+    unsafe {
+        asm!(
+            "tileloadd tmm0, [{c0} + {s}]",
+            "tileloadd tmm1, [{c1} + {s}]",
+            c0 = in(reg) at,
+            c1 = in(reg) at.add(TILE),
+            s = in(reg) RHS_PANEL * 4,
+            options(nostack, readonly)
+        );
+        if tiles == 4 {
+            asm!(
+                "tileloadd tmm2, [{c2} + {s}]",
+                "tileloadd tmm3, [{c3} + {s}]",
+                c2 = in(reg) at.add(TILE * RHS_PANEL),
+                c3 = in(reg) at.add(TILE * RHS_PANEL + TILE),
+                s = in(reg) RHS_PANEL * 4,
+                options(nostack, readonly)
+            );
+        }
+    }
+}
+
+/// Sums (tmm0-1, rows 0-15) += one left tile · 16 pairs of a panel.
+///
+/// # Safety
+/// As [`multiply_add`].
+#[inline(always)]
+unsafe fn multiply_add_one(left: *const u32, right: *const u32) {
+    // SAFETY: as the caller promises.
+    unsafe {
+        asm!(
+            "tileloadd tmm4, [{a0} + {sa}]",
+            "tileloadd tmm6, [{b0} + {sb}]",
+            "tileloadd tmm7, [{b1} + {sb}]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            a0 = in(reg) left,
+            sa = in(reg) TILE * 4,
+            b0 = in(reg) right,
+            b1 = in(reg) right.add(TILE),
+            sb = in(reg) RHS_PANEL * 4,
+            options(nostack, readonly)
         )
     };
+}
+
+/// The tile registers, configured ([`CONFIG`]) on this thread while this
+/// lives; dropped, they are handed back. Not to be nested on one thread.
+pub(super) struct Tiles(std::marker::PhantomData<*const ()>);
+
+impl Tiles {
+    pub(super) fn configure() -> Self {
+        assert!(available(), "AMX tiles on a CPU without AMX");
+        // SAFETY: the configuration is 64 bytes, as ldtilecfg reads; the
+        // CPU has the instruction (checked).
+        unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly)) };
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl Drop for Tiles {
+    fn drop(&mut self) {
+        // SAFETY: hands the tiles back; nothing is read or written.
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
+}
+
+/// Attention's scores for one block of keys: `scores[r][..32] = keys[first
+/// + r] · queries` for `r < n`, rows of 32 floats (and up to 31 rows more,
+/// from the padding). `queries` is one panel, `[pairs][32]` for the keys'
+/// padded pairs (zeros past the head).
+pub(super) fn scores(
+    _: &Tiles,
+    keys: &Rows,
+    first: usize,
+    n: usize,
+    queries: &[u32],
+    scores: &mut [f32],
+) {
+    assert!(first.is_multiple_of(TILE), "keys from {first}");
+    assert!(
+        queries.len() >= keys.pairs * RHS_PANEL,
+        "queries of {}",
+        queries.len()
+    );
+    assert!(
+        scores.len() >= n.next_multiple_of(ROWS) * RHS_PANEL,
+        "scores of {}",
+        scores.len()
+    );
+    assert!(keys.data.len() >= (first + n.next_multiple_of(ROWS)) * keys.pairs);
+    for r0 in (0..n).step_by(ROWS) {
+        // SAFETY: the tiles are configured (`Tiles`); rows first + r0.. + 32
+        // of keys and the query pairs are inside them, the 32 rows of
+        // scores inside it (all checked above).
+        unsafe {
+            zero_sums();
+            for block in 0..keys.pairs / TILE {
+                let left = [
+                    keys.tile(first + r0, block),
+                    keys.tile(first + r0 + TILE, block),
+                ];
+                multiply_add(left, queries.as_ptr().add(block * TILE * RHS_PANEL));
+            }
+            store_sums(scores.as_mut_ptr().add(r0 * RHS_PANEL), 4);
+        }
+    }
+}
+
+/// Attention's `outᵀ += Vᵀ P` for one block of keys: `out_t[r][..32] +=
+/// values[r] (pairs first_pair..first_pair + pairs) · probabilities` for
+/// `r < rows`; `probabilities` is `[pairs][32]`, zeros past `pairs` to a
+/// whole tile, and `out_t` holds `rows` rounded up to 16.
+pub(super) fn accumulate(
+    _: &Tiles,
+    values: &Rows,
+    rows: usize,
+    (first_pair, pairs): (usize, usize),
+    probabilities: &[u32],
+    out_t: &mut [f32],
+) {
+    let blocks = pairs.div_ceil(TILE);
+    assert!(first_pair.is_multiple_of(TILE) && first_pair + blocks * TILE <= values.pairs);
+    assert!(probabilities.len() >= blocks * TILE * RHS_PANEL);
+    assert!(out_t.len() >= rows.next_multiple_of(TILE) * RHS_PANEL);
+    assert!(values.data.len() >= (rows.next_multiple_of(TILE) + TILE) * values.pairs);
+    let mut r0 = 0;
+    while r0 < rows {
+        // Two tiles of rows while more than one is left, else one.
+        let two = rows - r0 > TILE;
+        // SAFETY: the tiles are configured (`Tiles`); the rows of out_t,
+        // values and the probabilities read are inside them (checked).
+        unsafe {
+            let at = out_t.as_mut_ptr().add(r0 * RHS_PANEL);
+            load_sums(at, if two { 4 } else { 2 });
+            for block in 0..blocks {
+                let right = probabilities.as_ptr().add(block * TILE * RHS_PANEL);
+                let kb = first_pair / TILE + block;
+                if two {
+                    multiply_add([values.tile(r0, kb), values.tile(r0 + TILE, kb)], right);
+                } else {
+                    multiply_add_one(values.tile(r0, kb), right);
+                }
+            }
+            store_sums(at, if two { 4 } else { 2 });
+        }
+        r0 += if two { ROWS } else { TILE };
+    }
+}
+
+/// Pairs per row of a [`Rows`] (k's pairs padded to whole tiles).
+impl Rows {
+    pub(super) fn pairs(&self) -> usize {
+        self.pairs
+    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,8 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
+use super::amx;
+#[cfg(target_arch = "x86_64")]
 use super::attention::{add_tile, scale_columns, store_divided};
 use super::attention::{for_each_block, AttentionShape};
 #[cfg(target_arch = "x86_64")]
@@ -60,29 +62,29 @@ pub fn attention_bf16(s: &AttentionShape, q: &[f32], k: &[f32], v: &[f32], scale
     // SAFETY (both): head h of batch b's keys and values are `keys` rows of
     // head_dim floats at row stride dim from (b * keys) * dim + h *
     // head_dim, inside k and v (checked above).
-    let heads: Vec<(PackedLhs, PackedLhs)> = (0..s.batch * s.heads)
+    let heads: Vec<Head> = (0..s.batch * s.heads)
         .into_par_iter()
         .map(|bh| {
             let at = (bh / s.heads) * s.keys * dim + (bh % s.heads) * s.head_dim;
-            unsafe {
+            let (keys, values) = unsafe {
                 (
                     PackedLhs::new(s.keys, s.head_dim, (k.as_ptr().add(at), dim, 1)),
                     PackedLhs::new(s.head_dim, s.keys, (v.as_ptr().add(at), 1, dim)),
                 )
-            }
+            };
+            Head::new(keys, values)
         })
         .collect();
     let mut out = vec![0f32; q.len()];
     let out_ptr = SharedMut(out.as_mut_ptr());
     for_each_block(s, RHS_PANEL, |b, h, rows| {
-        let (keys, values) = &heads[b * s.heads + h];
+        let head = &heads[b * s.heads + h];
         let q_at = (b * s.queries + rows.start) * dim + h * s.head_dim;
         let queries = PackedRhs::from_columns(s.head_dim, rows.len(), |j| {
             &q[q_at + j * dim..][..s.head_dim]
         });
         let panel = QueryPanel {
-            keys,
-            values,
+            head,
             queries: &queries,
             key_count: s.keys,
             head_dim: s.head_dim,
@@ -105,12 +107,36 @@ pub fn attention_bf16(s: &AttentionShape, q: &[f32], k: &[f32], v: &[f32], scale
     out
 }
 
-/// One head's keys and values and one panel of its queries.
+/// One head's keys `[keys, head_dim]` and values `[head_dim, keys]` (Vᵀ),
+/// packed once; on AMX also laid out in rows for its tiles.
+struct Head {
+    keys: PackedLhs,
+    values: PackedLhs,
+    #[cfg(target_arch = "x86_64")]
+    tiles: Option<(amx::Rows, amx::Rows)>,
+}
+
+impl Head {
+    fn new(keys: PackedLhs, values: PackedLhs) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        let tiles = amx::available().then(|| {
+            (
+                amx::Rows::new(&keys, 0..keys.m()),
+                amx::Rows::new(&values, 0..values.m()),
+            )
+        });
+        Self {
+            keys,
+            values,
+            #[cfg(target_arch = "x86_64")]
+            tiles,
+        }
+    }
+}
+
+/// One head and one panel of its queries.
 struct QueryPanel<'a> {
-    /// `[keys, head_dim]`.
-    keys: &'a PackedLhs,
-    /// `[head_dim, keys]`.
-    values: &'a PackedLhs,
+    head: &'a Head,
     /// `[head_dim, width]`, `width <= RHS_PANEL`.
     queries: &'a PackedRhs,
     key_count: usize,
@@ -141,8 +167,19 @@ impl QueryPanel<'_> {
         scores.resize(KEY_BLOCK * RHS_PANEL, 0.0);
         probabilities.resize(KEY_BLOCK / 2 * RHS_PANEL, 0);
         out_t.clear();
-        out_t.resize(groups * LHS_BLOCK * RHS_PANEL, 0.0);
         let queries = self.queries.panel(0);
+        // On AMX: the tiles, and the queries padded to whole tiles of pairs.
+        let amx = self.head.tiles.as_ref().map(|(keys, values)| {
+            let mut padded = vec![0u32; keys.pairs() * RHS_PANEL];
+            padded[..queries.len()].copy_from_slice(queries);
+            (amx::Tiles::configure(), keys, values, padded)
+        });
+        // outᵀ's rows: the AVX512 kernel's groups of 8, AMX's tiles of 16.
+        let out_rows = match amx {
+            Some(_) => self.head_dim.next_multiple_of(super::bf16::ROW_GROUP),
+            None => groups * LHS_BLOCK,
+        };
+        out_t.resize(out_rows * RHS_PANEL, 0.0);
         // e^(scale·x) = 2^(scale·log2(e)·x).
         let scale = _mm512_set1_ps(self.scale * std::f32::consts::LOG2_E);
         let mut max = [_mm512_set1_ps(f32::NEG_INFINITY); 2];
@@ -151,8 +188,18 @@ impl QueryPanel<'_> {
             let n = KEY_BLOCK.min(self.key_count - start);
             // Scores, rows past n as -inf; the block's max of each column.
             let mut block_max = max;
-            for tile in 0..n.div_ceil(LHS_BLOCK) {
-                let block = self.keys.block(start / LHS_BLOCK + tile);
+            if let Some((tiles, keys, _, queries)) = &amx {
+                amx::scores(tiles, keys, start, n, queries, scores);
+                for row in scores.chunks_exact(RHS_PANEL).take(n) {
+                    for (half, max) in block_max.iter_mut().enumerate() {
+                        // SAFETY: a row of scores has RHS_PANEL floats.
+                        let x = unsafe { _mm512_loadu_ps(row.as_ptr().add(half * HALF)) };
+                        *max = _mm512_max_ps(*max, x);
+                    }
+                }
+            }
+            for tile in (0..n.div_ceil(LHS_BLOCK)).filter(|_| amx.is_none()) {
+                let block = self.head.keys.block(start / LHS_BLOCK + tile);
                 let sums = tile_sums(block, queries, head_pairs);
                 for (r, row) in sums.iter().enumerate() {
                     let key = tile * LHS_BLOCK + r;
@@ -217,9 +264,18 @@ impl QueryPanel<'_> {
                     };
                 }
             }
-            // outᵀ += Vᵀ[.., block] P, 8 of the head's dimensions at a time.
+            // outᵀ += Vᵀ[.., block] P: on AMX, with the probabilities past
+            // the block zero to a whole tile of pairs.
+            if let Some((tiles, _, values, _)) = &amx {
+                let whole = pairs.next_multiple_of(super::bf16::ROW_GROUP);
+                probabilities[pairs * RHS_PANEL..whole * RHS_PANEL].fill(0);
+                let keys = (start / 2, pairs);
+                amx::accumulate(tiles, values, self.head_dim, keys, probabilities, out_t);
+                continue;
+            }
+            // Else 8 of the head's dimensions at a time.
             for (group, out_rows) in out_t.chunks_exact_mut(LHS_BLOCK * RHS_PANEL).enumerate() {
-                let values = &self.values.block(group)[start / 2 * LHS_BLOCK..];
+                let values = &self.head.values.block(group)[start / 2 * LHS_BLOCK..];
                 let sums = tile_sums(values, probabilities, pairs);
                 add_tile(out_rows, &sums);
             }
