@@ -489,9 +489,9 @@ impl Drop for Tiles {
     }
 }
 
-/// Attention's scores for one block of keys: `scores[r][..32] = keys[first
-/// + r] · queries` for `r < n`, rows of 32 floats (and up to 31 rows more,
-/// from the padding). `queries` is one panel, `[pairs][32]` for the keys'
+/// Attention's scores for one block of keys: `scores[r][..32] =
+/// keys[first + r] · queries` for `r < n`, rows of 32 floats (and up to 31
+/// rows more, from the padding). `queries` is one panel, `[pairs][32]` for the keys'
 /// padded pairs (zeros past the head).
 pub(super) fn scores(
     _: &Tiles,
