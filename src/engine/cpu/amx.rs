@@ -6,8 +6,9 @@
 //! The operands are [`super::bf16`]'s. The right one's panels (`[k/2][32]`
 //! bf16 pairs) are already what a right tile loads: 16 pairs of k by 16
 //! columns, at a row stride of 128 bytes. A left tile loads 16 rows of 16
-//! pairs each, so the left operand's blocks (`[k/2][8 rows]`) are turned
-//! into rows first ([`Rows`]), once per product.
+//! pairs each, so the left operand's blocks (`[k/2][8 rows]`) are laid
+//! out in groups of 16 rows first ([`Rows`]), once per product (per head,
+//! for attention's keys and values).
 //!
 //! Rust's AMX intrinsics are not stable, so the instructions are inline
 //! assembly; Linux hands out the tile registers to a process that asks
@@ -85,12 +86,20 @@ impl Rows {
         (p / TILE) * TILE_PAIRS + (r % TILE) * TILE + p % TILE
     }
 
-    /// Empty rows for `m` rows of `k`, and the length of one group of rows.
-    fn zeros(m: usize, k: usize) -> (Self, usize) {
+    /// Rows for `m` rows of `k`, each group of 16 filled by `lay_out(group,
+    /// its pairs)` (zeroed first), in parallel where there are many.
+    fn laid_out(m: usize, k: usize, lay_out: impl Fn((usize, &mut [u32])) + Sync + Send) -> Self {
         let pairs = k.div_ceil(2).next_multiple_of(TILE);
         let groups = m.div_ceil(TILE) + 1;
-        let data = vec![0u32; groups * TILE * pairs];
-        (Self { pairs, data }, TILE * pairs)
+        let mut data = vec![0u32; groups * TILE * pairs];
+        if m * pairs >= PARALLEL_LAYOUT {
+            data.par_chunks_mut(TILE * pairs)
+                .enumerate()
+                .for_each(lay_out);
+        } else {
+            data.chunks_mut(TILE * pairs).enumerate().for_each(lay_out);
+        }
+        Self { pairs, data }
     }
 
     /// Rows `rows` of `lhs` (starting at a multiple of [`LHS_BLOCK`]).
@@ -101,9 +110,8 @@ impl Rows {
         );
         let lhs_pairs = lhs.k().div_ceil(2);
         let blocks = rows.len().div_ceil(LHS_BLOCK);
-        let (mut this, group_len) = Self::zeros(rows.len(), lhs.k());
         let first = rows.start / LHS_BLOCK;
-        let lay_out = |(g, dst): (usize, &mut [u32])| {
+        Self::laid_out(rows.len(), lhs.k(), |(g, dst)| {
             for half in 0..TILE / LHS_BLOCK {
                 let b = g * (TILE / LHS_BLOCK) + half;
                 if b < blocks {
@@ -114,20 +122,7 @@ impl Rows {
                     }
                 }
             }
-        };
-        let pairs = this.pairs;
-        if blocks * pairs >= PARALLEL_LAYOUT {
-            this.data
-                .par_chunks_mut(group_len)
-                .enumerate()
-                .for_each(lay_out);
-        } else {
-            this.data
-                .chunks_mut(group_len)
-                .enumerate()
-                .for_each(lay_out);
-        }
-        this
+        })
     }
 
     /// `lhs` `[m, k]` at (pointer, row stride, column stride) in floats,
@@ -137,26 +132,13 @@ impl Rows {
     /// Every element at those strides lies inside its buffer; [`available`].
     pub(super) unsafe fn from_f32(m: usize, k: usize, lhs: (*const f32, usize, usize)) -> Self {
         let (ptr, rs, cs) = (lhs.0 as usize, lhs.1, lhs.2);
-        let (mut this, group_len) = Self::zeros(m, k);
-        let lay_out = |(g, dst): (usize, &mut [u32])| {
+        Self::laid_out(m, k, |(g, dst)| {
             for r in g * TILE..((g + 1) * TILE).min(m) {
                 // SAFETY: row r of lhs, k elements at the caller's strides;
                 // dst is its group of rows.
                 unsafe { round_row((ptr as *const f32).add(r * rs), cs, k, r, dst) }
             }
-        };
-        if m * this.pairs >= PARALLEL_LAYOUT {
-            this.data
-                .par_chunks_mut(group_len)
-                .enumerate()
-                .for_each(lay_out);
-        } else {
-            this.data
-                .chunks_mut(group_len)
-                .enumerate()
-                .for_each(lay_out);
-        }
-        this
+        })
     }
 
     /// Tile `block` of pairs of rows `first..first + 16` (`first` a
@@ -469,7 +451,9 @@ unsafe fn multiply_add_one(left: *const u32, right: *const u32) {
 }
 
 /// The tile registers, configured ([`CONFIG`]) on this thread while this
-/// lives; dropped, they are handed back. Not to be nested on one thread.
+/// lives; dropped, they are handed back. Not to be nested on one thread,
+/// nor held across anything that may run other rayon tasks on it (their
+/// own `Tiles` would hand these back).
 pub(super) struct Tiles(std::marker::PhantomData<*const ()>);
 
 impl Tiles {
@@ -491,8 +475,8 @@ impl Drop for Tiles {
 
 /// Attention's scores for one block of keys: `scores[r][..32] =
 /// keys[first + r] · queries` for `r < n`, rows of 32 floats (and up to 31
-/// rows more, from the padding). `queries` is one panel, `[pairs][32]` for the keys'
-/// padded pairs (zeros past the head).
+/// rows more, from the padding). `queries` is one panel, `[pairs][32]`
+/// for the keys' padded pairs (zeros past the head).
 pub(super) fn scores(
     _: &Tiles,
     keys: &Rows,
