@@ -186,7 +186,8 @@ impl QueryPanel<'_> {
         let mut sum = [_mm512_setzero_ps(); 2];
         for start in (0..self.key_count).step_by(KEY_BLOCK) {
             let n = KEY_BLOCK.min(self.key_count - start);
-            // Scores, rows past n as -inf; the block's max of each column.
+            // Scores (rows past n as -inf, or on AMX not read) and the
+            // block's max of each column.
             let mut block_max = max;
             if let Some((tiles, keys, _, queries)) = &amx {
                 amx::scores(tiles, keys, start, n, queries, scores);
