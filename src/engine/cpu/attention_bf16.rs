@@ -10,6 +10,8 @@
 //! first scales that query's partial result and sum down by the
 //! difference. Transposed so, the head's width (40 in SD 1.5) is the short
 //! side of both products, where the kernel takes rows 8 at a time.
+//! On CPUs with AMX both products run on its tiles instead (`super::amx`:
+//! keys and Vᵀ laid out for them once per head).
 //!
 //! The version before made all of a query block's scores first (512 KiB
 //! at 4096 keys). With that head's K and V they did not fit in the 1 MiB
