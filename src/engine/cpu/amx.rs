@@ -141,6 +141,11 @@ impl Rows {
         })
     }
 
+    /// Pairs per row (k's pairs padded to whole tiles).
+    pub(super) fn pairs(&self) -> usize {
+        self.pairs
+    }
+
     /// Tile `block` of pairs of rows `first..first + 16` (`first` a
     /// multiple of 16).
     #[inline(always)]
@@ -556,17 +561,11 @@ pub(super) fn accumulate(
     }
 }
 
-/// Pairs per row of a [`Rows`] (k's pairs padded to whole tiles).
-impl Rows {
-    pub(super) fn pairs(&self) -> usize {
-        self.pairs
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::cpu::bf16::{from_bf16, to_bf16, KernelLhs};
+    use crate::engine::cpu::bf16::tests::reference;
+    use crate::engine::cpu::bf16::KernelLhs;
     use rand::{Rng, SeedableRng};
 
     /// Parts of products as Winograd asks for them (rows from inside the
@@ -580,17 +579,13 @@ mod tests {
             return;
         }
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
-        let round = |x: f32| from_bf16(to_bf16(x)) as f64;
         for (m, k, n) in [(77, 77, 70), (40, 32, 32), (8, 1, 1), (130, 1000, 97)] {
             let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-2.0..2.0)).collect();
             let b: Vec<f32> = (0..k * n).map(|_| rng.random_range(-2.0..2.0)).collect();
             let b_t: Vec<f32> = (0..k * n).map(|x| b[(x % k) * n + x / k]).collect();
             let rhs = PackedRhs::from_transposed(&b_t, k, n);
-            let want = |i: usize, j: usize| -> f64 {
-                (0..k)
-                    .map(|l| round(a[i * k + l]) * round(b[l * n + j]))
-                    .sum()
-            };
+            let sums = reference(&a, &b, m, k, n);
+            let want = |i: usize, j: usize| sums[i * n + j];
             let check = |got: &[f32], rows: Range<usize>, cols: Range<usize>, how: &str| {
                 for i in rows.clone() {
                     for j in cols.clone() {

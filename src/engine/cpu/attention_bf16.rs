@@ -41,12 +41,14 @@ const KEY_BLOCK: usize = 256;
 // of queries as wide as a bf16 right-operand panel.
 const _: () = assert!(RHS_PANEL == super::f32_products::PANEL);
 
-/// One task's scores, probabilities and `outᵀ`, kept between its blocks.
+/// One task's scores, probabilities and `outᵀ`, kept between its blocks,
+/// and on AMX its queries padded to whole tiles.
 #[derive(Default)]
 struct Scratch {
     scores: Vec<f32>,
     probabilities: Vec<u32>,
     out_t: Vec<f32>,
+    padded_queries: Vec<u32>,
 }
 
 thread_local! {
@@ -165,6 +167,7 @@ impl QueryPanel<'_> {
             scores,
             probabilities,
             out_t,
+            padded_queries,
         } = scratch;
         scores.resize(KEY_BLOCK * RHS_PANEL, 0.0);
         probabilities.resize(KEY_BLOCK / 2 * RHS_PANEL, 0);
@@ -172,9 +175,10 @@ impl QueryPanel<'_> {
         let queries = self.queries.panel(0);
         // On AMX: the tiles, and the queries padded to whole tiles of pairs.
         let amx = self.head.tiles.as_ref().map(|(keys, values)| {
-            let mut padded = vec![0u32; keys.pairs() * RHS_PANEL];
-            padded[..queries.len()].copy_from_slice(queries);
-            (amx::Tiles::configure(), keys, values, padded)
+            padded_queries.clear();
+            padded_queries.extend_from_slice(queries);
+            padded_queries.resize(keys.pairs() * RHS_PANEL, 0);
+            (amx::Tiles::configure(), keys, values, &*padded_queries)
         });
         // outᵀ's rows: the AVX512 kernel's groups of 8, AMX's tiles of 16.
         let out_rows = match amx {
