@@ -214,14 +214,15 @@ fn attentions() -> candle_core::Result<()> {
 fn convolutions() -> candle_core::Result<()> {
     let dev = Device::Cpu;
     println!(
-        "{:<34} {:>16} {:>16} {:>16} {:>16} {:>16} {:>16}",
+        "{:<34} {:>16} {:>16} {:>16} {:>16} {:>16} {:>16} {:>16}",
         "shape (batch, C->K, map)",
         "candle ms",
         "im2col ms",
         "F(4x4) ms",
         "F(2x2) ms",
         "bf16 im2col ms",
-        "bf16 F(2x2) ms"
+        "bf16 F(2x2) ms",
+        "bf16 direct ms"
     );
     for (batch, c, k, size, stride) in [
         (2, 320, 320, 32, 1),
@@ -277,8 +278,11 @@ fn convolutions() -> candle_core::Result<()> {
             if !bf16::available() {
                 return "no AVX512-BF16".into();
             }
-            if algorithm == Algorithm::WinogradF2 && stride != 1 {
+            if algorithm != Algorithm::Im2col && stride != 1 {
                 return "-".into();
+            }
+            if algorithm == Algorithm::Direct && !cpu_conv::direct_fits(c, 3, stride, 1) {
+                return "no AMX".into();
             }
             let kernel = cpu_conv::Bf16Kernel::for_algorithm(algorithm, &wv, [k, c, 3]);
             rate(median_ms(|| {
@@ -286,7 +290,7 @@ fn convolutions() -> candle_core::Result<()> {
             }))
         };
         println!(
-            "{:<34} {:>16} {:>16} {:>16} {:>16} {:>16} {:>16}  f32 uses {:?}",
+            "{:<34} {:>16} {:>16} {:>16} {:>16} {:>16} {:>16} {:>16}  f32 uses {:?}",
             format!("{batch}, {c}->{k}, {size}x{size} /{stride}"),
             rate(candle),
             rate(im2col),
@@ -294,6 +298,7 @@ fn convolutions() -> candle_core::Result<()> {
             winograd(Algorithm::WinogradF2),
             in_bf16(Algorithm::Im2col),
             in_bf16(Algorithm::WinogradF2),
+            in_bf16(Algorithm::Direct),
             cpu_conv::algorithm(&shape),
         );
     }

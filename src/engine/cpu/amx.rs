@@ -330,7 +330,7 @@ pub(super) unsafe fn product(
 /// # Safety
 /// The tiles are configured ([`CONFIG`]).
 #[inline(always)]
-unsafe fn zero_sums() {
+pub(super) unsafe fn zero_sums() {
     // SAFETY: as the caller promises.
     unsafe {
         asm!(
@@ -349,7 +349,7 @@ unsafe fn zero_sums() {
 /// # Safety
 /// Those tiles are readable; the tiles are configured.
 #[inline(always)]
-unsafe fn multiply_add(left: [*const u32; 2], right: *const u32) {
+pub(super) unsafe fn multiply_add(left: [*const u32; 2], right: *const u32) {
     // SAFETY: as the caller promises.
     unsafe {
         asm!(
@@ -378,7 +378,7 @@ unsafe fn multiply_add(left: [*const u32; 2], right: *const u32) {
 /// # Safety
 /// Those rows are writable; the tiles are configured.
 #[inline(always)]
-unsafe fn store_sums(at: *mut f32, tiles: usize) {
+pub(super) unsafe fn store_sums(at: *mut f32, tiles: usize) {
     // SAFETY: each tile stores 16 rows of 64 bytes inside those rows.
     unsafe {
         asm!(
@@ -407,7 +407,7 @@ unsafe fn store_sums(at: *mut f32, tiles: usize) {
 /// # Safety
 /// Those rows are readable; the tiles are configured.
 #[inline(always)]
-unsafe fn load_sums(at: *const f32, tiles: usize) {
+pub(super) unsafe fn load_sums(at: *const f32, tiles: usize) {
     // SAFETY: each tile loads 16 rows of 64 bytes inside those rows.
     unsafe {
         asm!(
