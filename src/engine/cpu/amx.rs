@@ -294,7 +294,12 @@ pub(super) unsafe fn product(
                 }
                 store_sums(sums.as_mut_ptr(), 4);
             }
-            let (row, col) = (r0 - rows.start, (panel - panels.start) * RHS_PANEL);
+            let row = r0 - rows.start;
+            let panel_in_part = panel - panels.start;
+            let (col, out_col) = (
+                panel_in_part * RHS_PANEL,
+                panel_in_part * rhs.panel_outputs(),
+            );
             for g in (0..ROWS.min(rows.end - r0)).step_by(8) {
                 let tile_sums: [[__m512; 2]; 8] = std::array::from_fn(|r| {
                     let at = (g + r) * RHS_PANEL;
@@ -306,11 +311,11 @@ pub(super) unsafe fn product(
                         ]
                     }
                 });
-                // SAFETY: the tile (row + g.., col..) is inside dst and the
-                // residual up to the last row and `cols` columns, and the
-                // bias has `cols` from col (the caller's promise).
+                // SAFETY: the tile (row + g.., out_col..) is inside dst and
+                // the residual up to the last row and the panel's outputs,
+                // and the bias has `cols` from col (the caller's promise).
                 unsafe {
-                    let offset = (row + g) * dst_rs + col * dst_cs;
+                    let offset = (row + g) * dst_rs + out_col * dst_cs;
                     let tile = Tile {
                         dst: ptr.add(offset),
                         strides: (dst_rs, dst_cs),
@@ -318,7 +323,7 @@ pub(super) unsafe fn product(
                         residual: addends.residual.map(|r| r.add(offset)),
                         size: [8.min(rows.end - r0 - g), cols],
                     };
-                    f32_products::store(&tile_sums, &tile);
+                    super::bf16::store(&tile_sums, &tile, rhs);
                 }
             }
         }

@@ -69,13 +69,31 @@ pub fn from_bf16(bits: u16) -> f32 {
 /// It is made from its transpose ([`PackedRhs::from_transposed`]), the
 /// layout weights are stored in, from its columns
 /// ([`PackedRhs::from_columns`]), or written a panel at a time in place
-/// ([`PackedRhs::zeros`], [`PackedRhs::panel_mut`]).
+/// ([`PackedRhs::zeros`], [`PackedRhs::panel_mut`]). A GEGLU projection's
+/// weight is packed gated ([`PackedRhs::gated_from_transposed`]): its
+/// products store `n / 2` gated values instead of `n` sums.
 pub struct PackedRhs {
     k: usize,
     n: usize,
     /// `[panel][k/2][NR]` bf16 pairs (the even k in the lower half); zeros
     /// past `k` and `n`.
     data: Vec<u32>,
+    /// Each panel's columns are 16 values `a` and their 16 gates `b`
+    /// ([`gated_column`]); a product stores `a · gelu(b)`.
+    gated: bool,
+}
+
+/// The column of a GEGLU projection's `[k, n]` weight (outputs `[a | b]`,
+/// `n / 2` each) that a gated [`PackedRhs`] holds at column `j`: each panel
+/// takes 16 columns of `a`, then the same 16 of `b`, so that a value and
+/// its gate meet in one tile of sums.
+pub fn gated_column(j: usize, n: usize) -> usize {
+    let (panel, within) = (j / NR, j % NR);
+    let half = NR / 2;
+    match within < half {
+        true => panel * half + within,
+        false => n / 2 + panel * half + within - half,
+    }
 }
 
 /// Below this many elements an operand is packed on the calling thread
@@ -89,6 +107,18 @@ impl PackedRhs {
     pub fn from_transposed(rhs_t: &[f32], k: usize, n: usize) -> Self {
         assert_eq!(rhs_t.len(), k * n, "rhs_t of [{n}, {k}]");
         Self::from_columns(k, n, |j| &rhs_t[j * k..][..k])
+    }
+
+    /// [`from_transposed`](Self::from_transposed) for a GEGLU projection
+    /// (`[a | b]`, `n / 2` columns each, `n` a multiple of [`RHS_PANEL`]),
+    /// gated: products with it store `a · gelu(b)`, `[m, n / 2]`, and its
+    /// bias goes in [`gated_column`]'s order.
+    pub fn gated_from_transposed(rhs_t: &[f32], k: usize, n: usize) -> Self {
+        assert!(n.is_multiple_of(NR), "a gated weight of {n} columns");
+        assert_eq!(rhs_t.len(), k * n, "rhs_t of [{n}, {k}]");
+        let mut packed = Self::from_columns(k, n, |j| &rhs_t[gated_column(j, n) * k..][..k]);
+        packed.gated = true;
+        packed
     }
 
     /// Packs the `[k, n]` operand whose column `j` is `column(j)`, `k`
@@ -121,7 +151,12 @@ impl PackedRhs {
     /// ([`PackedRhs::panel_mut`]).
     pub fn zeros(k: usize, n: usize) -> Self {
         let data = vec![0u32; n.div_ceil(NR) * k.div_ceil(2) * NR];
-        Self { k, n, data }
+        Self {
+            k,
+            n,
+            data,
+            gated: false,
+        }
     }
 
     /// Columns `panel * RHS_PANEL..` as `[k/2][RHS_PANEL]` bf16 pairs (u32
@@ -136,8 +171,29 @@ impl PackedRhs {
         self.k
     }
 
+    /// Columns (of sums, before a gated weight's gate).
     pub fn n(&self) -> usize {
         self.n
+    }
+
+    /// Columns a product with it stores: `n`, or `n / 2` gated.
+    pub fn outputs(&self) -> usize {
+        match self.gated {
+            true => self.n / 2,
+            false => self.n,
+        }
+    }
+
+    pub fn gated(&self) -> bool {
+        self.gated
+    }
+
+    /// Output columns each panel stores.
+    pub(super) fn panel_outputs(&self) -> usize {
+        match self.gated {
+            true => NR / 2,
+            false => NR,
+        }
     }
 
     fn pairs(&self) -> usize {
@@ -553,6 +609,10 @@ unsafe fn in_tasks(
         "bias of {}",
         rhs.n
     );
+    assert!(
+        !rhs.gated || (addends.residual.is_none() && dst.2 == 1),
+        "a gated product into rows, with no residual"
+    );
     let panels = rhs.n.div_ceil(NR);
     let row_tasks = m.div_ceil(ROWS_PER_TASK);
     let panel_tasks = panels.div_ceil(PANELS_PER_TASK);
@@ -568,7 +628,7 @@ unsafe fn in_tasks(
             // SAFETY: as the caller promises; only this task writes these
             // rows and panels of dst.
             unsafe {
-                let offset = rows.start * dst.1 + panels.start * NR * dst.2;
+                let offset = rows.start * dst.1 + panels.start * rhs.panel_outputs() * dst.2;
                 let addends = Addends {
                     bias: bias.map(|b| &b[panels.start * NR..]),
                     residual: residual.map(|r| (r as *const f32).add(offset)),
@@ -651,14 +711,16 @@ unsafe fn product_part_avx512(
         let cols = NR.min(n - panel * NR);
         for r0 in rows.clone().step_by(MR) {
             let a = &lhs.data[r0 * pairs..(r0 + MR) * pairs];
-            let (row, col) = (r0 - rows.start, (panel - panels.start) * NR);
+            let row = r0 - rows.start;
+            let panel_in_part = panel - panels.start;
+            let (col, out_col) = (panel_in_part * NR, panel_in_part * rhs.panel_outputs());
             #[cfg(target_arch = "x86_64")]
             // SAFETY: a holds MR rows of `pairs`, b one panel; the tile
-            // (row.., col..) is inside dst and the residual up to the last
-            // row and `cols` columns, and the bias has `cols` from col (the
-            // caller's promise).
+            // (row.., out_col..) is inside dst and the residual up to the
+            // last row and the panel's outputs, and the bias has `cols`
+            // from col (the caller's promise).
             unsafe {
-                let offset = row * dst_rs + col * dst_cs;
+                let offset = row * dst_rs + out_col * dst_cs;
                 let tile = Tile {
                     dst: ptr.add(offset),
                     strides: (dst_rs, dst_cs),
@@ -666,7 +728,7 @@ unsafe fn product_part_avx512(
                     residual: addends.residual.map(|r| r.add(offset)),
                     size: [MR.min(rows.end - r0), cols],
                 };
-                kernel(a, b, pairs, &tile);
+                kernel(a, b, pairs, &tile, rhs);
             }
         }
     }
@@ -744,13 +806,33 @@ fn pair_bits(even: f32, odd: f32) -> u32 {
 }
 
 /// `tile = a[pairs][MR] · b[pairs][NR] + bias + residual` for the tile's
-/// rows and columns, stored as the f32 kernel stores its tiles.
+/// rows and columns, stored by [`store`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
-unsafe fn kernel(a: &[u32], b: &[u32], pairs: usize, tile: &Tile) {
+unsafe fn kernel(a: &[u32], b: &[u32], pairs: usize, tile: &Tile, rhs: &PackedRhs) {
     // SAFETY: the tile is inside dst and the residual (the caller's
     // promise).
-    unsafe { f32_products::store(&tile_sums(a, b, pairs), tile) }
+    unsafe { store(&tile_sums(a, b, pairs), tile, rhs) }
+}
+
+/// A tile of sums of a product with `rhs` plus its addends, stored as the
+/// f32 kernel stores its tiles, or gated ([`super::geglu::store_gated`])
+/// where `rhs` is.
+///
+/// # Safety
+/// The tile's rows and output columns of `dst` (and of the residual) lie
+/// inside their buffers; the CPU has AVX-512.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl")]
+#[inline]
+pub(super) unsafe fn store(sums: &[[__m512; 2]; MR], tile: &Tile, rhs: &PackedRhs) {
+    // SAFETY: as the caller promises.
+    unsafe {
+        match rhs.gated {
+            true => super::geglu::store_gated(sums, tile),
+            false => f32_products::store(sums, tile),
+        }
+    }
 }
 
 /// `a[pairs][MR] · b[pairs][NR]`, returned rather than stored here: with

@@ -1,10 +1,17 @@
 //! GEGLU (diffusers' feed-forward gate): `a · gelu(b)` for each row `[a |
 //! b]` of the projection, with the exact (erf) GELU, in one pass over the
 //! rows (candle's path copies both halves, runs a scalar erf, and
-//! multiplies in a third pass).
+//! multiplies in a third pass), or in a bf16 product's epilogue
+//! ([`store_gated`]), where the projection's `2 x` wider output is never
+//! stored at all.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::f32_products::{Bias, Tile};
 use super::math::erf;
 use super::vectorized;
 
@@ -22,6 +29,50 @@ pub fn geglu(h: &[f32], half: usize) -> Vec<f32> {
             )
         });
     out
+}
+
+/// A tile of sums of a product with a gated weight
+/// ([`super::bf16::PackedRhs::gated_from_transposed`]), each row 16 values
+/// `a` and their 16 gates `b`, plus the bias: 16 columns `a · gelu(b)`
+/// stored into rows at `tile.dst`. The same arithmetic as the projection
+/// stored and then [`geglu`], so the same values.
+///
+/// # Safety
+/// The tile's rows of 16 floats at `tile.dst` lie inside its buffer; the
+/// CPU has AVX-512.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl")]
+pub(super) unsafe fn store_gated(sums: &[[__m512; 2]; 8], tile: &Tile) {
+    let ([rows, cols], (rs, cs)) = (tile.size, tile.strides);
+    assert!(
+        cols == 32 && cs == 1 && tile.residual.is_none(),
+        "a gated tile of {cols} columns at strides {:?}",
+        tile.strides
+    );
+    let bias = match tile.bias {
+        // SAFETY: the bias has `cols` values.
+        Some(Bias::PerColumn(b)) => unsafe {
+            [
+                _mm512_loadu_ps(b.as_ptr()),
+                _mm512_loadu_ps(b.as_ptr().add(16)),
+            ]
+        },
+        Some(Bias::PerRow(_)) => panic!("a gated tile with a bias per row"),
+        None => [_mm512_setzero_ps(); 2],
+    };
+    for (r, halves) in sums.iter().enumerate().take(rows) {
+        let mut row = [0f32; 32];
+        // SAFETY: row holds 32 floats; row r of the tile holds 16 (the
+        // caller's promise).
+        unsafe {
+            _mm512_storeu_ps(row.as_mut_ptr(), _mm512_add_ps(halves[0], bias[0]));
+            _mm512_storeu_ps(row.as_mut_ptr().add(16), _mm512_add_ps(halves[1], bias[1]));
+            gate_row(
+                std::slice::from_raw_parts_mut(tile.dst.add(r * rs), 16),
+                &row,
+            );
+        }
+    }
 }
 
 /// `dst[j] = a[j] · gelu(b[j])` for `row = [a | b]`.

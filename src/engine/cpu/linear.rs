@@ -38,7 +38,16 @@ impl Weight<'_> {
         match self {
             Self::F32(w) => w.len() == inputs * outputs,
             Self::Panels(p) => p.k() == inputs && p.n() == outputs,
-            Self::Bf16(p) => p.k() == inputs && p.n() == outputs,
+            Self::Bf16(p) => p.k() == inputs && p.outputs() == outputs,
+        }
+    }
+
+    /// Values its bias holds: one per output, or for a gated weight one
+    /// per column of sums (a value's and its gate's).
+    fn bias_len(&self, outputs: usize) -> usize {
+        match self {
+            Self::Bf16(p) => p.n(),
+            _ => outputs,
         }
     }
 }
@@ -99,7 +108,10 @@ pub fn linear(
     let (x_len, out_len) = (s.batch * s.rows * s.inputs, s.batch * s.rows * s.outputs);
     assert_eq!(x.len(), x_len, "x of {s:?}");
     assert!(weight.fits(s.inputs, s.outputs), "weight of {s:?}");
-    assert!(bias.is_none_or(|b| b.len() == s.outputs), "bias of {s:?}");
+    assert!(
+        bias.is_none_or(|b| b.len() == weight.bias_len(s.outputs)),
+        "bias of {s:?}"
+    );
     assert!(
         residual.is_none_or(|r| r.len() == out_len),
         "residual of {s:?}"

@@ -3,13 +3,13 @@
 //! candle's own ops for everything else.
 
 use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, InplaceOp2, Layout, Result, Shape, Storage,
-    Tensor,
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, InplaceOp2, Layout, Result, Shape,
+    Storage, Tensor,
 };
 
 use super::add;
 use super::attention::{self, AttentionShape};
-use super::bf16::PackedRhs;
+use super::bf16::{self, PackedRhs};
 use super::conv::{self, Bf16Kernel, ConvShape};
 use super::f32_products::{self, Panels};
 use super::geglu;
@@ -104,12 +104,43 @@ impl LinearWeight {
         Ok(Self::F32(weight.t()?.contiguous()?))
     }
 
+    /// A GEGLU projection's W `[2 x inner, in]` and bias `[2 x inner]`
+    /// (outputs `[a | b]`), packed for bf16 products that store `a ·
+    /// gelu(b)`, `inner` outputs ([`PackedRhs::gated_from_transposed`]);
+    /// the bias comes back in the order the product adds it. `inner` must
+    /// be a multiple of 16.
+    pub fn gated(weight: &Tensor, bias: &Tensor) -> Result<(Self, Tensor)> {
+        let (columns, inputs) = weight.dims2()?;
+        if bias.dims1()? != columns || !columns.is_multiple_of(bf16::RHS_PANEL) {
+            candle_core::bail!(
+                "a GEGLU projection of weight {:?} and bias {:?}: 2 x a multiple of 16 outputs, one bias each",
+                weight.shape(),
+                bias.shape()
+            );
+        }
+        let values = weight.flatten_all()?.to_vec1::<f32>()?;
+        let packed = PackedRhs::gated_from_transposed(&values, inputs, columns);
+        let bias = bias.to_vec1::<f32>()?;
+        let bias: Vec<f32> = (0..columns)
+            .map(|j| bias[bf16::gated_column(j, columns)])
+            .collect();
+        Ok((Self::Bf16(packed), Tensor::new(bias, &Device::Cpu)?))
+    }
+
     /// (inputs, outputs).
     fn dims(&self) -> Result<(usize, usize)> {
         match self {
             Self::F32(weight_t) => weight_t.dims2(),
             Self::Panels(panels) => Ok((panels.k(), panels.n())),
-            Self::Bf16(packed) => Ok((packed.k(), packed.n())),
+            Self::Bf16(packed) => Ok((packed.k(), packed.outputs())),
+        }
+    }
+
+    /// Values a bias of `outputs` holds ([`linear::Weight`]'s).
+    fn bias_len(&self, outputs: usize) -> usize {
+        match self {
+            Self::Bf16(packed) => packed.n(),
+            _ => outputs,
         }
     }
 }
@@ -497,7 +528,7 @@ impl<'a> Linear<'a> {
             (_, Arrangement::Channels) => vec![batch, outputs, rows],
         };
         let residual = self.residual.as_ref().map(|r| r.storage_and_layout());
-        let bias_fits = bias.is_none_or(|b| b.1.shape().dims() == [outputs]);
+        let bias_fits = bias.is_none_or(|b| b.1.shape().dims() == [self.weight.bias_len(outputs)]);
         let residual_fits = residual
             .as_ref()
             .is_none_or(|r| r.1.shape().elem_count() == batch * rows * outputs);
