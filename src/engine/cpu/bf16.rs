@@ -184,10 +184,6 @@ impl PackedRhs {
         }
     }
 
-    pub fn gated(&self) -> bool {
-        self.gated
-    }
-
     /// Output columns each panel stores.
     pub(super) fn panel_outputs(&self) -> usize {
         match self.gated {

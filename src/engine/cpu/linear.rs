@@ -44,7 +44,7 @@ impl Weight<'_> {
 
     /// Values its bias holds: one per output, or for a gated weight one
     /// per column of sums (a value's and its gate's).
-    fn bias_len(&self, outputs: usize) -> usize {
+    pub fn bias_len(&self, outputs: usize) -> usize {
         match self {
             Self::Bf16(p) => p.n(),
             _ => outputs,

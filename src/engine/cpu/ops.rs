@@ -135,14 +135,6 @@ impl LinearWeight {
             Self::Bf16(packed) => Ok((packed.k(), packed.outputs())),
         }
     }
-
-    /// Values a bias of `outputs` holds ([`linear::Weight`]'s).
-    fn bias_len(&self, outputs: usize) -> usize {
-        match self {
-            Self::Bf16(packed) => packed.n(),
-            _ => outputs,
-        }
-    }
 }
 
 /// `xs·W + bias (+ residual)` over the last dimension of `xs`.
@@ -527,8 +519,18 @@ impl<'a> Linear<'a> {
             (_, Arrangement::Tokens) => vec![batch, rows, outputs],
             (_, Arrangement::Channels) => vec![batch, outputs, rows],
         };
+        // Holds the f32 weight's storage readable while the product runs.
+        let weight_storage;
+        let weight = match self.weight {
+            LinearWeight::F32(weight_t) => {
+                weight_storage = weight_t.storage_and_layout();
+                linear::Weight::F32(on_cpu("weight", &weight_storage.0, weight_storage.1)?)
+            }
+            LinearWeight::Panels(panels) => linear::Weight::Panels(panels),
+            LinearWeight::Bf16(packed) => linear::Weight::Bf16(packed),
+        };
         let residual = self.residual.as_ref().map(|r| r.storage_and_layout());
-        let bias_fits = bias.is_none_or(|b| b.1.shape().dims() == [self.weight.bias_len(outputs)]);
+        let bias_fits = bias.is_none_or(|b| b.1.shape().dims() == [weight.bias_len(outputs)]);
         let residual_fits = residual
             .as_ref()
             .is_none_or(|r| r.1.shape().elem_count() == batch * rows * outputs);
@@ -543,16 +545,6 @@ impl<'a> Linear<'a> {
         let residual = match &residual {
             Some((storage, layout)) => Some(on_cpu("residual", storage, layout)?),
             None => None,
-        };
-        // Holds the f32 weight's storage readable while the product runs.
-        let weight_storage;
-        let weight = match self.weight {
-            LinearWeight::F32(weight_t) => {
-                weight_storage = weight_t.storage_and_layout();
-                linear::Weight::F32(on_cpu("weight", &weight_storage.0, weight_storage.1)?)
-            }
-            LinearWeight::Panels(panels) => linear::Weight::Panels(panels),
-            LinearWeight::Bf16(packed) => linear::Weight::Bf16(packed),
         };
         let shape = LinearShape {
             batch,
