@@ -11,7 +11,7 @@
 //! products are atelier's own (`cpu::f32_products`);
 //! `ATELIER_CPU_PRODUCTS=gemm` puts them back on the gemm crate.
 //!
-//!     cargo bench --bench cpu_kernels [-- convolution|attention|linear]
+//!     cargo bench --bench cpu_kernels [-- convolution|attention|linear|pointwise]
 //!
 //! The process keeps freed memory, as `atelier` does
 //! (`cpu::keep_freed_memory`).
@@ -49,10 +49,11 @@ fn main() -> candle_core::Result<()> {
         .filter(|a| !a.starts_with("--"))
         .collect();
     type Table = fn() -> candle_core::Result<()>;
-    let tables: [(&str, Table); 3] = [
+    let tables: [(&str, Table); 4] = [
         ("convolution", convolutions),
         ("attention", attentions),
         ("linear", linears),
+        ("pointwise", pointwise),
     ];
     for (name, table) in tables {
         if only.is_empty() || only.iter().any(|o| name.starts_with(o.as_str())) {
@@ -132,6 +133,58 @@ fn linears() -> candle_core::Result<()> {
             rate(gemm),
             panels,
             bf16,
+        );
+    }
+    Ok(())
+}
+
+/// 1x1 convolutions on NCHW maps (the resnets' shortcuts, SD 1.x's
+/// transformer projections in and out), batch 2, as the blocks run them:
+/// f32 panels and bf16, weight prepared once.
+fn pointwise() -> candle_core::Result<()> {
+    let dev = Device::Cpu;
+    println!(
+        "\n{:<44} {:>16} {:>16}",
+        "1x1 on a map (pixels, in -> out)", "panels ms", "bf16 ms"
+    );
+    for (pixels, inputs, outputs) in [
+        (1024, 640, 320),
+        (1024, 320, 320),
+        (256, 960, 640),
+        (256, 640, 640),
+        (64, 1920, 1280),
+        (4096, 256, 128),
+    ] {
+        let side = (pixels as f64).sqrt() as usize;
+        let x = Tensor::randn(0f32, 1., (2, inputs, side, side), &dev)?;
+        let w = Tensor::randn(0f32, 0.05, (outputs, inputs), &dev)?;
+        let b = Tensor::randn(0f32, 1., outputs, &dev)?;
+        let flop = 2.0 * (2 * pixels * inputs * outputs) as f64 / 1e6;
+        let rate = |ms: f64| format!("{ms:8.2} ({:4.0}/s)", flop / ms);
+        let time = |bf16: bool| -> candle_core::Result<String> {
+            let linear = blocks::Linear::Cpu {
+                weight: ops::LinearWeight::new(&w, bf16)?,
+                bias: Some(b.clone()),
+            };
+            Ok(rate(median_ms(|| {
+                linear.forward_on_map(&x, None).expect("1x1 on a map");
+            })))
+        };
+        let panels = if f32_products::available() {
+            time(false)?
+        } else {
+            "no AVX-512".into()
+        };
+        let bf16 = if bf16::available() {
+            time(true)?
+        } else {
+            "no AVX512-BF16".into()
+        };
+        println!(
+            "{:<44} {:>16} {:>16}",
+            format!("{side}x{side}, {inputs} -> {outputs}"),
+            panels,
+            bf16
         );
     }
     Ok(())

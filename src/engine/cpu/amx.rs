@@ -23,9 +23,12 @@ use rayon::prelude::*;
 
 use super::bf16::{PackedLhs, PackedRhs, LHS_BLOCK, RHS_PANEL, ROW_GROUP};
 use super::f32_products::{self, Addends, Bias, Tile};
+use super::pairs;
 
 /// Rows of a tile, and pairs of k in a tile's row.
 const TILE: usize = ROW_GROUP;
+// A left tile's rows are `pairs`' rows.
+const _: () = assert!(TILE == pairs::PAIRS);
 /// Rows per kernel pass: two left tiles against the panel's two right ones.
 const ROWS: usize = 2 * TILE;
 
@@ -132,6 +135,25 @@ impl Rows {
     /// Every element at those strides lies inside its buffer; [`available`].
     pub(super) unsafe fn from_f32(m: usize, k: usize, lhs: (*const f32, usize, usize)) -> Self {
         let (ptr, rs, cs) = (lhs.0 as usize, lhs.1, lhs.2);
+        if rs == 1 && cs != 1 {
+            // A map's channels: 16 pixels of 32 channels per tile.
+            return Self::laid_out(m, k, |(g, dst)| {
+                let (first, rows) = (g * TILE, TILE.min(m.saturating_sub(g * TILE)));
+                for (block, tile) in dst.chunks_exact_mut(TILE_PAIRS).enumerate() {
+                    let channels = (2 * TILE).min(k.saturating_sub(block * 2 * TILE));
+                    if rows == 0 || channels == 0 {
+                        break;
+                    }
+                    // SAFETY: pixels first..first + rows of those channels
+                    // (the caller's promise); one tile of 16 rows of 16
+                    // pairs.
+                    unsafe {
+                        let src = (ptr as *const f32).add(first + block * 2 * TILE * cs);
+                        pairs::planes_to_rows(src, cs, channels, rows, tile.as_mut_ptr())
+                    }
+                }
+            });
+        }
         Self::laid_out(m, k, |(g, dst)| {
             for r in g * TILE..((g + 1) * TILE).min(m) {
                 // SAFETY: row r of lhs, k elements at the caller's strides;

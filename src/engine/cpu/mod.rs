@@ -18,6 +18,8 @@ pub mod group_norm;
 pub mod linear;
 mod math;
 pub mod ops;
+#[cfg(target_arch = "x86_64")]
+mod pairs;
 pub mod upsample;
 
 /// Shares a mutable pointer between the threads that write disjoint parts

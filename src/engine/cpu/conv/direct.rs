@@ -25,13 +25,12 @@ use rayon::prelude::*;
 
 use super::super::amx::{self, Tiles};
 use super::super::bf16::{PackedRhs, RHS_PANEL};
+use super::super::pairs::{self, transpose16, PAIRS};
 use super::super::SharedMut;
 use super::ConvShape;
 
 /// Channels per block of the laid-out input (16 pairs: one tile's row).
-const CHANNEL_BLOCK: usize = 32;
-/// Pairs in a tile's row.
-const PAIRS: usize = CHANNEL_BLOCK / 2;
+const CHANNEL_BLOCK: usize = 2 * PAIRS;
 /// Positions per kernel pass: two left tiles of 16.
 const BLOCK: usize = 32;
 /// Blocks of positions and panels of output channels per task, and
@@ -211,10 +210,18 @@ impl Input {
                         [..CHANNEL_BLOCK * plane];
                     for y in 0..shape.height {
                         let first = geometry.row_start(n, y);
+                        assert!((first + shape.width) * PAIRS <= dst.len());
                         // SAFETY: this CPU has AMX, so AVX-512 BF16 too; row
-                        // y of the 32 channels and W positions from `first`.
+                        // y of the 32 channels and W positions from `first`
+                        // (checked).
                         unsafe {
-                            lay_out_row(channels, plane, y * shape.width, shape.width, dst, first)
+                            pairs::planes_to_rows(
+                                channels[y * shape.width..].as_ptr(),
+                                plane,
+                                CHANNEL_BLOCK,
+                                shape.width,
+                                dst.as_mut_ptr().add(first * PAIRS),
+                            )
                         };
                     }
                 }
@@ -227,94 +234,6 @@ impl Input {
         debug_assert!(position + 2 * 16 <= self.positions);
         self.data[(cb * self.positions + position) * PAIRS..].as_ptr()
     }
-}
-
-/// `width` pixels from `at` in each of 32 channel planes (`plane` apart)
-/// as bf16 pairs into positions `first..` of `dst`, 16 at a time:
-/// each pair's 16 positions packed, then transposed to rows of pairs.
-#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
-unsafe fn lay_out_row(
-    channels: &[f32],
-    plane: usize,
-    at: usize,
-    width: usize,
-    dst: &mut [u32],
-    first: usize,
-) {
-    assert!(31 * plane + at + width <= channels.len());
-    assert!((first + width) * PAIRS <= dst.len());
-    for x in (0..width).step_by(16) {
-        let n = 16.min(width - x);
-        let mask = (1u32 << n).wrapping_sub(1) as u16;
-        let pairs: [__m512; 16] = std::array::from_fn(|p| {
-            // SAFETY: n floats of channels 2p and 2p + 1 (checked above).
-            unsafe {
-                let even = channels.as_ptr().add(2 * p * plane + at + x);
-                let odd = even.add(plane);
-                let even = _mm512_cvtepu16_epi32(bits(_mm512_maskz_loadu_ps(mask, even)));
-                let odd = _mm512_cvtepu16_epi32(bits(_mm512_maskz_loadu_ps(mask, odd)));
-                _mm512_castsi512_ps(_mm512_or_si512(even, _mm512_slli_epi32::<16>(odd)))
-            }
-        });
-        for (i, row) in transpose16(pairs).into_iter().take(n).enumerate() {
-            // SAFETY: position first + x + i < first + width (checked).
-            unsafe {
-                _mm512_storeu_ps(
-                    dst.as_mut_ptr().add((first + x + i) * PAIRS) as *mut f32,
-                    row,
-                )
-            };
-        }
-    }
-}
-
-/// 16 floats rounded to bf16 (nearest even), as bits.
-#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
-fn bits(v: __m512) -> __m256i {
-    // SAFETY: __m256bh and __m256i are the same 32 bytes.
-    unsafe { std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v)) }
-}
-
-/// The 16 x 16 transpose of 16 rows of 16 lanes: pairs interleaved, then
-/// quadruples, then 128-bit lanes gathered in two steps.
-#[target_feature(enable = "avx512f")]
-fn transpose16(v: [__m512; 16]) -> [__m512; 16] {
-    // a[2i], a[2i + 1]: rows 2i and 2i + 1 interleaved (low, high pairs).
-    let a: [__m512; 16] = std::array::from_fn(|i| {
-        let (x, y) = (v[i & !1], v[i | 1]);
-        match i % 2 {
-            0 => _mm512_unpacklo_ps(x, y),
-            _ => _mm512_unpackhi_ps(x, y),
-        }
-    });
-    // b[4g + c]: rows 4g..4g + 4, columns c + 4L in 128-bit lane L.
-    let b: [__m512; 16] = std::array::from_fn(|i| {
-        let (g, c) = (i / 4, i % 4);
-        let (x, y) = (
-            _mm512_castps_pd(a[4 * g + c / 2]),
-            _mm512_castps_pd(a[4 * g + 2 + c / 2]),
-        );
-        _mm512_castpd_ps(match c % 2 {
-            0 => _mm512_unpacklo_pd(x, y),
-            _ => _mm512_unpackhi_pd(x, y),
-        })
-    });
-    // e[c], e[4 + c]: lanes 0, 2 / 1, 3 of b[c] and b[4 + c]; f likewise of
-    // b[8 + c] and b[12 + c].
-    let even_odd = |x: __m512, y: __m512| {
-        (
-            _mm512_shuffle_f32x4::<0x88>(x, y),
-            _mm512_shuffle_f32x4::<0xdd>(x, y),
-        )
-    };
-    let mut out = [_mm512_setzero_ps(); 16];
-    for c in 0..4 {
-        let (e0, e1) = even_odd(b[c], b[4 + c]);
-        let (f0, f1) = even_odd(b[8 + c], b[12 + c]);
-        (out[c], out[c + 8]) = even_odd(e0, f0);
-        (out[c + 4], out[c + 12]) = even_odd(e1, f1);
-    }
-    out
 }
 
 /// One block's sums: 32 positions (rows) by a panel's 32 output channels.
@@ -484,27 +403,6 @@ impl Runs {
 mod tests {
     use super::super::tests::{relative_error_of, shape};
     use super::*;
-
-    #[test]
-    fn the_transpose_transposes() {
-        if !amx::available() {
-            return;
-        }
-        let rows: [__m512; 16] = std::array::from_fn(|r| {
-            let values: [f32; 16] = std::array::from_fn(|c| (r * 16 + c) as f32);
-            // SAFETY: 16 floats; AVX-512 (AMX).
-            unsafe { _mm512_loadu_ps(values.as_ptr()) }
-        });
-        // SAFETY: AVX-512 (AMX).
-        let columns = unsafe { transpose16(rows) };
-        for (c, column) in columns.iter().enumerate() {
-            let mut values = [0f32; 16];
-            // SAFETY: 16 floats.
-            unsafe { _mm512_storeu_ps(values.as_mut_ptr(), *column) };
-            let want: [f32; 16] = std::array::from_fn(|r| (r * 16 + c) as f32);
-            assert_eq!(values, want, "column {c}");
-        }
-    }
 
     /// Against the f64 reference, within bf16's rounding (as the other
     /// bf16 kernels are held): maps narrower than a tile, rows that cross
