@@ -147,8 +147,11 @@ pub fn linear(
 }
 
 /// Pixels from which a map's channels to its channels take
-/// [`f32_products::product_transposed`].
-const TRANSPOSED_FROM_PIXELS: usize = 4096;
+/// [`f32_products::product_transposed`]. On a Zen 5 the two ways ran
+/// alike from 16 x 16 up but for 64 pixels; on an Intel Xeon with AMX the
+/// transposed one ran 32 x 32 640 -> 320 in 3.8 ms, the other in 5.7-6.9
+/// (`cargo bench --bench cpu_kernels -- pointwise`).
+const TRANSPOSED_FROM_PIXELS: usize = 256;
 
 /// [`linear`] with the weight in panels: the product writes every output
 /// element once, bias and residual added as it stores them.
@@ -166,9 +169,8 @@ fn with_panels(
         match (s.input, s.output) {
             // A large map's channels to its channels: Wᵀ times the map,
             // whose pixels are the product's contiguous rows (see
-            // `f32_products`; on the UNet's maps, 64 x 64 and smaller, both
-            // ways measured alike but for 64 pixels, 1920 -> 1280, where
-            // this one ran at 217 GFLOP/s, the other 304).
+            // `f32_products`; on a Zen 5, at 64 pixels, 1920 -> 1280, this
+            // one ran at 217 GFLOP/s, the other 304).
             (Arrangement::Channels, Arrangement::Channels) if rows >= TRANSPOSED_FROM_PIXELS => {
                 f32_products::product_transposed(rows, (dst.0, rows), w, (lhs.0, rows), addends)
             }
