@@ -173,6 +173,7 @@ pub fn conv2d(shape: &ConvShape, input: &[f32], kernel: &DirectKernel, bias: &[f
                             panel,
                             chunk.clone(),
                             sums,
+                            j == 0,
                         );
                     }
                 }
@@ -245,7 +246,8 @@ impl BlockSums {
 }
 
 /// `sums` += the products of output positions `block·32..` and the output
-/// channels of `panel`, over the channel blocks `channels`, all 9 taps.
+/// channels of `panel`, over the channel blocks `channels`, all 9 taps;
+/// `prefetch` for the first block of a task, which reads the kernel first.
 #[allow(clippy::too_many_arguments)]
 fn add_block_sums(
     _: &Tiles,
@@ -256,6 +258,7 @@ fn add_block_sums(
     panel: usize,
     channels: Range<usize>,
     sums: &mut BlockSums,
+    prefetch: bool,
 ) {
     let right = kernel.packed.panel(panel);
     assert!(channels.end * 9 * PAIRS * RHS_PANEL <= right.len());
@@ -271,9 +274,14 @@ fn add_block_sums(
             amx::load_sums(sums.0.as_ptr(), 4);
         }
         let mut k = right.as_ptr().add(channels.start * 9 * PAIRS * RHS_PANEL);
+        let end = right.as_ptr().add(channels.end * 9 * PAIRS * RHS_PANEL);
         for cb in channels {
             for &tap in &geometry.taps {
                 let left = input.tile(cb, first + tap);
+                let ahead = k.wrapping_add(amx::PREFETCH_AHEAD * PAIRS * RHS_PANEL);
+                if prefetch && ahead < end {
+                    amx::prefetch_step(ahead);
+                }
                 amx::multiply_add([left, left.add(16 * PAIRS)], k);
                 k = k.add(PAIRS * RHS_PANEL);
             }
