@@ -19,6 +19,7 @@
 //! first in SD's UNet and VAE has).
 
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use rayon::prelude::*;
@@ -201,16 +202,25 @@ struct Input {
 impl Input {
     fn new(shape: &ConvShape, geometry: &Geometry, input: &[f32]) -> Self {
         let positions = geometry.inputs(shape);
-        let mut data = vec![0u32; shape.in_channels / CHANNEL_BLOCK * positions * PAIRS];
+        let len = shape.in_channels / CHANNEL_BLOCK * positions * PAIRS;
+        // Written once: the pixels' rows, and zeros between them (zeroing
+        // it all first took 2.5 of 19.5 ms on 128 channels at 256 x 256).
+        let mut data = Vec::<u32>::with_capacity(len);
         let plane = shape.height * shape.width;
-        data.par_chunks_mut(positions * PAIRS)
+        data.spare_capacity_mut()[..len]
+            .par_chunks_mut(positions * PAIRS)
             .enumerate()
             .for_each(|(cb, dst)| {
+                let zero = |dst: &mut [MaybeUninit<u32>], positions: Range<usize>| {
+                    dst[positions.start * PAIRS..positions.end * PAIRS].fill(MaybeUninit::new(0))
+                };
+                let mut written = 0;
                 for n in 0..shape.batch {
                     let channels = &input[(n * shape.in_channels + cb * CHANNEL_BLOCK) * plane..]
                         [..CHANNEL_BLOCK * plane];
                     for y in 0..shape.height {
                         let first = geometry.row_start(n, y);
+                        zero(dst, written..first);
                         assert!((first + shape.width) * PAIRS <= dst.len());
                         // SAFETY: this CPU has AMX, so AVX-512 BF16 too; row
                         // y of the 32 channels and W positions from `first`
@@ -221,12 +231,18 @@ impl Input {
                                 plane,
                                 CHANNEL_BLOCK,
                                 shape.width,
-                                dst.as_mut_ptr().add(first * PAIRS),
+                                dst.as_mut_ptr().add(first * PAIRS) as *mut u32,
                             )
                         };
+                        written = first + shape.width;
                     }
                 }
+                zero(dst, written..positions);
             });
+        // SAFETY: each channel block's positions were written in order,
+        // rows of pixels and the zeros from the end of one to the start of
+        // the next and to the last position.
+        unsafe { data.set_len(len) };
         Self { data, positions }
     }
 
