@@ -4,9 +4,11 @@
 //! F(4x4) does not survive bf16: its transforms' coefficients (up to 8
 //! and 1/24) amplify the operands' rounding to about 2.5% relative error
 //! per layer, where im2col in bf16 has 0.23%. F(2x2)'s are 0, ±1/2 and ±1,
-//! and its error is 0.4% (both measured in f64 on random 640- and
-//! 1280-channel layers). It needs 4 multiplications per output where im2col
-//! needs 9, at the same bf16 rate.
+//! and its error is 0.4%; F(3x3)'s, between them, 1.4% on either choice of
+//! its fourth point (2 or 1/2), too much for 30% fewer products (all
+//! measured in f64 on random 640- and 1280-channel layers:
+//! `benches/winograd_bf16_error.py`). F(2x2) needs 4 multiplications per
+//! output where im2col needs 9, at the same bf16 rate.
 //!
 //! The kernel's transform `U = G g Gᵀ` (16 values per channel pair) is made
 //! once, when the model loads, and kept packed for the products: 32 bytes
