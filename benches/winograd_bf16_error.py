@@ -35,11 +35,13 @@ def toom_cook(m, points, r=3):
                 for j in range(n):
                     row[j, l] = AT[i, j] * G[j, k]
                 rows.append(row.ravel()); rhs.append(1.0 if l == i + k else 0.0)
-    BT = np.linalg.lstsq(np.array(rows), np.array(rhs), rcond=None)[0].reshape(n, n)
-    return AT, G, BT
+    rows, rhs = np.array(rows), np.array(rhs)
+    BT = np.linalg.lstsq(rows, rhs, rcond=None)[0]
+    assert np.allclose(rows @ BT, rhs), f"no exact Bᵀ for F({m}, {r}) on {points}"
+    return AT, G, BT.reshape(n, n)
 
 def conv_ref(x, w):  # x [C,H,W], w [K,C,3,3], padding 1
-    C, H, W = x.shape
+    _, H, W = x.shape
     xp = np.pad(x, ((0, 0), (1, 1), (1, 1)))
     out = np.zeros((w.shape[0], H, W))
     for a in range(3):
