@@ -13,6 +13,11 @@
 //!
 //!     cargo bench --bench cpu_kernels [-- convolution|attention|linear|pointwise]
 //!
+//! A convolution shape as `batch,in,out,size[,stride]` runs that row only,
+//! median of `REPEATS` (default 5): the spread of this machine hides a 5%
+//! change at 5, and a row takes seconds at 101 (`REPEATS=101 cargo bench
+//! --bench cpu_kernels -- 2,640,640,16`).
+//!
 //! The process keeps freed memory, as `atelier` does
 //! (`cpu::keep_freed_memory`).
 //!
@@ -27,9 +32,14 @@ use atelier::engine::cpu::conv::{self as cpu_conv, Algorithm, ConvShape};
 use atelier::engine::cpu::{bf16, f32_products, ops};
 use candle_core::{Device, Module, Tensor};
 
+/// The median of `REPEATS` timed runs (5 unless set) after a warm-up.
 fn median_ms(mut f: impl FnMut()) -> f64 {
+    static REPEATS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let repeats = *REPEATS.get_or_init(|| {
+        std::env::var("REPEATS").map_or(5, |r| r.parse().expect("REPEATS is a count"))
+    });
     f();
-    let mut times: Vec<f64> = (0..5)
+    let mut times: Vec<f64> = (0..repeats.max(1))
         .map(|_| {
             let t = Instant::now();
             f();
@@ -37,7 +47,37 @@ fn median_ms(mut f: impl FnMut()) -> f64 {
         })
         .collect();
     times.sort_by(f64::total_cmp);
-    times[2]
+    times[times.len() / 2]
+}
+
+/// The UNet's and VAE's 3x3 convolutions: (batch, in, out, size, stride).
+const CONVOLUTIONS: [ConvRow; 12] = [
+    (2, 320, 320, 32, 1),
+    (2, 960, 320, 32, 1),
+    (2, 640, 640, 16, 1),
+    (2, 1920, 640, 16, 1),
+    (2, 1280, 1280, 8, 1),
+    (2, 2560, 1280, 8, 1),
+    (2, 1280, 1280, 4, 1),
+    (1, 640, 640, 16, 1),
+    (1, 1280, 1280, 8, 1),
+    (2, 320, 320, 32, 2),
+    (1, 128, 128, 256, 1),
+    (1, 512, 512, 64, 1),
+];
+type ConvRow = (usize, usize, usize, usize, usize);
+
+/// `batch,in,out,size[,stride]` as a row of the convolution table.
+fn parse_convolution(arg: &str) -> Option<ConvRow> {
+    let n: Vec<usize> = arg
+        .split(',')
+        .map(|n| n.parse().ok())
+        .collect::<Option<_>>()?;
+    match n[..] {
+        [b, c, k, size] => Some((b, c, k, size, 1)),
+        [b, c, k, size, stride] => Some((b, c, k, size, stride)),
+        _ => None,
+    }
 }
 
 fn main() -> candle_core::Result<()> {
@@ -48,9 +88,13 @@ fn main() -> candle_core::Result<()> {
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
+    let shapes: Vec<ConvRow> = only.iter().filter_map(|a| parse_convolution(a)).collect();
+    if !shapes.is_empty() {
+        return convolutions(&shapes);
+    }
     type Table = fn() -> candle_core::Result<()>;
     let tables: [(&str, Table); 4] = [
-        ("convolution", convolutions),
+        ("convolution", || convolutions(&CONVOLUTIONS)),
         ("attention", attentions),
         ("linear", linears),
         ("pointwise", pointwise),
@@ -264,7 +308,7 @@ fn attentions() -> candle_core::Result<()> {
     Ok(())
 }
 
-fn convolutions() -> candle_core::Result<()> {
+fn convolutions(rows: &[ConvRow]) -> candle_core::Result<()> {
     let dev = Device::Cpu;
     println!(
         "{:<34} {:>16} {:>16} {:>16} {:>16} {:>16} {:>16} {:>16}",
@@ -277,20 +321,7 @@ fn convolutions() -> candle_core::Result<()> {
         "bf16 F(2x2) ms",
         "bf16 direct ms"
     );
-    for (batch, c, k, size, stride) in [
-        (2, 320, 320, 32, 1),
-        (2, 960, 320, 32, 1),
-        (2, 640, 640, 16, 1),
-        (2, 1920, 640, 16, 1),
-        (2, 1280, 1280, 8, 1),
-        (2, 2560, 1280, 8, 1),
-        (2, 1280, 1280, 4, 1),
-        (1, 640, 640, 16, 1),
-        (1, 1280, 1280, 8, 1),
-        (2, 320, 320, 32, 2),
-        (1, 128, 128, 256, 1),
-        (1, 512, 512, 64, 1),
-    ] {
+    for &(batch, c, k, size, stride) in rows {
         let shape = ConvShape {
             batch,
             in_channels: c,

@@ -18,7 +18,7 @@ use rayon::prelude::*;
 use super::super::super::f32_products::{self, Addends, Panels, PANEL};
 use super::super::super::{product, SharedMut};
 use super::super::ConvShape;
-use super::{transform_input, Band, Tiles};
+use super::{transform_input, Band, KernelTransform, Tiles};
 
 /// Input channels transformed and multiplied at a time, so that a task's
 /// transformed kernel (`36 * OUTPUT_CHUNK * INPUT_CHUNK` floats, 1.2 MB at most)
@@ -31,11 +31,12 @@ thread_local! {
 }
 
 /// The products of one convolution: `chunk` output channels per task,
-/// the kernel transformed by each of `matrices` (a slot per output
-/// channel and matrix; the sub-pixel up-convolution has one per phase).
+/// the kernel transformed by each of `transforms` (a slot per output
+/// channel and transform; the sub-pixel up-convolution has one per
+/// phase).
 pub(super) struct Products<'a> {
     pub(super) kernel: &'a [f32],
-    pub(super) matrices: &'a [&'a [f32]],
+    pub(super) transforms: &'a [KernelTransform],
     pub(super) chunk: usize,
 }
 
@@ -50,6 +51,15 @@ impl Products<'_> {
         let (c, k) = (s.in_channels, s.out_channels);
         let positions = T::IN * T::IN;
         let chunks: Vec<usize> = (0..k).step_by(self.chunk).collect();
+        let matrices: Vec<Vec<f32>> = self
+            .transforms
+            .iter()
+            .map(KernelTransform::matrix)
+            .collect();
+        let ts = Transforms {
+            factors: self.transforms,
+            matrices: &matrices.iter().map(Vec::as_slice).collect::<Vec<_>>(),
+        };
         let mut v = Vec::new();
         for band in bands {
             let layout = Layout::new(positions, c, &band);
@@ -61,15 +71,15 @@ impl Products<'_> {
 
             chunks.par_iter().for_each(|&k0| {
                 let ks = k0..(k0 + self.chunk).min(k);
-                let slots = ks.len() * self.matrices.len();
+                let slots = ks.len() * self.transforms.len();
                 SCRATCH.with(|scratch| {
                     let (u, m) = &mut *scratch.borrow_mut();
                     m.resize(positions * slots * band.stride, 0.0);
                     for c0 in (0..c).step_by(INPUT_CHUNK) {
                         let cs = c0..(c0 + INPUT_CHUNK).min(c);
                         u.resize(positions * u_position_step(slots, cs.len()), 0.0);
-                        let (matrices, kernel) = (self.matrices, self.kernel);
-                        transform_kernel(matrices, positions, kernel, c, ks.clone(), cs.clone(), u);
+                        let kernel = self.kernel;
+                        transform_kernel(&ts, positions, kernel, c, ks.clone(), cs.clone(), u);
                         multiply(&band, layout, slots, cs, u, &v, m);
                     }
                     output(&band, ks, m);
@@ -209,16 +219,24 @@ fn multiply(
     }
 }
 
-/// `U[ξ][o][c - cs.start] = (T g)[ξ]` for the 3x3 kernel `g` of every
+/// The kernel transforms of one convolution, as factors (for
+/// [`transform_taps_x86`]) and as matrices (for the gemm crate).
+struct Transforms<'a> {
+    factors: &'a [KernelTransform],
+    /// [`KernelTransform::matrix`] of each factor.
+    matrices: &'a [&'a [f32]],
+}
+
+/// `U[ξ][o][c - cs.start] = (R g Cᵀ)[ξ]` for the 3x3 kernel `g` of every
 /// output channel `k` in `ks` and input channel `c` in `cs`, once per
-/// matrix `T` of `ts` (`[IN², 9]`, [`super::kernel_matrix`]; the sub-pixel
-/// up-convolution has one per output phase), in slot `o = (k - ks.start) ·
-/// ts.len() + the matrix's index`. On AVX-512, 16 input channels at a
-/// time ([`transform_taps_x86`]); the rest as one `[IN², 9] x [9, cs]`
-/// product (the taps of consecutive input channels are 9 floats apart,
-/// which the product reads in place).
+/// transform of `ts` (the sub-pixel up-convolution has one per output
+/// phase), in slot `o = (k - ks.start) · transforms + the transform's
+/// index`. On AVX-512, 16 input channels at a time
+/// ([`transform_taps_x86`]); the rest as one `[IN², 9] x [9, cs]` product
+/// with the transform's matrix (the taps of consecutive input channels are
+/// 9 floats apart, which the product reads in place).
 fn transform_kernel(
-    ts: &[&[f32]],
+    ts: &Transforms,
     positions: usize,
     kernel: &[f32],
     c: usize,
@@ -226,27 +244,28 @@ fn transform_kernel(
     cs: std::ops::Range<usize>,
     u: &mut [f32],
 ) {
-    let (slots, width) = (ks.len() * ts.len(), cs.len());
+    let (slots, width) = (ks.len() * ts.factors.len(), cs.len());
     let step = u_position_step(slots, width);
     assert!(u.len() >= positions * step);
-    assert!(ts.iter().all(|t| t.len() == positions * 9));
+    assert!(ts.factors.iter().all(|t| t.side * t.side == positions));
+    assert!(ts.matrices.iter().all(|t| t.len() == positions * 9));
     let done = if avx512f() { width - width % 16 } else { 0 };
     for (kk, k) in ks.enumerate() {
         let taps = &kernel[(k * c + cs.start) * 9..(k * c + cs.end) * 9];
-        let first_slot = kk * ts.len();
+        let first_slot = kk * ts.factors.len();
         #[cfg(target_arch = "x86_64")]
         if done > 0 {
             // SAFETY: the CPU has AVX-512F (avx512f); U[ξ][first_slot +
             // phase][..done] is inside u (checked above).
             unsafe {
                 let at = u.as_mut_ptr().add(first_slot * width);
-                transform_taps_x86(ts, &taps[..done * 9], at, [width, step]);
+                transform_taps_x86(ts.factors, &taps[..done * 9], at, [width, step]);
             }
         }
         if done == width {
             continue;
         }
-        for (phase, t) in ts.iter().enumerate() {
+        for (phase, t) in ts.matrices.iter().enumerate() {
             let slot = first_slot + phase;
             // SAFETY: t is [positions, 9] row-major (checked above); taps
             // from channel `done` is [width - done, 9] row-major, read as
@@ -314,16 +333,22 @@ const TAP_TRANSPOSE: TapTranspose = {
 /// [`transform_kernel`] for one output channel's `taps` (`[channels, 9]`,
 /// channels a multiple of 16), 16 input channels at a time: their 144
 /// taps loaded as 9 registers and transposed with permutes into one
-/// register per tap, then per matrix and position 9 multiply-adds. `u` is
-/// `U[0][the first matrix's slot]`; `[phase_step, position_step]` are the
-/// floats to the next matrix's slot and to the next position. As one
-/// gemm-crate product per output channel, this transform took 36% of a
-/// 640 -> 640 convolution at 16x16 (`perf`), almost as much as its
-/// products; this way about 28% (with gathers instead of permutes, 37%).
+/// register per tap, then per transform and block row `i` the row `(R
+/// g)ᵢ` (9 multiply-adds) and from it the row's `side` positions (3
+/// each). `u` is `U[0][the first transform's slot]`; `[phase_step,
+/// position_step]` are the floats to the next transform's slot and to the
+/// next position. As one gemm-crate product per output channel, this
+/// transform took 36% of a 640 -> 640 convolution at 16x16 (`perf`),
+/// almost as much as its products; with the `[36, 9]` matrix, 9
+/// multiply-adds per position, about 28% (with gathers instead of
+/// permutes, 37%). The factors against the matrix, calls alternated in
+/// one process on Zen 4: 640 -> 640 at 16x16 7.64 -> 7.16 ms, 1920 -> 640
+/// 23.3 -> 21.9, the 32x32 maps and the up-convolutions 1-3% faster; the
+/// rest of the transform's time is the kernel's bytes coming from memory.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn transform_taps_x86(
-    ts: &[&[f32]],
+    ts: &[KernelTransform],
     taps: &[f32],
     u: *mut f32,
     [phase_step, position_step]: [usize; 2],
@@ -347,18 +372,26 @@ unsafe fn transform_taps_x86(
             }
             tap
         });
+        // Three terms `c[0] · x[0] + c[1] · x[1] + c[2] · x[2]`.
+        let dot = |c: &[f32; 3], x: [__m512; 3]| {
+            let sum = _mm512_mul_ps(_mm512_set1_ps(c[0]), x[0]);
+            let sum = _mm512_fmadd_ps(_mm512_set1_ps(c[1]), x[1], sum);
+            _mm512_fmadd_ps(_mm512_set1_ps(c[2]), x[2], sum)
+        };
         for (phase, t) in ts.iter().enumerate() {
-            for (xi, row) in t.chunks_exact(9).enumerate() {
-                let mut sum = _mm512_mul_ps(_mm512_set1_ps(row[0]), g[0]);
-                for i in 1..9 {
-                    sum = _mm512_fmadd_ps(_mm512_set1_ps(row[i]), g[i], sum);
+            for i in 0..t.side {
+                // (R g)ᵢ, one register per kernel column b: Σₐ R[i][a] g[a][b].
+                let rg: [__m512; 3] =
+                    std::array::from_fn(|b| dot(&t.rows[i], [g[b], g[3 + b], g[6 + b]]));
+                for j in 0..t.side {
+                    let sum = dot(&t.cols[j], rg);
+                    // SAFETY: U[ξ][slot][16 · group..][..16] is inside U (the
+                    // caller's promise).
+                    unsafe {
+                        let at = phase * phase_step + (i * t.side + j) * position_step + 16 * group;
+                        _mm512_storeu_ps(u.add(at), sum)
+                    };
                 }
-                // SAFETY: U[ξ][slot][16 · group..][..16] is inside U (the
-                // caller's promise).
-                unsafe {
-                    let at = phase * phase_step + xi * position_step + 16 * group;
-                    _mm512_storeu_ps(u.add(at), sum)
-                };
             }
         }
     }

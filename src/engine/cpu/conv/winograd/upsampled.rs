@@ -22,7 +22,9 @@
 use super::super::super::{vectorized, SharedMut};
 use super::super::ConvShape;
 use super::products::Products;
-use super::{bands_over, lanes, output_chunk, same_tile_row, Band, Lane, Tiles, F4, LANES};
+use super::{
+    bands_over, lanes, output_chunk, same_tile_row, Band, KernelTransform, Lane, Tiles, F4, LANES,
+};
 
 /// The tiling: a 6x6 input block every 5 low-resolution rows and columns,
 /// transformed by F(4x4)'s Bᵀ.
@@ -66,26 +68,18 @@ const FOLD: [[[f32; 3]; 2]; 2] = [
     [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
 ];
 
-/// The kernel transform of phase `(a, b)` as an `[36, 9]` matrix over the
-/// 3x3 kernel's taps: `(G₂ Fₐ) ⊗ (G₂ F_b)`.
-fn phase_matrix(a: usize, b: usize) -> Vec<f32> {
+/// The kernel transform of phase `(a, b)`: `(G₂ Fₐ) g (G₂ F_b)ᵀ`.
+fn phase_transform(a: usize, b: usize) -> KernelTransform {
     let fold = |a: usize| -> [[f32; 3]; 6] {
         std::array::from_fn(|i| {
             std::array::from_fn(|tap| G2[i][0] * FOLD[a][0][tap] + G2[i][1] * FOLD[a][1][tap])
         })
     };
-    let (rows, cols) = (fold(a), fold(b));
-    let mut t = vec![0f32; 36 * 9];
-    for i in 0..6 {
-        for j in 0..6 {
-            for p in 0..3 {
-                for q in 0..3 {
-                    t[(i * 6 + j) * 9 + p * 3 + q] = rows[i][p] * cols[j][q];
-                }
-            }
-        }
+    KernelTransform {
+        side: 6,
+        rows: fold(a),
+        cols: fold(b),
     }
-    t
 }
 
 /// Aᵀ of F(5, 2) on the same points: row `j` is `pᵢʲ`, ∞ in the last.
@@ -126,11 +120,11 @@ pub(in super::super) fn conv2d(
     let out_ptr = SharedMut(out.as_mut_ptr());
     // A task's products hold PHASES slots per output channel.
     let chunk = (output_chunk(k, rayon::current_num_threads()) / PHASES).max(1);
-    let matrices: Vec<Vec<f32>> = (0..PHASES).map(|p| phase_matrix(p / 2, p % 2)).collect();
-    let matrices: Vec<&[f32]> = matrices.iter().map(Vec::as_slice).collect();
+    let transforms: Vec<KernelTransform> =
+        (0..PHASES).map(|p| phase_transform(p / 2, p % 2)).collect();
     let products = Products {
         kernel,
-        matrices: &matrices,
+        transforms: &transforms,
         chunk,
     };
     let (tiles_high, tiles_wide) = (tiles_along(s.height), tiles_along(s.width));
