@@ -11,7 +11,7 @@
 //! products are atelier's own (`cpu::f32_products`);
 //! `ATELIER_CPU_PRODUCTS=gemm` puts them back on the gemm crate.
 //!
-//!     cargo bench --bench cpu_kernels [-- convolution|attention|linear|pointwise]
+//!     cargo bench --bench cpu_kernels [-- convolution|attention|linear|pointwise|peak]
 //!
 //! A convolution shape as `batch,in,out,size[,stride]` runs that row only,
 //! median of `REPEATS` (default 5): the spread of this machine hides a 5%
@@ -20,6 +20,11 @@
 //!
 //! The process keeps freed memory, as `atelier` does
 //! (`cpu::keep_freed_memory`).
+//!
+//! `peak` measures this machine's ceilings on all threads: f32 FMA and
+//! bf16 dot-product rates (independent register chains, no memory) and
+//! the rate of reading a 1 GiB array, against which the tables' GFLOP/s
+//! read as a fraction of what the cores can do.
 //!
 //! GFLOP/s counts a direct convolution's work (2·K·C·9 per output pixel)
 //! for every column, so Winograd's column shows its effective rate.
@@ -93,11 +98,12 @@ fn main() -> candle_core::Result<()> {
         return convolutions(&shapes);
     }
     type Table = fn() -> candle_core::Result<()>;
-    let tables: [(&str, Table); 4] = [
+    let tables: [(&str, Table); 5] = [
         ("convolution", || convolutions(&CONVOLUTIONS)),
         ("attention", attentions),
         ("linear", linears),
         ("pointwise", pointwise),
+        ("peak", peaks),
     ];
     for (name, table) in tables {
         if only.is_empty() || only.iter().any(|o| name.starts_with(o.as_str())) {
@@ -387,4 +393,99 @@ fn convolutions(rows: &[ConvRow]) -> candle_core::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The compute and memory ceilings of this machine on every thread.
+fn peaks() -> candle_core::Result<()> {
+    let threads = rayon::current_num_threads();
+    // Multiply-adds per thread: 12 chains of 16 lanes, 2^24 rounds.
+    const ROUNDS: usize = 1 << 24;
+    let rate = |flop_per_instruction: f64, kernel: fn(usize) -> f32| {
+        let ms = median_ms(|| {
+            let sums: Vec<f32> = rayon::broadcast(|_| kernel(ROUNDS));
+            std::hint::black_box(sums);
+        });
+        let flop = flop_per_instruction * (12 * ROUNDS * threads) as f64;
+        format!("{:.0} GFLOP/s", flop / ms / 1e6)
+    };
+    #[cfg(target_arch = "x86_64")]
+    if f32_products::available() {
+        // SAFETY: the CPU has AVX-512F (checked above).
+        println!(
+            "f32 FMA, {threads} threads: {}",
+            rate(32.0, |n| unsafe { fma_chains(n) })
+        );
+    }
+    #[cfg(target_arch = "x86_64")]
+    if bf16::available() {
+        // SAFETY: the CPU has AVX512-BF16 (checked above).
+        println!(
+            "bf16 dot, {threads} threads: {}",
+            rate(64.0, |n| unsafe { dot_chains(n) })
+        );
+    }
+    let data = vec![1f32; 1 << 28];
+    let ms = median_ms(|| {
+        use rayon::prelude::*;
+        let sum: f32 = data
+            .par_chunks(1 << 16)
+            .map(|c| {
+                c.chunks_exact(16)
+                    .fold([0f32; 16], |mut a, x| {
+                        for (a, x) in a.iter_mut().zip(x) {
+                            *a += x;
+                        }
+                        a
+                    })
+                    .iter()
+                    .sum::<f32>()
+            })
+            .sum();
+        std::hint::black_box(sum);
+    });
+    println!(
+        "memory read, {threads} threads: {:.1} GB/s",
+        4.0 * data.len() as f64 / ms / 1e6
+    );
+    Ok(())
+}
+
+/// `rounds` x 12 independent 16-lane FMAs (enough chains to hide their latency).
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_chains(rounds: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let (b, c) = (_mm512_set1_ps(1.0 - 1e-7), _mm512_set1_ps(1e-7));
+    let mut acc: [__m512; 12] = std::array::from_fn(|i| _mm512_set1_ps(i as f32));
+    for _ in 0..rounds {
+        for a in acc.iter_mut() {
+            *a = _mm512_fmadd_ps(*a, b, c);
+        }
+    }
+    acc.iter().map(|a| _mm512_reduce_add_ps(*a)).sum()
+}
+
+/// `rounds` x 12 independent bf16 dot products of 32 pairs.
+///
+/// # Safety
+/// The CPU has AVX512-BF16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn dot_chains(rounds: usize) -> f32 {
+    use std::arch::x86_64::*;
+    // 1.0 and 2^-25 in bf16, as integers.
+    let (b, c) = (
+        std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi16(0x3f80)),
+        std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi16(0x3300)),
+    );
+    let mut acc: [__m512; 12] = std::array::from_fn(|i| _mm512_set1_ps(i as f32));
+    for _ in 0..rounds {
+        for a in acc.iter_mut() {
+            *a = _mm512_dpbf16_ps(*a, b, c);
+        }
+    }
+    acc.iter().map(|a| _mm512_reduce_add_ps(*a)).sum()
 }
