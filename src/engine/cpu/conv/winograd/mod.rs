@@ -81,9 +81,15 @@ fn output_chunk(k: usize, threads: usize) -> usize {
     chunk
 }
 
-/// Tiles per band: large maps (the VAE's) are done a band of tile rows at
-/// a time, which bounds the transformed input and each task's products.
-const BAND_TILES: usize = 512;
+/// Tiles per band in f32: large maps are done a band of tile rows at a
+/// time, which bounds the transformed input and each task's products and
+/// keeps them in cache between the transforms and the products, at the
+/// price of a kernel transform per band. With calls at 512 and 128
+/// alternated in one process (Zen 4): 320 -> 320 at 64x64 (the UNet at 512
+/// px) 47.8 -> 40.2 and 47.9 -> 33.9 ms, 512 at 64x64 (the VAE) 49.8 ->
+/// 44.9, 128 at 256x256 74.5 -> 71.0 and 79.1 -> 77.5; maps of 128 tiles
+/// or fewer are one band either way.
+const BAND_TILES: usize = 128;
 
 /// Where the tiles of one band are: tile `t` of the band is tile row
 /// `first_row + t / tiles_wide` (rows counted over all images), column
@@ -100,10 +106,10 @@ struct Band {
     padded: usize,
     /// Floats from one position's row of tiles to the next in the f32
     /// path's `M` (and `V`, for the gemm crate): `padded` and two lanes
-    /// more. With `padded` a power of two (512 on the VAE's maps) the 36
-    /// rows that a block writes or reads fell into the same few cache
-    /// sets: the input transform of a 128-channel convolution at 256x256
-    /// took 36 ms instead of 29.
+    /// more. With `padded` a power of two (512 on the VAE's maps when
+    /// bands were 512 tiles) the 36 rows that a block writes or reads fell
+    /// into the same few cache sets: the input transform of a 128-channel
+    /// convolution at 256x256 took 36 ms instead of 29.
     stride: usize,
 }
 
@@ -120,12 +126,12 @@ impl Band {
     }
 }
 
-/// The bands that cover the output of `s` in `V`'s tiles, [`BAND_TILES`]
+/// The bands that cover the output of `s` in `V`'s tiles, `band_tiles`
 /// (or one row of tiles, if that is more) at a time.
-fn bands<V: Tiles>(s: &ConvShape) -> impl Iterator<Item = Band> {
+fn bands<V: Tiles>(s: &ConvShape, band_tiles: usize) -> impl Iterator<Item = Band> {
     let tiles_high = s.height.div_ceil(V::OUT);
     let tiles_wide = s.width.div_ceil(V::OUT);
-    bands_over(V::OUT, s.batch, tiles_high, tiles_wide)
+    bands_over(V::OUT, s.batch, tiles_high, tiles_wide, band_tiles)
 }
 
 /// [`bands`] over a grid of `tiles_high x tiles_wide` tiles of `side` per
@@ -135,9 +141,10 @@ fn bands_over(
     batch: usize,
     tiles_high: usize,
     tiles_wide: usize,
+    band_tiles: usize,
 ) -> impl Iterator<Item = Band> {
     let rows = batch * tiles_high;
-    let band_rows = (BAND_TILES / tiles_wide).clamp(1, rows);
+    let band_rows = (band_tiles / tiles_wide).clamp(1, rows);
     (0..rows).step_by(band_rows).map(move |first_row| {
         let tiles = band_rows.min(rows - first_row) * tiles_wide;
         Band {
@@ -167,7 +174,7 @@ pub(super) fn conv2d<V: Variant>(
         transforms: &[KernelTransform::of::<V>()],
         chunk,
     };
-    products.run::<V>(s, input, bands::<V>(s), |band, ks, m| {
+    products.run::<V>(s, input, bands::<V>(s, BAND_TILES), |band, ks, m| {
         transform_output::<V>(s, band, ks, bias, m, out_ptr)
     });
     out

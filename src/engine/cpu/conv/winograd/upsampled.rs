@@ -23,7 +23,8 @@ use super::super::super::{vectorized, SharedMut};
 use super::super::ConvShape;
 use super::products::Products;
 use super::{
-    bands_over, lanes, output_chunk, same_tile_row, Band, KernelTransform, Lane, Tiles, F4, LANES,
+    bands_over, lanes, output_chunk, same_tile_row, Band, KernelTransform, Lane, Tiles, BAND_TILES,
+    F4, LANES,
 };
 
 /// The tiling: a 6x6 input block every 5 low-resolution rows and columns,
@@ -128,7 +129,7 @@ pub(in super::super) fn conv2d(
         chunk,
     };
     let (tiles_high, tiles_wide) = (tiles_along(s.height), tiles_along(s.width));
-    let bands = bands_over(Phases::OUT, s.batch, tiles_high, tiles_wide);
+    let bands = bands_over(Phases::OUT, s.batch, tiles_high, tiles_wide, BAND_TILES);
     products.run::<Phases>(s, input, bands, |band, ks, m| {
         transform_output(s, band, ks, bias, m, out_ptr)
     });
