@@ -398,31 +398,18 @@ fn convolutions(rows: &[ConvRow]) -> candle_core::Result<()> {
 /// The compute and memory ceilings of this machine on every thread.
 fn peaks() -> candle_core::Result<()> {
     let threads = rayon::current_num_threads();
-    // Multiply-adds per thread: 12 chains of 16 lanes, 2^24 rounds.
-    const ROUNDS: usize = 1 << 24;
-    let rate = |flop_per_instruction: f64, kernel: fn(usize) -> f32| {
-        let ms = median_ms(|| {
-            let sums: Vec<f32> = rayon::broadcast(|_| kernel(ROUNDS));
-            std::hint::black_box(sums);
-        });
-        let flop = flop_per_instruction * (12 * ROUNDS * threads) as f64;
-        format!("{:.0} GFLOP/s", flop / ms / 1e6)
-    };
     #[cfg(target_arch = "x86_64")]
-    if f32_products::available() {
-        // SAFETY: the CPU has AVX-512F (checked above).
-        println!(
-            "f32 FMA, {threads} threads: {}",
-            rate(32.0, |n| unsafe { fma_chains(n) })
-        );
-    }
-    #[cfg(target_arch = "x86_64")]
-    if bf16::available() {
-        // SAFETY: the CPU has AVX512-BF16 (checked above).
-        println!(
-            "bf16 dot, {threads} threads: {}",
-            rate(64.0, |n| unsafe { dot_chains(n) })
-        );
+    {
+        if f32_products::available() {
+            // SAFETY: the CPU has AVX-512F (checked above).
+            let rate = chains_rate(32.0, |n| unsafe { fma_chains(n) });
+            println!("f32 FMA, {threads} threads: {rate}");
+        }
+        if bf16::available() {
+            // SAFETY: the CPU has AVX512-BF16 (checked above).
+            let rate = chains_rate(64.0, |n| unsafe { dot_chains(n) });
+            println!("bf16 dot, {threads} threads: {rate}");
+        }
     }
     let data = vec![1f32; 1 << 28];
     let ms = median_ms(|| {
@@ -448,6 +435,19 @@ fn peaks() -> candle_core::Result<()> {
         4.0 * data.len() as f64 / ms / 1e6
     );
     Ok(())
+}
+
+/// The rate of `kernel` (12 chains of `flop_per_instruction` each per
+/// round) run on every thread at once.
+#[cfg(target_arch = "x86_64")]
+fn chains_rate(flop_per_instruction: f64, kernel: fn(usize) -> f32) -> String {
+    const ROUNDS: usize = 1 << 24;
+    let ms = median_ms(|| {
+        let sums: Vec<f32> = rayon::broadcast(|_| kernel(ROUNDS));
+        std::hint::black_box(sums);
+    });
+    let flop = flop_per_instruction * (12 * ROUNDS * rayon::current_num_threads()) as f64;
+    format!("{:.0} GFLOP/s", flop / ms / 1e6)
 }
 
 /// `rounds` x 12 independent 16-lane FMAs (enough chains to hide their latency).
