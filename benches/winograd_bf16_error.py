@@ -65,6 +65,9 @@ def winograd(x, w, m, points):
             out[:, ty * m:(ty + 1) * m, tx * m:(tx + 1) * m] = np.einsum('ai,kij,bj->kab', AT, M, AT)
     return out[:, :H, :W], (np.abs(AT).max(), np.abs(G).max(), np.abs(BT).max())
 
+def rel_rms(err, want):
+    return np.sqrt((err ** 2).mean()) / np.sqrt((want ** 2).mean())
+
 for C in (640, 1280):
     x = rng.standard_normal((C, 16, 16))
     w = rng.standard_normal((8, C, 3, 3)) / np.sqrt(9 * C)
@@ -72,11 +75,11 @@ for C in (640, 1280):
     scale = np.abs(want).max()
     im2col = conv_ref(bf16(x), bf16(w))
     print(f"C={C} im2col bf16: max {np.abs(im2col - want).max() / scale:.4f}, "
-          f"rms {np.sqrt(((im2col - want) ** 2).mean()) / np.sqrt((want ** 2).mean()):.4f}")
+          f"rms {rel_rms(im2col - want, want):.4f}")
     for m, pts in [(2, [0, 1, -1]), (3, [0, 1, -1, 2]), (3, [0, 1, -1, 0.5]),
                    (4, [0, 1, -1, 2, -2]), (4, [0, 1, -1, 0.5, -0.5])]:
         got, mags = winograd(x, w, m, pts)
         err = got - want
         print(f"  F({m}x{m}) points {pts}: max {np.abs(err).max() / scale:.4f}, "
-              f"rms {np.sqrt((err ** 2).mean()) / np.sqrt((want ** 2).mean()):.4f}, "
+              f"rms {rel_rms(err, want):.4f}, "
               f"|AT|,|G|,|BT| max {mags[0]:.2f} {mags[1]:.3f} {mags[2]:.2f}")

@@ -40,7 +40,7 @@ use super::dealt_row_x86;
 #[cfg(target_arch = "x86_64")]
 use super::same_tile_row;
 use super::LANES;
-use super::{bands, kernel_matrix, output_block, transformed_block, Band, Lane, Tiles, F2};
+use super::{bands, output_block, transformed_block, Band, KernelTransform, Lane, Tiles, F2};
 use crate::engine::cpu::conv::ConvShape;
 
 /// Positions of F(2x2, 3x3)'s 4x4 blocks.
@@ -77,7 +77,7 @@ impl TransformedKernel {
     pub fn new(kernel: &[f32], out_channels: usize, in_channels: usize) -> Self {
         let pairs = out_channels * in_channels;
         assert_eq!(kernel.len(), pairs * 9, "kernel size");
-        let t = kernel_matrix::<F2>();
+        let t = KernelTransform::of::<F2>().matrix();
         let mut u = vec![0f32; POSITIONS * pairs];
         // SAFETY: t is [16, 9] row-major; the kernel is [K * C, 9]
         // row-major, read as its [9, K * C] transpose; u is [16, K * C]

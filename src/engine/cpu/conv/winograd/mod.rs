@@ -546,11 +546,6 @@ impl KernelTransform {
     }
 }
 
-/// `G ⊗ G` as an `[IN², 9]` row-major matrix ([`KernelTransform::matrix`]).
-fn kernel_matrix<V: Variant>() -> Vec<f32> {
-    KernelTransform::of::<V>().matrix()
-}
-
 /// `Aᵀ M A` for one block of products: `at(ξ)` is position ξ's lanes (tiles
 /// or channels, as the caller lays them out); the result's first `OUT` rows
 /// and columns are the output block's.

@@ -51,15 +51,7 @@ impl Products<'_> {
         let (c, k) = (s.in_channels, s.out_channels);
         let positions = T::IN * T::IN;
         let chunks: Vec<usize> = (0..k).step_by(self.chunk).collect();
-        let matrices: Vec<Vec<f32>> = self
-            .transforms
-            .iter()
-            .map(KernelTransform::matrix)
-            .collect();
-        let ts = Transforms {
-            factors: self.transforms,
-            matrices: &matrices.iter().map(Vec::as_slice).collect::<Vec<_>>(),
-        };
+        let ts = Transforms::new(self.transforms);
         let mut v = Vec::new();
         for band in bands {
             let layout = Layout::new(positions, c, &band);
@@ -224,7 +216,14 @@ fn multiply(
 struct Transforms<'a> {
     factors: &'a [KernelTransform],
     /// [`KernelTransform::matrix`] of each factor.
-    matrices: &'a [&'a [f32]],
+    matrices: Vec<Vec<f32>>,
+}
+
+impl<'a> Transforms<'a> {
+    fn new(factors: &'a [KernelTransform]) -> Self {
+        let matrices = factors.iter().map(KernelTransform::matrix).collect();
+        Self { factors, matrices }
+    }
 }
 
 /// `U[ξ][o][c - cs.start] = (R g Cᵀ)[ξ]` for the 3x3 kernel `g` of every
