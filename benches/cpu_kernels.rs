@@ -5,13 +5,13 @@
 //! (candle's `conv2d` vs atelier's im2col, Winograd F(4x4) and F(2x2)) and attention
 //! (candle's matmul + softmax + matmul with the heads split out, as the
 //! generic path runs it, vs the fused kernel, in f32 and with bf16
-//! products), and the linear layers (candle's, weight `[out, in]`; the
+//! products), the linear layers (candle's, weight `[out, in]`; the
 //! gemm crate's, weight `[in, out]`; atelier's AVX-512 products, weight in
-//! panels; bf16). On AVX-512, im2col's and the fused f32 attention's
+//! panels; bf16), and the transformer blocks' layer norm. On AVX-512, im2col's and the fused f32 attention's
 //! products are atelier's own (`cpu::f32_products`);
 //! `ATELIER_CPU_PRODUCTS=gemm` puts them back on the gemm crate.
 //!
-//!     cargo bench --bench cpu_kernels [-- convolution|attention|linear|pointwise|peak]
+//!     cargo bench --bench cpu_kernels [-- convolution|attention|linear|pointwise|norm|peak]
 //!
 //! A convolution shape as `batch,in,out,size[,stride]` runs that row only,
 //! median of `REPEATS` (default 5): the spread of this machine hides a 5%
@@ -98,11 +98,12 @@ fn main() -> candle_core::Result<()> {
         return convolutions(&shapes);
     }
     type Table = fn() -> candle_core::Result<()>;
-    let tables: [(&str, Table); 5] = [
+    let tables: [(&str, Table); 6] = [
         ("convolution", || convolutions(&CONVOLUTIONS)),
         ("attention", attentions),
         ("linear", linears),
         ("pointwise", pointwise),
+        ("norm", layer_norms),
         ("peak", peaks),
     ];
     for (name, table) in tables {
@@ -191,6 +192,34 @@ fn linears() -> candle_core::Result<()> {
 /// 1x1 convolutions on NCHW maps (the resnets' shortcuts, SD 1.x's
 /// transformer projections in and out), batch 2, as the blocks run them:
 /// f32 panels and bf16, weight prepared once.
+/// Layer norm over `[2, tokens, dim]`: candle's (`candle_nn::ops::layer_norm`,
+/// which `candle_nn::LayerNorm` runs) against atelier's.
+fn layer_norms() -> candle_core::Result<()> {
+    let dev = Device::Cpu;
+    println!(
+        "\n{:<44} {:>16} {:>16}",
+        "layer norm (batch 2, tokens x dim)", "candle ms", "atelier ms"
+    );
+    for (tokens, dim) in [(1024, 320), (256, 640), (64, 1280), (4096, 320)] {
+        let x = Tensor::randn(0f32, 1., (2, tokens, dim), &dev)?;
+        let w = Tensor::randn(0f32, 1., dim, &dev)?;
+        let b = Tensor::randn(0f32, 1., dim, &dev)?;
+        let candle = median_ms(|| {
+            candle_nn::ops::layer_norm(&x, &w, &b, 1e-5).expect("candle's layer norm");
+        });
+        let atelier = median_ms(|| {
+            ops::layer_norm(&x, &w, &b, 1e-5).expect("atelier's layer norm");
+        });
+        println!(
+            "{:<44} {:>16.3} {:>16.3}",
+            format!("{tokens} x {dim}"),
+            candle,
+            atelier
+        );
+    }
+    Ok(())
+}
+
 fn pointwise() -> candle_core::Result<()> {
     let dev = Device::Cpu;
     println!(

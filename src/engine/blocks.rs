@@ -212,6 +212,32 @@ impl Module for GroupNorm {
     }
 }
 
+/// Layer norm over the last dimension: atelier's kernel for f32 on the
+/// CPU, candle's elsewhere.
+pub struct LayerNorm {
+    inner: candle_nn::LayerNorm,
+    eps: f64,
+}
+
+/// `weight` and `bias` [dim] from `vb`, as `candle_nn::layer_norm`.
+pub fn layer_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
+    Ok(LayerNorm {
+        inner: candle_nn::layer_norm(dim, eps, vb)?,
+        eps,
+    })
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        match self.inner.bias() {
+            Some(bias) if ops::applies(xs) => {
+                ops::layer_norm(xs, self.inner.weight(), bias, self.eps)
+            }
+            _ => self.inner.forward(xs),
+        }
+    }
+}
+
 /// A 1x1 convolution: the linear layer applied at every pixel, as one
 /// matrix product per image (no im2col copy, no layout transposes, no
 /// cuDNN call).

@@ -6,11 +6,11 @@
 use std::sync::Mutex;
 
 use candle_core::{Module, Result, Tensor, TensorId, D};
-use candle_nn::{layer_norm, LayerNorm, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::blocks::{
-    attention, bf16_products, group_norm, linear, linear_no_bias, AttentionMode, Conv1x1,
-    GroupNorm, Linear, ResnetBlock,
+    attention, bf16_products, group_norm, layer_norm, linear, linear_no_bias, AttentionMode,
+    Conv1x1, GroupNorm, LayerNorm, Linear, ResnetBlock,
 };
 use super::config::UnetSpec;
 use super::conv::Conv2d;

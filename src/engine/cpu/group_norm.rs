@@ -83,7 +83,7 @@ fn normalize_group(
 }
 
 #[inline(always)]
-fn sum(xs: &[f32]) -> f32 {
+pub(super) fn sum(xs: &[f32]) -> f32 {
     let mut lanes = [0f32; LANES];
     let mut chunks = xs.chunks_exact(LANES);
     for chunk in &mut chunks {
@@ -95,7 +95,7 @@ fn sum(xs: &[f32]) -> f32 {
 }
 
 #[inline(always)]
-fn sum_sq_dev(xs: &[f32], mean: f32) -> f32 {
+pub(super) fn sum_sq_dev(xs: &[f32], mean: f32) -> f32 {
     let mut lanes = [0f32; LANES];
     let mut chunks = xs.chunks_exact(LANES);
     for chunk in &mut chunks {

@@ -1,6 +1,6 @@
 //! f32 kernels for the CPU where candle's generic ones leave most of the
-//! machine idle: convolutions, linear layers, attention, GEGLU, group norm,
-//! sums in place.
+//! machine idle: convolutions, linear layers, attention, GEGLU, group and
+//! layer norms, sums in place.
 //! Each works on plain slices; the layers in `engine` call them through
 //! candle custom ops when a tensor is f32 on the CPU and use candle's own
 //! ops everywhere else.
@@ -15,6 +15,7 @@ pub mod conv;
 pub mod f32_products;
 pub mod geglu;
 pub mod group_norm;
+pub mod layer_norm;
 pub mod linear;
 mod math;
 pub mod ops;

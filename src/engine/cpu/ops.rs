@@ -14,6 +14,7 @@ use super::conv::{self, Bf16Kernel, ConvShape};
 use super::f32_products::{self, Panels};
 use super::geglu;
 use super::group_norm::{self, GroupShape};
+use super::layer_norm;
 use super::linear::{self, Arrangement, LinearShape};
 use super::upsample;
 
@@ -228,6 +229,45 @@ pub fn group_norm(
             silu,
         },
     )
+}
+
+/// Layer norm over the last dimension, with its affine transform.
+pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    xs.contiguous()?
+        .apply_op3_no_bwd(weight, bias, &LayerNorm { eps: eps as f32 })
+}
+
+struct LayerNorm {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "atelier-cpu-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        weight: &CpuStorage,
+        weight_layout: &Layout,
+        bias: &CpuStorage,
+        bias_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dim = x_layout.shape().dims().last().copied().unwrap_or(0);
+        let (weight, bias) = (slice(weight, weight_layout)?, slice(bias, bias_layout)?);
+        if dim == 0 || weight.len() != dim || bias.len() != dim {
+            candle_core::bail!(
+                "layer norm: {:?} with {} weights and {} biases",
+                x_layout.shape(),
+                weight.len(),
+                bias.len()
+            );
+        }
+        let out = layer_norm::layer_norm(slice(x, x_layout)?, dim, weight, bias, self.eps);
+        Ok((CpuStorage::F32(out), x_layout.shape().clone()))
+    }
 }
 
 struct GroupNorm {
