@@ -754,9 +754,20 @@ unsafe fn pack_block(
         }
     } else if cs == 1 {
         // Row-major (tokens): 16 floats of a row are 8 pairs in order.
+        // A whole block's rows take 32 pairs at a time, transposed in
+        // registers; a row at a time, each pair was a store of its own.
+        let mut done = 0;
+        if rows == MR {
+            while done + 32 <= full_pairs {
+                // SAFETY: 64 floats from 2 * done of each of the MR rows
+                // are inside lhs; dst holds [k/2][MR].
+                unsafe { pairs32_x86(src.add(2 * done), rs, dst.as_mut_ptr().add(done * MR)) };
+                done += 32;
+            }
+        }
         for r in 0..rows {
             let row = src.wrapping_add(r * rs);
-            let mut p = 0;
+            let mut p = done;
             while p + 8 <= full_pairs {
                 // SAFETY: 16 floats from 2p are inside the row.
                 let pairs: [u32; 8] = unsafe {
@@ -792,6 +803,44 @@ unsafe fn pack_block(
             // SAFETY: the last element of row r is inside lhs.
             let last = unsafe { *src.add(r * rs + (k - 1) * cs) };
             dst[full_pairs * MR + r] = pair_bits(last, 0.0);
+        }
+    }
+}
+
+/// Pairs `0..32` of the [`MR`] rows at `src` (row stride `rs` floats) into
+/// `dst` `[32][MR]`: each row's 64 floats rounded to 32 pairs in two
+/// vectors, the block's 16 vectors transposed, so that one pair's rows lie
+/// together (pairs `q` and `16 + q` in the two halves of column `q`).
+///
+/// # Safety
+/// 64 floats of each row are readable, `dst` holds `32 * MR` pairs; the
+/// CPU has AVX512-BF16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+unsafe fn pairs32_x86(src: *const f32, rs: usize, dst: *mut u32) {
+    let rows: [__m512; 16] = std::array::from_fn(|i| {
+        let (r, half) = (i % MR, i / MR);
+        // SAFETY: floats 32 * half.. + 32 of row r (the caller's promise).
+        let (low, high) = unsafe {
+            let at = src.add(r * rs + 32 * half);
+            (_mm512_loadu_ps(at), _mm512_loadu_ps(at.add(16)))
+        };
+        // The first 16 bf16 are `low`'s: its 8 pairs in order.
+        // SAFETY: both are 64 bytes of plain data.
+        unsafe { std::mem::transmute::<__m512bh, __m512>(_mm512_cvtne2ps_pbh(high, low)) }
+    });
+    for (q, column) in super::pairs::transpose16(rows).into_iter().enumerate() {
+        let column = _mm512_castps_si512(column);
+        // SAFETY: pairs q and 16 + q of dst (the caller's promise).
+        unsafe {
+            _mm256_storeu_si256(
+                dst.add(q * MR) as *mut __m256i,
+                _mm512_castsi512_si256(column),
+            );
+            _mm256_storeu_si256(
+                dst.add((16 + q) * MR) as *mut __m256i,
+                _mm512_extracti64x4_epi64::<1>(column),
+            );
         }
     }
 }
@@ -1018,15 +1067,20 @@ pub(super) mod tests {
             return;
         }
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
-        // Odd k (the last odd column comes as zeros), one block or several.
-        for (m, k) in [(8, 1), (24, 7), (16, 40)] {
+        // Odd k (the last odd column comes as zeros), one block or several;
+        // rows of 32 pairs and more (transposed in registers, where the
+        // block is whole) and their tails of 8 pairs and fewer.
+        for (m, k) in [(8, 1), (24, 7), (16, 40), (16, 83), (13, 147)] {
             let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-2.0..2.0)).collect();
             // SAFETY: a is [m, k] row-major.
             let rows = unsafe { PackedLhs::new(m, k, (a.as_ptr(), k, 1)) };
             let pairs = PackedLhs::from_column_pairs(m, k, |p, pair| {
                 for row in (0..m).step_by(MR) {
                     let column = |c: usize| -> [f32; MR] {
-                        std::array::from_fn(|r| if c < k { a[(row + r) * k + c] } else { 0.0 })
+                        std::array::from_fn(|r| match c < k && row + r < m {
+                            true => a[(row + r) * k + c],
+                            false => 0.0,
+                        })
                     };
                     pair.put(row, &column(2 * p), &column(2 * p + 1));
                 }
