@@ -42,7 +42,10 @@ pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     return is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bf16")
-        && is_x86_feature_detected!("avx512vl");
+        && is_x86_feature_detected!("avx512vl")
+        // Every CPU with AVX512-BF16 has it; the bf16 attention's packing
+        // of probabilities takes its 16-bit permute.
+        && is_x86_feature_detected!("avx512bw");
     #[cfg(not(target_arch = "x86_64"))]
     false
 }
