@@ -7,8 +7,9 @@
 //! generic path runs it, vs the fused kernel, in f32 and with bf16
 //! products), the linear layers (candle's, weight `[out, in]`; the
 //! gemm crate's, weight `[in, out]`; atelier's AVX-512 products, weight in
-//! panels; bf16), and the transformer blocks' layer norm. On AVX-512, im2col's and the fused f32 attention's
-//! products are atelier's own (`cpu::f32_products`);
+//! panels; bf16), and the transformer blocks' layer norm. On AVX-512,
+//! im2col's and the fused f32 attention's products are atelier's own
+//! (`cpu::f32_products`);
 //! `ATELIER_CPU_PRODUCTS=gemm` puts them back on the gemm crate.
 //!
 //!     cargo bench --bench cpu_kernels [-- convolution|attention|linear|pointwise|norm|peak]
@@ -189,9 +190,6 @@ fn linears() -> candle_core::Result<()> {
     Ok(())
 }
 
-/// 1x1 convolutions on NCHW maps (the resnets' shortcuts, SD 1.x's
-/// transformer projections in and out), batch 2, as the blocks run them:
-/// f32 panels and bf16, weight prepared once.
 /// Layer norm over `[2, tokens, dim]`: candle's (`candle_nn::ops::layer_norm`,
 /// which `candle_nn::LayerNorm` runs) against atelier's.
 fn layer_norms() -> candle_core::Result<()> {
@@ -220,6 +218,9 @@ fn layer_norms() -> candle_core::Result<()> {
     Ok(())
 }
 
+/// 1x1 convolutions on NCHW maps (the resnets' shortcuts, SD 1.x's
+/// transformer projections in and out), batch 2, as the blocks run them:
+/// f32 panels and bf16, weight prepared once.
 fn pointwise() -> candle_core::Result<()> {
     let dev = Device::Cpu;
     println!(
