@@ -653,6 +653,18 @@ pub unsafe fn product_packed_into(dst: (*mut f32, usize, usize), lhs: &PackedLhs
 /// tiles can start.
 pub const ROW_GROUP: usize = 16;
 
+/// The rows a part of a product is best padded to on this CPU:
+/// [`ROW_GROUP`] where AMX runs it, else one [`LHS_BLOCK`] (padding to 16
+/// there only multiplies zeros: twice the products for the 8 tiles of a
+/// 4x4 map in bf16 Winograd).
+pub fn row_padding() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if super::amx::available() {
+        return ROW_GROUP;
+    }
+    LHS_BLOCK
+}
+
 /// Columns per panel of a [`PackedRhs`].
 pub const RHS_PANEL: usize = NR;
 

@@ -129,9 +129,9 @@ pub fn conv2d(s: &ConvShape, input: &[f32], kernel: &TransformedKernel, bias: &[
     let mut v = Vec::new();
     for band in bands::<F2>(s, BAND_TILES) {
         // Each position's rows start where AMX products can start a part
-        // (a band of 8 tiles gains 8 rows of zeros).
+        // (with AMX, a band of 8 tiles gains 8 rows of zeros).
         let band = Band {
-            padded: band.padded.next_multiple_of(bf16::ROW_GROUP),
+            padded: band.padded.next_multiple_of(bf16::row_padding()),
             ..band
         };
         let padded = band.padded;
