@@ -330,32 +330,45 @@ impl PackedLhs {
         k: usize,
         fill: impl Fn(usize, &mut ColumnPair) + Sync,
     ) -> Self {
-        Self::from_column_pairs_in(Vec::new(), m, k, fill)
+        let zeros = vec![0; data_len(m, k.div_ceil(2))];
+        // SAFETY: every value is initialised (rows not put stay zero).
+        unsafe { Self::from_column_pairs_in(zeros, m, k, fill) }
     }
 
     /// [`from_column_pairs`](Self::from_column_pairs) in `buffer`'s memory
     /// (from [`into_buffer`](Self::into_buffer)), which is not zeroed
-    /// first: `fill` must put every row of its pair, or stale values stay
-    /// (bf16 Winograd reuses one operand's memory across a map's bands).
-    pub fn from_column_pairs_in(
+    /// first (bf16 Winograd reuses one operand's memory across a map's
+    /// bands; in perf, zeroing a fresh one showed as 5% of a 960-channel
+    /// convolution).
+    ///
+    /// # Safety
+    /// `fill` puts every row of its pair (all `m` rows, rounded up to whole
+    /// blocks of [`LHS_BLOCK`]), or `buffer` already holds that many
+    /// initialised values.
+    pub unsafe fn from_column_pairs_in(
         buffer: Vec<u32>,
         m: usize,
         k: usize,
         fill: impl Fn(usize, &mut ColumnPair) + Sync,
     ) -> Self {
         let pairs = k.div_ceil(2);
+        let len = data_len(m, pairs);
         let mut data = buffer;
-        data.resize(data_len(m, pairs), 0);
+        data.clear();
+        data.reserve(len);
         let shared = SharedPairs(data.as_mut_ptr());
         (0..pairs).into_par_iter().for_each(|p| {
             let mut pair = ColumnPair {
                 data: shared,
-                len: data_len(m, pairs),
+                len,
                 pairs,
                 p,
             };
             fill(p, &mut pair);
         });
+        // SAFETY: the first len values are written (the caller's promise)
+        // inside the capacity reserved above.
+        unsafe { data.set_len(len) };
         Self { m, k, data }
     }
 
@@ -386,21 +399,35 @@ impl PackedLhs {
     /// [`available`].
     pub unsafe fn new(m: usize, k: usize, lhs: (*const f32, usize, usize)) -> Self {
         let (ptr, rs, cs) = (lhs.0 as usize, lhs.1, lhs.2);
-        Self::from_blocks(m, k, |block, dst| {
+        let pairs = k.div_ceil(2);
+        let len = data_len(m, pairs);
+        // Not zeroed first (in perf, zeroing showed as 0.5% of a bf16 UNet
+        // step): each block is written whole below.
+        let mut data: Vec<u32> = Vec::with_capacity(len);
+        let shared = SharedPairs(data.as_mut_ptr());
+        (0..m.div_ceil(MR)).into_par_iter().for_each(|block| {
+            let rows = MR.min(m - block * MR);
+            // SAFETY: block `block`'s pairs * MR values lie inside the
+            // capacity, and only this task writes them.
+            let dst = unsafe { shared.at(block * pairs * MR) };
+            // The rows past m of the last block are zeros (and all of it
+            // where there is no packing kernel, off x86).
+            if rows < MR || cfg!(not(target_arch = "x86_64")) {
+                // SAFETY: as above.
+                unsafe { dst.write_bytes(0, pairs * MR) };
+            }
             let src = ptr as *const f32;
             // SAFETY: rows block * MR.. (up to m) of lhs, k elements each,
-            // at the caller's strides, on a CPU with the instructions.
+            // at the caller's strides, on a CPU with the instructions;
+            // dst holds the block.
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                pack_block(
-                    src.add(block * MR * rs),
-                    (rs, cs),
-                    MR.min(m - block * MR),
-                    k,
-                    dst,
-                )
+                pack_block(src.add(block * MR * rs), (rs, cs), rows, k, dst)
             };
-        })
+        });
+        // SAFETY: every block was written above.
+        unsafe { data.set_len(len) };
+        Self { m, k, data }
     }
 }
 
@@ -409,12 +436,23 @@ fn data_len(m: usize, pairs: usize) -> usize {
 }
 
 /// A [`PackedLhs`]'s data, shared by the tasks that fill disjoint pairs of
-/// its columns.
+/// its columns or blocks of its rows.
 #[derive(Clone, Copy)]
 struct SharedPairs(*mut u32);
-// SAFETY: each task writes only its own pair of columns.
+// SAFETY: each task writes only its own pair of columns or block of rows.
 unsafe impl Send for SharedPairs {}
 unsafe impl Sync for SharedPairs {}
+
+impl SharedPairs {
+    /// The value `offset` values in.
+    ///
+    /// # Safety
+    /// It lies inside the allocation.
+    unsafe fn at(self, offset: usize) -> *mut u32 {
+        // SAFETY: the caller's promise.
+        unsafe { self.0.add(offset) }
+    }
+}
 
 /// Columns `2p` and `2p + 1` of a [`PackedLhs`] being made
 /// ([`PackedLhs::from_column_pairs`]).
@@ -430,7 +468,10 @@ impl ColumnPair {
     /// `even` of column 2p, `odd` of column 2p + 1.
     #[inline(always)]
     pub fn put(&mut self, row: usize, even: &[f32; MR], odd: &[f32; MR]) {
-        interleave(even, odd, self.pairs_of(row));
+        let mut pairs = [0; MR];
+        interleave(even, odd, &mut pairs);
+        // SAFETY: the slot holds 8 pairs.
+        unsafe { self.slot(row).copy_from_nonoverlapping(pairs.as_ptr(), MR) };
     }
 
     /// [`put`](Self::put) of rows already rounded to bf16 ([`round8`]).
@@ -441,18 +482,19 @@ impl ColumnPair {
     #[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
     pub unsafe fn put_bf16(&mut self, row: usize, even: __m128i, odd: __m128i) {
         // SAFETY: the slot holds 8 pairs; the CPU has the instructions.
-        unsafe { store_pairs8(even, odd, self.pairs_of(row).as_mut_ptr()) }
+        unsafe { store_pairs8(even, odd, self.slot(row)) }
     }
 
-    /// The 8 pairs of rows `row..row + 8` in this pair of columns.
+    /// Where the 8 pairs of rows `row..row + 8` in this pair of columns go:
+    /// a pointer, not a slice, as the memory may not be initialised yet.
     #[inline(always)]
-    fn pairs_of(&mut self, row: usize) -> &mut [u32] {
+    fn slot(&mut self, row: usize) -> *mut u32 {
         assert!(row.is_multiple_of(MR), "row {row}");
         let at = ((row / MR) * self.pairs + self.p) * MR;
         assert!(at + MR <= self.len, "row {row} past the operand");
         // SAFETY: pair p of block row / MR is inside the data (checked),
         // and only this task writes it.
-        unsafe { std::slice::from_raw_parts_mut(self.data.0.add(at), MR) }
+        unsafe { self.data.0.add(at) }
     }
 }
 
@@ -746,7 +788,11 @@ unsafe fn product_part_avx512(
 }
 
 /// `rows` rows of `src` (k floats each, at `(row stride, column stride)`)
-/// as bf16 pairs into `dst` `[k/2][MR]`; rows past `rows` stay zero.
+/// as bf16 pairs into `dst` `[k/2][MR]`; rows past `rows` are not written.
+///
+/// # Safety
+/// Those rows of `src` are readable, `dst` holds `k/2 * MR` writable
+/// pairs; the CPU has [`available`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
 unsafe fn pack_block(
@@ -754,7 +800,7 @@ unsafe fn pack_block(
     (rs, cs): (usize, usize),
     rows: usize,
     k: usize,
-    dst: &mut [u32],
+    dst: *mut u32,
 ) {
     let full_pairs = k / 2;
     if rs == 1 && rows == MR {
@@ -764,7 +810,7 @@ unsafe fn pack_block(
             // SAFETY: columns 2p and 2p + 1, rows 0..MR, are inside lhs.
             unsafe {
                 let (even, odd) = (src.add(2 * p * cs), src.add((2 * p + 1) * cs));
-                interleave8_x86((even, odd), 0xff, dst.as_mut_ptr().add(p * MR));
+                interleave8_x86((even, odd), 0xff, dst.add(p * MR));
             }
         }
     } else if cs == 1 {
@@ -776,7 +822,7 @@ unsafe fn pack_block(
             while done + 32 <= full_pairs {
                 // SAFETY: 64 floats from 2 * done of each of the MR rows
                 // are inside lhs; dst holds [k/2][MR].
-                unsafe { pairs32_x86(src.add(2 * done), rs, dst.as_mut_ptr().add(done * MR)) };
+                unsafe { pairs32_x86(src.add(2 * done), rs, dst.add(done * MR)) };
                 done += 32;
             }
         }
@@ -789,35 +835,43 @@ unsafe fn pack_block(
                     std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(row.add(2 * p))))
                 };
                 for (q, pair) in pairs.into_iter().enumerate() {
-                    dst[(p + q) * MR + r] = pair;
+                    // SAFETY: pair p + q < k/2 of row r < MR.
+                    unsafe { dst.add((p + q) * MR + r).write(pair) };
                 }
                 p += 8;
             }
             for p in p..full_pairs {
-                // SAFETY: elements 2p and 2p + 1 are inside the row.
-                let (even, odd) = unsafe { (*row.add(2 * p), *row.add(2 * p + 1)) };
-                dst[p * MR + r] = pair_bits(even, odd);
+                // SAFETY: elements 2p and 2p + 1 are inside the row; pair p
+                // of row r is inside dst.
+                unsafe {
+                    let (even, odd) = (*row.add(2 * p), *row.add(2 * p + 1));
+                    dst.add(p * MR + r).write(pair_bits(even, odd));
+                }
             }
         }
     } else {
         for r in 0..rows {
             for p in 0..full_pairs {
-                // SAFETY: elements 2p and 2p + 1 of row r are inside lhs.
-                let (even, odd) = unsafe {
-                    (
+                // SAFETY: elements 2p and 2p + 1 of row r are inside lhs;
+                // pair p of row r is inside dst.
+                unsafe {
+                    let (even, odd) = (
                         *src.add(r * rs + 2 * p * cs),
                         *src.add(r * rs + (2 * p + 1) * cs),
-                    )
-                };
-                dst[p * MR + r] = pair_bits(even, odd);
+                    );
+                    dst.add(p * MR + r).write(pair_bits(even, odd));
+                }
             }
         }
     }
     if k % 2 == 1 {
         for r in 0..rows {
-            // SAFETY: the last element of row r is inside lhs.
-            let last = unsafe { *src.add(r * rs + (k - 1) * cs) };
-            dst[full_pairs * MR + r] = pair_bits(last, 0.0);
+            // SAFETY: the last element of row r is inside lhs, its last
+            // pair inside dst.
+            unsafe {
+                let last = *src.add(r * rs + (k - 1) * cs);
+                dst.add(full_pairs * MR + r).write(pair_bits(last, 0.0));
+            }
         }
     }
 }

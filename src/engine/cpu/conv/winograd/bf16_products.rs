@@ -118,7 +118,8 @@ pub fn conv2d(s: &ConvShape, input: &[f32], kernel: &TransformedKernel, bias: &[
     assert_eq!(kernel.out_channels(), k, "kernel's output channels");
     assert_eq!(kernel.positions[0].k(), c, "kernel's input channels");
 
-    let mut out = vec![0f32; s.output_len()];
+    // Not zeroed first: the output transform writes every pixel.
+    let mut out = Vec::with_capacity(s.output_len());
     let out_ptr = SharedMut(out.as_mut_ptr());
     // Every element of M is written before it is read, so the buffer is
     // kept between calls rather than zeroed at each.
@@ -137,8 +138,7 @@ pub fn conv2d(s: &ConvShape, input: &[f32], kernel: &TransformedKernel, bias: &[
         let padded = band.padded;
         // V, packed as it is made: rows (ξ, tile), columns C, a pair of
         // input channels per task.
-        // Every row of every pair is put (the band's padded tiles too).
-        let lhs = PackedLhs::from_column_pairs_in(v, POSITIONS * padded, c, |p, pair| {
+        let transform = |p: usize, pair: &mut ColumnPair| {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the CPU has AVX512-BF16 (asserted above).
             unsafe {
@@ -153,7 +153,10 @@ pub fn conv2d(s: &ConvShape, input: &[f32], kernel: &TransformedKernel, bias: &[
                     }
                 },
             )
-        });
+        };
+        // SAFETY: `transform` puts every row of its pair (the band's padded
+        // tiles too).
+        let lhs = unsafe { PackedLhs::from_column_pairs_in(v, POSITIONS * padded, c, transform) };
 
         // M: [ξ][tile][K], each tile's channels contiguous, so that the
         // products store whole vectors.
@@ -205,6 +208,9 @@ pub fn conv2d(s: &ConvShape, input: &[f32], kernel: &TransformedKernel, bias: &[
             });
     }
     BUFFERS.set(m);
+    // SAFETY: the bands' tiles cover the output, and the output transform
+    // wrote each of their pixels inside it.
+    unsafe { out.set_len(s.output_len()) };
     out
 }
 
