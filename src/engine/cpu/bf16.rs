@@ -485,6 +485,31 @@ impl ColumnPair {
         unsafe { store_pairs8(even, odd, self.slot(row)) }
     }
 
+    /// [`put_bf16`](Self::put_bf16) of rows `row..row + 16`, 16 bf16 of
+    /// each column.
+    ///
+    /// # Safety
+    /// The CPU has [`available`].
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+    pub unsafe fn put16_bf16(&mut self, row: usize, even: __m256i, odd: __m256i) {
+        // Unpacking stays within 128-bit halves: `low` holds rows 0-3 and
+        // 8-11's pairs, `high` 4-7 and 12-15.
+        let low = _mm256_unpacklo_epi16(even, odd);
+        let high = _mm256_unpackhi_epi16(even, odd);
+        // SAFETY: each slot holds 8 pairs.
+        unsafe {
+            _mm256_storeu_si256(
+                self.slot(row) as *mut __m256i,
+                _mm256_permute2x128_si256::<0x20>(low, high),
+            );
+            _mm256_storeu_si256(
+                self.slot(row + MR) as *mut __m256i,
+                _mm256_permute2x128_si256::<0x31>(low, high),
+            );
+        }
+    }
+
     /// Where the 8 pairs of rows `row..row + 8` in this pair of columns go:
     /// a pointer, not a slice, as the memory may not be initialised yet.
     #[inline(always)]

@@ -295,7 +295,14 @@ fn transformed_rows<V: Tiles>(
 /// one row of tiles.
 #[inline(always)]
 fn same_tile_row(band: &Band, t0: usize) -> bool {
-    t0 + LANES <= band.tiles && t0 % band.tiles_wide + LANES <= band.tiles_wide
+    side_by_side(band, t0, LANES)
+}
+
+/// Whether the `n` tiles from `t0` are all real and side by side in one
+/// row of tiles.
+#[inline(always)]
+fn side_by_side(band: &Band, t0: usize, n: usize) -> bool {
+    t0 + n <= band.tiles && t0 % band.tiles_wide + n <= band.tiles_wide
 }
 
 /// Whether [`deal`]'s permutes reach every lane's columns: the [`LANES`]
