@@ -806,6 +806,7 @@ unsafe fn product_part_avx512(
                     residual: addends.residual.map(|r| r.add(offset)),
                     size: [MR.min(rows.end - r0), cols],
                 };
+                tile.prefetch();
                 kernel(a, b, pairs, &tile, rhs);
             }
         }
