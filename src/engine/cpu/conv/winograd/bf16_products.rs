@@ -40,7 +40,7 @@ use super::dealt_row_x86;
 use super::LANES;
 use super::{bands, output_block, transformed_block, Band, KernelTransform, Lane, Tiles, F2};
 #[cfg(target_arch = "x86_64")]
-use super::{permute_index, same_tile_row, side_by_side};
+use super::{permute_index, row_window_x86, same_tile_row, side_by_side};
 use crate::engine::cpu::conv::ConvShape;
 
 /// Positions of F(2x2, 3x3)'s 4x4 blocks.
@@ -357,22 +357,9 @@ fn transformed16_bf16_x86(
 #[inline]
 fn dealt16_row_x86(source: &[f32], x: usize) -> [std::arch::x86_64::__m512; 4] {
     use std::arch::x86_64::*;
-    let w = source.len() as isize;
     let mut dealt = [_mm512_setzero_ps(); 4];
     for base in [0, 2] {
-        let start = x as isize - 1 + base as isize;
-        let first = (-start).clamp(0, 32);
-        let end = (w - start).clamp(0, 32);
-        let inside: u64 = ((1u64 << end) - 1) & !((1u64 << first) - 1);
-        let from = source.as_ptr().wrapping_offset(start);
-        // SAFETY: a masked load reads only its mask's lanes, and those are
-        // columns 0..w of `source`.
-        let (low, high) = unsafe {
-            (
-                _mm512_maskz_loadu_ps(inside as u16, from),
-                _mm512_maskz_loadu_ps((inside >> 16) as u16, from.wrapping_add(16)),
-            )
-        };
+        let (low, high) = row_window_x86(source, x as isize - 1 + base as isize);
         for (j, lanes) in dealt.iter_mut().enumerate().skip(base).take(2) {
             let index = permute_index(|l| 2 * l + j - base);
             *lanes = _mm512_permutex2var_ps(low, index, high);

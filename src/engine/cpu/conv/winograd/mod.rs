@@ -432,29 +432,40 @@ unsafe fn deal_masked_x86<V: Tiles>(source: &[f32], x: usize, row: &mut [Lane; 6
 #[inline]
 fn dealt_row_x86<V: Tiles>(source: &[f32], x: usize) -> [std::arch::x86_64::__m256; 6] {
     use std::arch::x86_64::*;
-    let w = source.len() as isize;
     let mut dealt = [_mm256_setzero_ps(); 6];
     for (j, lanes) in dealt.iter_mut().enumerate().take(V::IN) {
         let base = j - j % V::OUT;
-        // Columns start .. start + 32 of the row, those inside it kept.
-        let start = x as isize - 1 + base as isize;
-        let first = (-start).clamp(0, 32);
-        let end = (w - start).clamp(0, 32);
-        let inside: u64 = ((1u64 << end) - 1) & !((1u64 << first) - 1);
-        let from = source.as_ptr().wrapping_offset(start);
-        // SAFETY: a masked load reads only its mask's lanes, and those are
-        // columns 0..w of `source`.
-        let (low, high) = unsafe {
-            (
-                _mm512_maskz_loadu_ps(inside as u16, from),
-                _mm512_maskz_loadu_ps((inside >> 16) as u16, from.wrapping_add(16)),
-            )
-        };
+        let (low, high) = row_window_x86(source, x as isize - 1 + base as isize);
         // Lanes 8-15 repeat 0-7 and are dropped.
         let index = permute_index(|l| V::OUT * (l % LANES) + j % V::OUT);
         *lanes = _mm512_castps512_ps256(_mm512_permutex2var_ps(low, index, high));
     }
     dealt
+}
+
+/// Columns `start..start + 32` of an input row as two registers, zero
+/// where they lie outside it: masked loads read only the columns inside.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn row_window_x86(
+    source: &[f32],
+    start: isize,
+) -> (std::arch::x86_64::__m512, std::arch::x86_64::__m512) {
+    use std::arch::x86_64::*;
+    let w = source.len() as isize;
+    let first = (-start).clamp(0, 32);
+    let end = (w - start).clamp(0, 32);
+    let inside: u64 = ((1u64 << end) - 1) & !((1u64 << first) - 1);
+    let from = source.as_ptr().wrapping_offset(start);
+    // SAFETY: a masked load reads only its mask's lanes, and those are
+    // columns 0..w of `source`.
+    unsafe {
+        (
+            _mm512_maskz_loadu_ps(inside as u16, from),
+            _mm512_maskz_loadu_ps((inside >> 16) as u16, from.wrapping_add(16)),
+        )
+    }
 }
 
 /// The index vector of `_mm512_permutex2var_ps`: output lane `q` (of 16)
