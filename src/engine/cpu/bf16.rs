@@ -814,11 +814,12 @@ unsafe fn product_part_avx512(
 }
 
 /// `rows` rows of `src` (k floats each, at `(row stride, column stride)`)
-/// as bf16 pairs into `dst` `[k/2][MR]`; rows past `rows` are not written.
+/// as bf16 pairs into `dst` `[k/2][MR]` (the last pair of an odd `k`
+/// with a zero); rows past `rows` are not written.
 ///
 /// # Safety
-/// Those rows of `src` are readable, `dst` holds `k/2 * MR` writable
-/// pairs; the CPU has [`available`].
+/// Those rows of `src` are readable, `dst` holds `k.div_ceil(2) * MR`
+/// writable pairs; the CPU has [`available`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
 unsafe fn pack_block(
