@@ -314,11 +314,38 @@ impl PackedLhs {
     /// Each block of [`LHS_BLOCK`] rows filled by `fill(block, pairs)`,
     /// blocks in parallel; `pairs` is `[k/2][LHS_BLOCK]`, zeroed.
     pub fn from_blocks(m: usize, k: usize, fill: impl Fn(usize, &mut [u32]) + Sync) -> Self {
+        let len = k.div_ceil(2) * MR;
+        // SAFETY: each block is zeroed whole before `fill` sees it.
+        unsafe {
+            Self::from_blocks_unzeroed(m, k, |block, dst| {
+                dst.write_bytes(0, len);
+                fill(block, std::slice::from_raw_parts_mut(dst, len));
+            })
+        }
+    }
+
+    /// [`from_blocks`](Self::from_blocks) in memory that is not zeroed
+    /// first: `fill(block, dst)` gets the block's `[k/2][LHS_BLOCK]` pairs
+    /// as a pointer, and no other task writes them.
+    ///
+    /// # Safety
+    /// `fill` writes every one of the block's pairs.
+    unsafe fn from_blocks_unzeroed(
+        m: usize,
+        k: usize,
+        fill: impl Fn(usize, *mut u32) + Sync,
+    ) -> Self {
         let pairs = k.div_ceil(2);
-        let mut data = vec![0u32; m.div_ceil(MR) * pairs * MR];
-        data.par_chunks_mut(pairs * MR)
-            .enumerate()
-            .for_each(|(block, dst)| fill(block, dst));
+        let len = data_len(m, pairs);
+        let mut data: Vec<u32> = Vec::with_capacity(len);
+        let shared = SharedPairs(data.as_mut_ptr());
+        (0..m.div_ceil(MR)).into_par_iter().for_each(|block| {
+            // SAFETY: block `block`'s pairs * MR values lie inside the
+            // capacity.
+            fill(block, unsafe { shared.at(block * pairs * MR) })
+        });
+        // SAFETY: every block was written (the caller's promise).
+        unsafe { data.set_len(len) };
         Self { m, k, data }
     }
 
@@ -399,35 +426,25 @@ impl PackedLhs {
     /// [`available`].
     pub unsafe fn new(m: usize, k: usize, lhs: (*const f32, usize, usize)) -> Self {
         let (ptr, rs, cs) = (lhs.0 as usize, lhs.1, lhs.2);
-        let pairs = k.div_ceil(2);
-        let len = data_len(m, pairs);
+        let len = k.div_ceil(2) * MR;
         // Not zeroed first (in perf, zeroing showed as 0.5% of a bf16 UNet
-        // step): each block is written whole below.
-        let mut data: Vec<u32> = Vec::with_capacity(len);
-        let shared = SharedPairs(data.as_mut_ptr());
-        (0..m.div_ceil(MR)).into_par_iter().for_each(|block| {
-            let rows = MR.min(m - block * MR);
-            // SAFETY: block `block`'s pairs * MR values lie inside the
-            // capacity, and only this task writes them.
-            let dst = unsafe { shared.at(block * pairs * MR) };
-            // The rows past m of the last block are zeros (and all of it
-            // where there is no packing kernel, off x86).
-            if rows < MR || cfg!(not(target_arch = "x86_64")) {
-                // SAFETY: as above.
-                unsafe { dst.write_bytes(0, pairs * MR) };
-            }
-            let src = ptr as *const f32;
-            // SAFETY: rows block * MR.. (up to m) of lhs, k elements each,
-            // at the caller's strides, on a CPU with the instructions;
-            // dst holds the block.
-            #[cfg(target_arch = "x86_64")]
-            unsafe {
-                pack_block(src.add(block * MR * rs), (rs, cs), rows, k, dst)
-            };
-        });
-        // SAFETY: every block was written above.
-        unsafe { data.set_len(len) };
-        Self { m, k, data }
+        // step). SAFETY: each block is written whole: packed, with the rows
+        // past m of the last one (and, off x86, where there is no packing
+        // kernel, all of it) zeros.
+        unsafe {
+            Self::from_blocks_unzeroed(m, k, |block, dst| {
+                let rows = MR.min(m - block * MR);
+                if rows < MR || cfg!(not(target_arch = "x86_64")) {
+                    dst.write_bytes(0, len);
+                }
+                let src = ptr as *const f32;
+                // SAFETY: rows block * MR.. (up to m) of lhs, k elements
+                // each, at the caller's strides, on a CPU with the
+                // instructions; dst holds the block.
+                #[cfg(target_arch = "x86_64")]
+                pack_block(src.add(block * MR * rs), (rs, cs), rows, k, dst);
+            })
+        }
     }
 }
 
