@@ -314,7 +314,7 @@ impl PackedLhs {
     /// Each block of [`LHS_BLOCK`] rows filled by `fill(block, pairs)`,
     /// blocks in parallel; `pairs` is `[k/2][LHS_BLOCK]`, zeroed.
     pub fn from_blocks(m: usize, k: usize, fill: impl Fn(usize, &mut [u32]) + Sync) -> Self {
-        let len = k.div_ceil(2) * MR;
+        let len = block_len(k);
         // SAFETY: each block is zeroed whole before `fill` sees it.
         unsafe {
             Self::from_blocks_unzeroed(m, k, |block, dst| {
@@ -335,14 +335,13 @@ impl PackedLhs {
         k: usize,
         fill: impl Fn(usize, *mut u32) + Sync,
     ) -> Self {
-        let pairs = k.div_ceil(2);
-        let len = data_len(m, pairs);
+        let len = data_len(m, k);
         let mut data: Vec<u32> = Vec::with_capacity(len);
         let shared = SharedPairs(data.as_mut_ptr());
         (0..m.div_ceil(MR)).into_par_iter().for_each(|block| {
-            // SAFETY: block `block`'s pairs * MR values lie inside the
+            // SAFETY: block `block`'s block_len(k) values lie inside the
             // capacity.
-            fill(block, unsafe { shared.at(block * pairs * MR) })
+            fill(block, unsafe { shared.at(block * block_len(k)) })
         });
         // SAFETY: every block was written (the caller's promise).
         unsafe { data.set_len(len) };
@@ -357,7 +356,7 @@ impl PackedLhs {
         k: usize,
         fill: impl Fn(usize, &mut ColumnPair) + Sync,
     ) -> Self {
-        let zeros = vec![0; data_len(m, k.div_ceil(2))];
+        let zeros = vec![0; data_len(m, k)];
         // SAFETY: every value is initialised (rows not put stay zero).
         unsafe { Self::from_column_pairs_in(zeros, m, k, fill) }
     }
@@ -379,7 +378,7 @@ impl PackedLhs {
         fill: impl Fn(usize, &mut ColumnPair) + Sync,
     ) -> Self {
         let pairs = k.div_ceil(2);
-        let len = data_len(m, pairs);
+        let len = data_len(m, k);
         let mut data = buffer;
         data.clear();
         data.reserve(len);
@@ -415,7 +414,7 @@ impl PackedLhs {
     /// Rows `block * LHS_BLOCK..` as `[k/2][LHS_BLOCK]` pairs, for
     /// [`tile_sums`]; rows past `m` are zeros.
     pub(super) fn block(&self, block: usize) -> &[u32] {
-        let len = self.k.div_ceil(2) * MR;
+        let len = block_len(self.k);
         &self.data[block * len..][..len]
     }
 
@@ -426,7 +425,7 @@ impl PackedLhs {
     /// [`available`].
     pub unsafe fn new(m: usize, k: usize, lhs: (*const f32, usize, usize)) -> Self {
         let (ptr, rs, cs) = (lhs.0 as usize, lhs.1, lhs.2);
-        let len = k.div_ceil(2) * MR;
+        let len = block_len(k);
         // Not zeroed first (in perf, zeroing showed as 0.5% of a bf16 UNet
         // step). SAFETY: each block is written whole: packed, with the rows
         // past m of the last one (and, off x86, where there is no packing
@@ -448,8 +447,15 @@ impl PackedLhs {
     }
 }
 
-fn data_len(m: usize, pairs: usize) -> usize {
-    m.div_ceil(MR) * pairs * MR
+/// Values in a [`PackedLhs`] of `m` rows by `k`: whole blocks.
+fn data_len(m: usize, k: usize) -> usize {
+    m.div_ceil(MR) * block_len(k)
+}
+
+/// Values in one block of [`LHS_BLOCK`] rows by `k`: `[k/2][LHS_BLOCK]`
+/// pairs.
+fn block_len(k: usize) -> usize {
+    k.div_ceil(2) * MR
 }
 
 /// A [`PackedLhs`]'s data, shared by the tasks that fill disjoint pairs of
