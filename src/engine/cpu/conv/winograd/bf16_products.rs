@@ -114,13 +114,69 @@ impl TransformedKernel {
 pub fn conv2d(s: &ConvShape, input: &[f32], kernel: &TransformedKernel, bias: &[f32]) -> Vec<f32> {
     assert!(s.kernel == 3 && s.stride == 1 && s.padding == 1);
     assert!(bf16::available(), "{}", bf16::UNAVAILABLE);
-    let (c, k) = (s.in_channels, s.out_channels);
-    assert_eq!(kernel.out_channels(), k, "kernel's output channels");
-    assert_eq!(kernel.positions[0].k(), c, "kernel's input channels");
+    assert_eq!(
+        kernel.out_channels(),
+        s.out_channels,
+        "kernel's output channels"
+    );
+    assert_eq!(
+        kernel.positions[0].k(),
+        s.in_channels,
+        "kernel's input channels"
+    );
 
     // Not zeroed first: the output transform writes every pixel.
     let mut out = Vec::with_capacity(s.output_len());
     let out_ptr = SharedMut(out.as_mut_ptr());
+    let output = |band: &Band, ts, m: &[f32]| {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX512-BF16 (asserted above); only this task
+        // writes tiles `ts`.
+        unsafe {
+            transform_output_x86(s, band, ts, bias, m, out_ptr)
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        vectorized(
+            #[inline(always)]
+            || transform_output(s, band, ts, bias, m, out_ptr),
+        )
+    };
+    let input_pair =
+        |band: &Band, p, pair: &mut ColumnPair| transform_input_pair(s, input, p, band, pair);
+    // SAFETY: `transform_input_pair` puts every row of its pair (the
+    // band's padded tiles too).
+    unsafe {
+        run_bands(
+            bands::<F2>(s, BAND_TILES),
+            &kernel.positions,
+            input_pair,
+            output,
+        )
+    };
+    // SAFETY: the bands' tiles cover the output, and the output transform
+    // wrote each of their pixels inside it.
+    unsafe { out.set_len(s.output_len()) };
+    out
+}
+
+/// The bf16 Winograd pass that F(2x2, 3x3) and the sub-pixel
+/// up-convolution (`super::bf16_upsampled`) share, band by band: `V`
+/// packed as `input_pair(band, p, pair)` makes each pair `p` of input
+/// channels (rows (ξ, tile) for the `positions.len()` positions ξ), each
+/// position's rows times its `U` (`positions[ξ]`, `[C, K]`) into `M`
+/// `[ξ][tile][K]`, then `output(band, tiles, M)` for groups of
+/// [`OUTPUT_TILES`] of the band's tiles, in parallel.
+///
+/// # Safety
+/// `input_pair` puts every row of its pair: `positions.len()` times the
+/// band's `padded` tiles.
+pub(super) unsafe fn run_bands(
+    bands: impl Iterator<Item = Band>,
+    positions: &[PackedRhs],
+    input_pair: impl Fn(&Band, usize, &mut ColumnPair) + Sync,
+    output: impl Fn(&Band, std::ops::Range<usize>, &[f32]) + Sync,
+) {
+    let (c, k) = (positions[0].k(), positions[0].n());
     // Every element of M is written before it is read, so the buffer is
     // kept between calls rather than zeroed at each.
     let mut m = BUFFERS.take();
@@ -128,7 +184,7 @@ pub fn conv2d(s: &ConvShape, input: &[f32], kernel: &TransformedKernel, bias: &[
     // kept between calls: kept, it raised the peak at 512 px by 105 MiB
     // (the VAE's large maps no longer fit where it sat).
     let mut v = Vec::new();
-    for band in bands::<F2>(s, BAND_TILES) {
+    for band in bands {
         // Each position's rows start where AMX products can start a part
         // (with AMX, a band of 8 tiles gains 8 rows of zeros).
         let band = Band {
@@ -138,37 +194,24 @@ pub fn conv2d(s: &ConvShape, input: &[f32], kernel: &TransformedKernel, bias: &[
         let padded = band.padded;
         // V, packed as it is made: rows (ξ, tile), columns C, a pair of
         // input channels per task.
-        let transform = |p: usize, pair: &mut ColumnPair| {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: the CPU has AVX512-BF16 (asserted above).
-            unsafe {
-                transform_input_pair_x86(s, input, p, &band, pair)
-            };
-            #[cfg(not(target_arch = "x86_64"))]
-            vectorized(
-                #[inline(always)]
-                || {
-                    for t0 in (0..padded).step_by(LANES) {
-                        transform_input_lanes(s, input, p, &band, t0, pair);
-                    }
-                },
-            )
+        // SAFETY: `input_pair` puts every row of its pair (the caller's
+        // promise).
+        let lhs = unsafe {
+            PackedLhs::from_column_pairs_in(v, positions.len() * padded, c, |p, pair| {
+                input_pair(&band, p, pair)
+            })
         };
-        // SAFETY: `transform` puts every row of its pair (the band's padded
-        // tiles too).
-        let lhs = unsafe { PackedLhs::from_column_pairs_in(v, POSITIONS * padded, c, transform) };
 
         // M: [ξ][tile][K], each tile's channels contiguous, so that the
         // products store whole vectors.
-        m.resize(POSITIONS * padded * k, 0.0);
+        m.resize(positions.len() * padded * k, 0.0);
         let m_ptr = SharedMut(m.as_mut_ptr());
         let kernel_lhs = bf16::KernelLhs::new(&lhs);
         let panel_tasks = k.div_ceil(RHS_PANEL).div_ceil(PANELS_PER_TASK);
-        (0..POSITIONS * panel_tasks)
+        (0..positions.len() * panel_tasks)
             .into_par_iter()
             .for_each(|task| {
                 let (xi, pt) = (task / panel_tasks, task % panel_tasks);
-                let rhs = &kernel.positions[xi];
                 let first = pt * PANELS_PER_TASK;
                 let panels = first..(first + PANELS_PER_TASK).min(k.div_ceil(RHS_PANEL));
                 // SAFETY: M[ξ]'s rows (every tile of the band), from channel
@@ -180,7 +223,7 @@ pub fn conv2d(s: &ConvShape, input: &[f32], kernel: &TransformedKernel, bias: &[
                         (at, k, 1),
                         &kernel_lhs,
                         xi * padded..(xi + 1) * padded,
-                        rhs,
+                        &positions[xi],
                         panels,
                         Addends::default(),
                     );
@@ -193,25 +236,34 @@ pub fn conv2d(s: &ConvShape, input: &[f32], kernel: &TransformedKernel, bias: &[
             .step_by(OUTPUT_TILES)
             .collect::<Vec<_>>()
             .into_par_iter()
-            .for_each(|t0| {
-                let ts = t0..(t0 + OUTPUT_TILES).min(band.tiles);
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: the CPU has AVX512-BF16 (asserted above).
-                unsafe {
-                    transform_output_x86(s, &band, ts, bias, &m, out_ptr)
-                };
-                #[cfg(not(target_arch = "x86_64"))]
-                vectorized(
-                    #[inline(always)]
-                    || transform_output(s, &band, ts, bias, &m, out_ptr),
-                )
-            });
+            .for_each(|t0| output(&band, t0..(t0 + OUTPUT_TILES).min(band.tiles), &m));
     }
     BUFFERS.set(m);
-    // SAFETY: the bands' tiles cover the output, and the output transform
-    // wrote each of their pixels inside it.
-    unsafe { out.set_len(s.output_len()) };
-    out
+}
+
+/// [`transform_input_lanes`] for every lane group of the band, in
+/// registers where it can be ([`transform_input_pair_x86`]).
+fn transform_input_pair(
+    s: &ConvShape,
+    input: &[f32],
+    p: usize,
+    band: &Band,
+    pair: &mut ColumnPair,
+) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the CPU has AVX512-BF16 (conv2d asserts it).
+    unsafe {
+        transform_input_pair_x86(s, input, p, band, pair)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    vectorized(
+        #[inline(always)]
+        || {
+            for t0 in (0..band.padded).step_by(LANES) {
+                transform_input_lanes(s, input, p, band, t0, pair);
+            }
+        },
+    )
 }
 
 /// `V = Bᵀ d B` of input channels `2p` and `2p + 1` for the [`LANES`]
