@@ -83,3 +83,44 @@ for C in (640, 1280):
         print(f"  F({m}x{m}) points {pts}: max {np.abs(err).max() / scale:.4f}, "
               f"rms {rel_rms(err, want):.4f}, "
               f"|AT|,|G|,|BT| max {mags[0]:.2f} {mags[1]:.3f} {mags[2]:.2f}")
+
+# The up-convolution (3x3 on a nearest-2x-upsampled map), as
+# src/engine/cpu/conv/winograd/bf16_upsampled.rs computes it in bf16: each
+# output phase a 2x2 kernel folded from the 3x3 one, run as F(2x2, 2x2) on
+# 0, 1, ∞ from the map before upsampling; against im2col and F(2x2, 3x3)
+# in bf16 on the upsampled map.
+FOLD = np.array([[[1, 0, 0], [0, 1, 1]], [[1, 1, 0], [0, 0, 1]]], np.float64)
+G2 = np.array([[1, 0], [1, 1], [0, 1]], np.float64)
+BT2 = np.array([[1, -1, 0], [0, 1, 0], [0, -1, 1]], np.float64)
+AT2 = np.array([[1, 1, 0], [0, 1, 1]], np.float64)
+
+def sub_pixel(x, w):
+    C, H, W = x.shape
+    xp = np.zeros((C, H + 4, W + 4)); xp[:, 1:H + 1, 1:W + 1] = x
+    out = np.zeros((w.shape[0], 2 * H + 4, 2 * W + 4))
+    for a in range(2):
+        for b in range(2):
+            R, S = G2 @ FOLD[a], G2 @ FOLD[b]
+            U = bf16(np.einsum('ia,kcab,jb->kcij', R, w, S))
+            for ty in range(-(-H // 2)):
+                for tx in range(-(-W // 2)):
+                    d = xp[:, 2 * ty + a:2 * ty + a + 3, 2 * tx + b:2 * tx + b + 3]
+                    V = bf16(np.einsum('ia,cab,jb->cij', BT2, d, BT2))
+                    Y = np.einsum('ai,kij,bj->kab', AT2, np.einsum('kcij,cij->kij', U, V), AT2)
+                    for i in range(2):
+                        for j in range(2):
+                            out[:, 2 * (2 * ty + i) + a, 2 * (2 * tx + j) + b] = Y[:, i, j]
+    return out[:, :2 * H, :2 * W]
+
+for C in (640, 1280):
+    x = rng.standard_normal((C, 8, 8))
+    w = rng.standard_normal((8, C, 3, 3)) / np.sqrt(9 * C)
+    big = x.repeat(2, axis=1).repeat(2, axis=2)
+    want = conv_ref(big, w)
+    scale = np.abs(want).max()
+    for name, got in [("im2col bf16, upsampled", conv_ref(bf16(big), bf16(w))),
+                      ("F(2x2) bf16, upsampled", winograd(big, w, 2, [0, 1, -1])[0]),
+                      ("sub-pixel F(2x2, 2x2) bf16", sub_pixel(x, w))]:
+        err = got - want
+        print(f"C={C} up-convolution 8 -> 16, {name}: max {np.abs(err).max() / scale:.4f}, "
+              f"rms {rel_rms(err, want):.4f}")

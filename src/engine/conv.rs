@@ -38,6 +38,22 @@ impl Conv2d {
         stride: usize,
         padding: usize,
     ) -> Result<Self> {
+        Self::build(vb, [cin, cout, kernel, stride, padding], false)
+    }
+
+    /// A 3x3 convolution (stride 1, padding 1) for
+    /// [`forward_upsampled`](Self::forward_upsampled): with bf16 products
+    /// on the CPU its kernel is also transformed to run on the map before
+    /// upsampling (`cpu::conv::Bf16Kernel::for_upsampling`).
+    pub fn new_upsampling(vb: VarBuilder, cin: usize, cout: usize) -> Result<Self> {
+        Self::build(vb, [cin, cout, 3, 1, 1], true)
+    }
+
+    fn build(
+        vb: VarBuilder,
+        [cin, cout, kernel, stride, padding]: [usize; 5],
+        upsampling: bool,
+    ) -> Result<Self> {
         let cfg = Conv2dConfig {
             padding,
             stride,
@@ -47,7 +63,11 @@ impl Conv2d {
         let bias = conv.bias().expect("candle_nn::conv2d reads a bias").clone();
         let weights = if ops::applies(conv.weight()) && blocks::bf16_products() {
             let values = conv.weight().flatten_all()?.to_vec1::<f32>()?;
-            let kernel = Bf16Kernel::new(&values, [cout, cin, kernel], stride, padding);
+            let dims = [cout, cin, kernel];
+            let kernel = match upsampling {
+                true => Bf16Kernel::for_upsampling(&values, dims),
+                false => Bf16Kernel::new(&values, dims, stride, padding),
+            };
             Weights::CpuBf16 { kernel, bias }
         } else {
             Weights::Candle(conv)
@@ -60,11 +80,18 @@ impl Conv2d {
     }
 
     /// This convolution of `xs` upsampled (nearest neighbour) to `height x
-    /// width`. On the CPU in f32, a 3x3 convolution of a map upsampled to
-    /// exactly twice its size runs on the map as it is (see
-    /// `cpu::conv::conv2d_upsampled`), without the upsampled copy.
+    /// width`. On the CPU, a 3x3 convolution of a map upsampled to exactly
+    /// twice its size runs on the map as it is, without the upsampled copy
+    /// (see `cpu::conv::conv2d_upsampled`; with bf16 products, where the
+    /// layer was made [`new_upsampling`](Self::new_upsampling)).
     pub fn forward_upsampled(&self, xs: &Tensor, height: usize, width: usize) -> Result<Tensor> {
         let (_, _, h, w) = xs.dims4()?;
+        if let Weights::CpuBf16 { kernel, bias } = &self.weights {
+            let up_convolution = kernel.size == 3 && (self.stride, self.padding) == (1, 1);
+            if (height, width) == (2 * h, 2 * w) && up_convolution {
+                return ops::conv2d_upsampled_bf16(xs, kernel, bias);
+            }
+        }
         if let Weights::Candle(conv) = &self.weights {
             let weight = conv.weight();
             let square3x3 = weight.dims().get(2..) == Some(&[3, 3][..]);
@@ -155,13 +182,18 @@ mod tests {
     /// An up-convolution gives candle's upsampling then convolution: on a
     /// map large enough for the sub-pixel path (40x41, 2 images), a small
     /// one, and a target that is not twice the size (odd latents in the
-    /// UNet), which takes candle's upsampling.
+    /// UNet), which takes candle's upsampling; in f32 and, made
+    /// `new_upsampling`, with bf16 products (the last through im2col's
+    /// form of the kernel).
     #[test]
     fn up_convolution_matches_candle_on_the_cpu() -> Result<()> {
         let dev = Device::Cpu;
         let map = VarMap::new();
         let vb = VarBuilder::from_varmap(&map, DType::F32, &dev);
         let conv = Conv2d::new(vb.clone(), 5, 3, 3, 1, 1)?;
+        let bf16 = crate::engine::cpu::bf16::available()
+            .then(|| blocks::with_bf16_products(true, || Conv2d::new_upsampling(vb.clone(), 5, 3)))
+            .transpose()?;
         let cfg = Conv2dConfig {
             padding: 1,
             ..Default::default()
@@ -170,11 +202,18 @@ mod tests {
         for (h, w, height, width) in [(40, 41, 80, 82), (6, 7, 12, 14), (5, 5, 11, 10)] {
             let xs = Tensor::randn(0f32, 1., (2, 5, h, w), &dev)?;
             let want = candle.forward(&xs.upsample_nearest2d(height, width)?)?;
-            let got = conv.forward_upsampled(&xs, height, width)?;
-            assert_eq!(got.dims(), want.dims());
             let scale = want.abs()?.max_all()?.to_scalar::<f32>()?;
-            let err = (got - &want)?.abs()?.max_all()?.to_scalar::<f32>()? / scale;
+            let relative_error = |got: Tensor| -> Result<f32> {
+                assert_eq!(got.dims(), want.dims());
+                Ok((got - &want)?.abs()?.max_all()?.to_scalar::<f32>()? / scale)
+            };
+            let err = relative_error(conv.forward_upsampled(&xs, height, width)?)?;
             assert!(err < 2e-5, "{h}x{w} -> {height}x{width}: {err}");
+            if let Some(conv) = &bf16 {
+                assert!(matches!(conv.weights, Weights::CpuBf16 { .. }));
+                let err = relative_error(conv.forward_upsampled(&xs, height, width)?)?;
+                assert!(err < 1e-2, "bf16 {h}x{w} -> {height}x{width}: {err}");
+            }
         }
         Ok(())
     }

@@ -467,7 +467,7 @@ impl UNet {
                     None => vec![],
                 };
                 let resample = (i + 1 < n)
-                    .then(|| Conv2d::new(vb.pp("upsamplers.0.conv"), out, out, 3, 1, 1))
+                    .then(|| Conv2d::new_upsampling(vb.pp("upsamplers.0.conv"), out, out))
                     .transpose()?;
                 Ok(Block {
                     resnets,

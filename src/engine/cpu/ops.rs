@@ -49,6 +49,22 @@ pub fn conv2d_bf16(
             kernel,
             stride,
             padding,
+            upsampled: false,
+        },
+    )
+}
+
+/// [`conv2d_upsampled`] with the kernel packed for bf16 products (see
+/// [`conv::conv2d_upsampled_bf16`]): `[batch, C, h, w]` in, `[batch, K,
+/// 2h, 2w]` out.
+pub fn conv2d_upsampled_bf16(xs: &Tensor, kernel: &Bf16Kernel, bias: &Tensor) -> Result<Tensor> {
+    xs.contiguous()?.apply_op2_no_bwd(
+        bias,
+        &ConvBf16 {
+            kernel,
+            stride: 1,
+            padding: 1,
+            upsampled: true,
         },
     )
 }
@@ -387,6 +403,9 @@ struct ConvBf16<'a> {
     kernel: &'a Bf16Kernel,
     stride: usize,
     padding: usize,
+    /// Of the input upsampled 2x (nearest), without the upsampled copy
+    /// where the kernel was made for it.
+    upsampled: bool,
 }
 
 impl CustomOp2 for ConvBf16<'_> {
@@ -404,12 +423,24 @@ impl CustomOp2 for ConvBf16<'_> {
         let k = self.kernel;
         let kernel_dims = [k.out_channels, k.in_channels, k.size, k.size];
         let shape = conv_shape(input_layout, kernel_dims, self.stride, self.padding)?;
-        let out = conv::conv2d_bf16(
-            &shape,
-            slice(input, input_layout)?,
-            k,
-            slice(bias, bias_layout)?,
-        );
+        let (input, bias) = (slice(input, input_layout)?, slice(bias, bias_layout)?);
+        if self.upsampled {
+            if k.size != 3 {
+                candle_core::bail!(
+                    "up-convolution: a {0}x{0} kernel, where 3x3 is taken",
+                    k.size
+                );
+            }
+            let out = conv::conv2d_upsampled_bf16(&shape, input, k, bias);
+            let dims = (
+                shape.batch,
+                k.out_channels,
+                2 * shape.height,
+                2 * shape.width,
+            );
+            return Ok((CpuStorage::F32(out), dims.into()));
+        }
+        let out = conv::conv2d_bf16(&shape, input, k, bias);
         Ok((CpuStorage::F32(out), output_shape(&shape)))
     }
 }

@@ -28,6 +28,7 @@ use super::ConvShape;
 use products::{Layout, Products};
 
 pub(super) mod bf16_products;
+pub(super) mod bf16_upsampled;
 mod products;
 pub(super) mod upsampled;
 
@@ -272,11 +273,7 @@ fn transformed_rows<V: Tiles>(
     mut put: impl FnMut(usize, &[Lane; 6]),
 ) {
     let BlockArrays { d, columns } = arrays;
-    if row_gather_fits::<V>() && same_tile_row(band, t0) {
-        gather_tile_row::<V>(s, input, ci, band, t0, d);
-    } else {
-        gather_tiles::<V>(s, input, ci, band, t0, d);
-    }
+    gather_blocks::<V>(s, input, ci, band, t0, d);
     // Bᵀ down each column, then along each row.
     for j in 0..V::IN {
         let col = V::input_1d(std::array::from_fn(|i| d[i][j]));
@@ -288,6 +285,26 @@ fn transformed_rows<V: Tiles>(
     // outside the vectorised caller.
     for (i, column) in columns.iter().enumerate().take(V::IN) {
         put(i, &V::input_1d(*column));
+    }
+}
+
+/// The input blocks (`IN x IN`, from one row and column before each tile)
+/// of input channel `ci` under the [`LANES`] tiles of the band from `t0`,
+/// one lane per tile (zeros outside the image and past the band's last
+/// tile).
+#[inline(always)]
+fn gather_blocks<V: Tiles>(
+    s: &ConvShape,
+    input: &[f32],
+    ci: usize,
+    band: &Band,
+    t0: usize,
+    d: &mut [[Lane; 6]; 6],
+) {
+    if row_gather_fits::<V>() && same_tile_row(band, t0) {
+        gather_tile_row::<V>(s, input, ci, band, t0, d);
+    } else {
+        gather_tiles::<V>(s, input, ci, band, t0, d);
     }
 }
 

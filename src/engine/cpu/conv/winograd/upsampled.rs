@@ -64,7 +64,7 @@ const G2: [[f32; 2]; 6] = {
 /// the two low-resolution rows phase `a` reads. Phase 0 (even output rows)
 /// reads rows `i - 1` (tap -1) and `i` (taps 0 and +1); phase 1 reads `i`
 /// (taps -1 and 0) and `i + 1` (tap +1). The same holds for columns.
-const FOLD: [[[f32; 3]; 2]; 2] = [
+pub(super) const FOLD: [[[f32; 3]; 2]; 2] = [
     [[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]],
     [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
 ];
