@@ -9,8 +9,8 @@
 //! 3x3 convolutions over maps with enough tiles go through Winograd's
 //! F(4x4, 3x3) instead, which needs a quarter of the multiplications.
 //! A 3x3 convolution of a nearest-2x-upsampled map (the VAE decoder's
-//! up-convolutions) runs on the map before upsampling
-//! ([`conv2d_upsampled`]).
+//! up-convolutions, and with bf16 products the UNet's too) runs on the map
+//! before upsampling ([`conv2d_upsampled`], [`conv2d_upsampled_bf16`]).
 //! With bf16 products (`--dtype bf16`), 3x3 convolutions at stride 1 run
 //! straight on AMX tiles where the CPU has them (`direct`; 1.2-2x faster
 //! than F(2x2) on AMX), else Winograd's F(2x2, 3x3) on every map, with the

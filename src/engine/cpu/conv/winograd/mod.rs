@@ -2,7 +2,8 @@
 //! (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks";
 //! interpolation points 0, ±1, ±2, ∞), F(2x2, 3x3) for bf16 products
 //! ([`bf16_products`]), and F(5x5, 2x2) per output phase for a convolution
-//! of a nearest-2x-upsampled map ([`upsampled`]).
+//! of a nearest-2x-upsampled map ([`upsampled`]; with bf16 products F(2x2,
+//! 2x2), [`bf16_upsampled`]).
 //!
 //! Each m x m block of output comes from an (m+2) x (m+2) block of input:
 //! `Y = Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A`. Summed over input channels, the
