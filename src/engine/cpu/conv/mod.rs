@@ -205,13 +205,21 @@ pub fn conv2d_upsampled(
     if winograd::upsampled::tiles(shape) >= SUB_PIXEL_MIN_TILES {
         return winograd::upsampled::conv2d(shape, input, kernel, bias);
     }
+    let (upsampled, input) = upsampled_copy(shape, input);
+    conv2d(&upsampled, &input, kernel, bias)
+}
+
+/// The input of `shape` upsampled 2x (nearest), with the convolution's
+/// shape on it: the up-convolutions' path where they do not run on the
+/// map as it is.
+fn upsampled_copy(shape: &ConvShape, input: &[f32]) -> (ConvShape, Vec<f32>) {
     let upsampled = ConvShape {
         height: 2 * shape.height,
         width: 2 * shape.width,
         ..*shape
     };
     let input = super::upsample::upsample2x(input, shape.height, shape.width);
-    conv2d(&upsampled, &input, kernel, bias)
+    (upsampled, input)
 }
 
 /// A convolution kernel rounded to bf16 and packed for bf16 products (see
@@ -378,12 +386,7 @@ pub fn conv2d_upsampled_bf16(
         );
         return winograd::bf16_upsampled::conv2d(shape, input, sub_pixel, bias);
     }
-    let upsampled = ConvShape {
-        height: 2 * shape.height,
-        width: 2 * shape.width,
-        ..*shape
-    };
-    let input = super::upsample::upsample2x(input, shape.height, shape.width);
+    let (upsampled, input) = upsampled_copy(shape, input);
     conv2d_bf16(&upsampled, &input, kernel, bias)
 }
 
@@ -459,12 +462,17 @@ mod tests {
         let kernel = random(shape.kernel_len(), 2);
         let bias = random(shape.out_channels, 3);
         let want = conv2d_reference(&shape, &input, &kernel, &bias);
-        let got = conv(&input, &kernel, &bias);
+        max_relative_error(&conv(&input, &kernel, &bias), &want)
+    }
+
+    /// The largest difference of `got` from `want`, relative to `want`'s
+    /// largest magnitude.
+    fn max_relative_error(got: &[f32], want: &[f32]) -> f32 {
         assert_eq!(got.len(), want.len());
         let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
         let err = got
             .iter()
-            .zip(&want)
+            .zip(want)
             .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
         err / scale
     }
@@ -615,24 +623,12 @@ mod tests {
     /// Like [`relative_error_of`] for an up-convolution of shape `s` (on
     /// the map before upsampling), against upsampling then the reference.
     fn upsampled_error(s: ConvShape, conv: impl Fn(&[f32], &[f32], &[f32]) -> Vec<f32>) -> f32 {
-        let upsampled = ConvShape {
-            height: 2 * s.height,
-            width: 2 * s.width,
-            ..s
-        };
         let input = random(s.input_len(), 1);
         let kernel = random(s.kernel_len(), 2);
         let bias = random(s.out_channels, 3);
-        let big = super::super::upsample::upsample2x(&input, s.height, s.width);
+        let (upsampled, big) = upsampled_copy(&s, &input);
         let want = conv2d_reference(&upsampled, &big, &kernel, &bias);
-        let got = conv(&input, &kernel, &bias);
-        assert_eq!(got.len(), want.len());
-        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let err = got
-            .iter()
-            .zip(&want)
-            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        err / scale
+        max_relative_error(&conv(&input, &kernel, &bias), &want)
     }
 
     #[test]
