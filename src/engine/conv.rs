@@ -172,8 +172,11 @@ mod tests {
                     Conv2d::new(vb, cin, cout, k, stride, padding)
                 })?;
                 assert!(matches!(conv.weights, Weights::CpuBf16 { .. }));
-                let err = relative_error(conv.forward(&xs)?)?;
-                assert!(err < 1e-2, "bf16 {cin}->{cout} k{k}: {err}");
+                assert_within_bf16_rounding(
+                    &conv.forward(&xs)?,
+                    &want,
+                    &format!("{cin}->{cout} k{k}"),
+                )?;
             }
         }
         Ok(())
@@ -211,10 +214,33 @@ mod tests {
             assert!(err < 2e-5, "{h}x{w} -> {height}x{width}: {err}");
             if let Some(conv) = &bf16 {
                 assert!(matches!(conv.weights, Weights::CpuBf16 { .. }));
-                let err = relative_error(conv.forward_upsampled(&xs, height, width)?)?;
-                assert!(err < 1e-2, "bf16 {h}x{w} -> {height}x{width}: {err}");
+                let got = conv.forward_upsampled(&xs, height, width)?;
+                assert_within_bf16_rounding(&got, &want, &format!("{h}x{w} -> {height}x{width}"))?;
             }
         }
+        Ok(())
+    }
+
+    /// bf16 products against f32's: the rms difference within 1% of the
+    /// rms output (both operands rounded to 8 significant bits, ~2^-9
+    /// each, Winograd's transforms about doubling it), and no output off by
+    /// more than 3% of the largest. The inputs are candle's unseeded random
+    /// numbers, so the bounds leave room: over 300 draws of these tests'
+    /// shapes the rms reached 0.58% and the largest difference 1.43% (the
+    /// sub-pixel path, whose sums over 5 channels have a long tail). A
+    /// wrong transform or a misplaced store is off by tens of percent.
+    fn assert_within_bf16_rounding(got: &Tensor, want: &Tensor, case: &str) -> Result<()> {
+        assert_eq!(got.dims(), want.dims());
+        let diff = (got - want)?;
+        let rms =
+            |t: &Tensor| -> Result<f32> { Ok(t.sqr()?.mean_all()?.to_scalar::<f32>()?.sqrt()) };
+        let rms_error = rms(&diff)? / rms(want)?;
+        let max_error = diff.abs()?.max_all()?.to_scalar::<f32>()?
+            / want.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(
+            rms_error < 1e-2 && max_error < 3e-2,
+            "bf16 {case}: rms {rms_error}, max {max_error}"
+        );
         Ok(())
     }
 }
