@@ -565,20 +565,12 @@ unsafe fn transform_output_x86(
     let stride = band.padded * k;
     assert!(m.len() >= POSITIONS * stride, "M of the band");
     assert_eq!(bias.len(), k, "bias");
-    for t0 in ts.clone().step_by(LANES) {
-        let group = t0..(t0 + LANES).min(ts.end);
-        if group.len() < LANES || !same_tile_row(band, t0) {
-            transform_output(s, band, group, bias, m, out);
-            continue;
-        }
+    let fallback = |group| transform_output(s, band, group, bias, m, out);
+    for_each_tile_group(band, ts, fallback, |t0| {
         let (n, y, x) = band.origin(t0);
         let rows = F2::OUT.min(h - y);
         // Pixels x.. of an output row that lie inside it: 16 or fewer.
-        let inside = (w - x).min(2 * LANES);
-        let masks = [
-            (((1u32 << inside) - 1) & 0xff) as u8,
-            (((1u32 << inside) - 1) >> 8) as u8,
-        ];
+        let masks = pixel_masks::<2>(w - x);
         for k0 in (0..k).step_by(LANES) {
             let lanes = LANES.min(k - k0);
             let channels = ((1u32 << lanes) - 1) as u8;
@@ -610,24 +602,88 @@ unsafe fn transform_output_x86(
                     let pixels = std::array::from_fn(|q| tiles[4 * half + q / 2][i][q % 2]);
                     transpose8(pixels)
                 });
-                for c in 0..lanes {
-                    let kk = k0 + c;
-                    let b = _mm256_set1_ps(bias[kk]);
-                    let row = (n * k + kk) * h * w + (y + i) * w + x;
-                    for (half, values) in halves.iter().enumerate() {
-                        // SAFETY: pixels x + 8·half.. of output row y + i of
-                        // channel kk within the mask lie inside the output,
-                        // in tiles only this task writes.
-                        unsafe {
-                            _mm256_mask_storeu_ps(
-                                out.ptr().add(row + 8 * half),
-                                masks[half],
-                                _mm256_add_ps(values[c], b),
-                            )
-                        };
-                    }
-                }
+                // SAFETY: pixels x.. of output row y + i within the masks
+                // lie inside the output, in tiles only this task writes.
+                unsafe {
+                    store_pixel_rows(out, &halves, masks, bias, k0..k0 + lanes, |kk| {
+                        (n * k + kk) * h * w + (y + i) * w + x
+                    })
+                };
             }
+        }
+    });
+}
+
+/// The frame of both register output transforms (F(2x2, 3x3)'s and the
+/// sub-pixel up-convolution's): each group of [`LANES`] of the band's
+/// tiles `ts` that lie side by side in one row of tiles goes to
+/// `group(first tile)`, each other group to `fallback` (the portable
+/// transform).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) fn for_each_tile_group(
+    band: &Band,
+    ts: std::ops::Range<usize>,
+    mut fallback: impl FnMut(std::ops::Range<usize>),
+    mut group: impl FnMut(usize),
+) {
+    for t0 in ts.clone().step_by(LANES) {
+        let tiles = t0..(t0 + LANES).min(ts.end);
+        if tiles.len() == LANES && same_tile_row(band, t0) {
+            group(t0);
+        } else {
+            fallback(tiles);
+        }
+    }
+}
+
+/// The store masks of `Q` vectors of 8 pixels from a row's first pixel
+/// when `inside` of the row's pixels from there lie inside the output.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) fn pixel_masks<const Q: usize>(inside: usize) -> [u8; Q] {
+    let inside = inside.min(8 * Q);
+    std::array::from_fn(|q| {
+        let from = (8 * q).min(inside);
+        ((1u32 << (inside - from).min(8)) - 1) as u8
+    })
+}
+
+/// For each output channel `kk` of `channels`: vector `q` of `values`
+/// (pixels `8q..` in lanes, the channel's lane taken from each) plus the
+/// channel's bias, stored from `row(kk) + 8q` through `masks[q]` (none
+/// where the mask is empty).
+///
+/// # Safety
+/// Every pixel the masks keep lies inside `out`, in tiles only this task
+/// writes; `bias` holds every channel of `channels`, and `channels` has at
+/// most 8.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl")]
+#[inline]
+pub(super) unsafe fn store_pixel_rows<const Q: usize>(
+    out: SharedMut,
+    values: &[[std::arch::x86_64::__m256; 8]; Q],
+    masks: [u8; Q],
+    bias: &[f32],
+    channels: std::ops::Range<usize>,
+    row: impl Fn(usize) -> usize,
+) {
+    use std::arch::x86_64::*;
+    let k0 = channels.start;
+    for kk in channels {
+        let b = _mm256_set1_ps(bias[kk]);
+        let row = row(kk);
+        for (q, vectors) in values.iter().enumerate().filter(|q| masks[q.0] != 0) {
+            // SAFETY: the pixels the mask keeps lie inside the output (the
+            // caller's promise).
+            unsafe {
+                _mm256_mask_storeu_ps(
+                    out.ptr().add(row + 8 * q),
+                    masks[q],
+                    _mm256_add_ps(vectors[kk - k0], b),
+                )
+            };
         }
     }
 }

@@ -27,6 +27,8 @@ use super::super::super::bf16::{self, ColumnPair, PackedRhs};
 use super::super::super::f32_products::transpose8;
 use super::super::super::{product, vectorized, SharedMut};
 use super::bf16_products::run_bands;
+#[cfg(target_arch = "x86_64")]
+use super::bf16_products::{for_each_tile_group, pixel_masks, store_pixel_rows};
 use super::upsampled::FOLD;
 use super::{bands, gather_blocks, lanes, Band, KernelTransform, Lane, F2, LANES};
 #[cfg(target_arch = "x86_64")]
@@ -452,19 +454,11 @@ unsafe fn transform_output_x86(
     let stride = band.padded * k;
     assert!(m.len() >= PHASES * POSITIONS * stride, "M of the band");
     assert_eq!(bias.len(), k, "bias");
-    for t0 in ts.clone().step_by(LANES) {
-        let group = t0..(t0 + LANES).min(ts.end);
-        if group.len() < LANES || !same_tile_row(band, t0) {
-            transform_output(s, band, group, bias, m, out);
-            continue;
-        }
+    let fallback = |group| transform_output(s, band, group, bias, m, out);
+    for_each_tile_group(band, ts, fallback, |t0| {
         let (n, y, x) = band.origin(t0);
         // Upsampled pixels 2x.. of a row that lie inside it: 32 or fewer.
-        let inside = (uw - 2 * x).min(4 * LANES);
-        let masks: [u8; 4] = std::array::from_fn(|q| {
-            let from = (8 * q).min(inside);
-            (((1u32 << (inside - from).min(8)) - 1) & 0xff) as u8
-        });
+        let masks = pixel_masks::<4>(uw - 2 * x);
         for k0 in (0..k).step_by(LANES) {
             let lanes = LANES.min(k - k0);
             let channels = ((1u32 << lanes) - 1) as u8;
@@ -504,25 +498,16 @@ unsafe fn transform_output_x86(
                             blocks[pixel / 4][2 * a + pixel % 2][i][(pixel % 4) / 2]
                         }))
                     });
-                    for c in 0..lanes {
-                        let kk = k0 + c;
-                        let b = _mm256_set1_ps(bias[kk]);
-                        let row = (n * k + kk) * uh * uw + (2 * (y + i) + a) * uw + 2 * x;
-                        for (q, values) in quarters.iter().enumerate().filter(|q| masks[q.0] != 0) {
-                            // SAFETY: pixels 2x + 8q.. of this upsampled row
-                            // of channel kk within the mask lie inside the
-                            // output, in tiles only this task writes.
-                            unsafe {
-                                _mm256_mask_storeu_ps(
-                                    out.ptr().add(row + 8 * q),
-                                    masks[q],
-                                    _mm256_add_ps(values[c], b),
-                                )
-                            };
-                        }
-                    }
+                    // SAFETY: pixels 2x.. of this upsampled row within the
+                    // masks lie inside the output, in tiles only this task
+                    // writes.
+                    unsafe {
+                        store_pixel_rows(out, &quarters, masks, bias, k0..k0 + lanes, |kk| {
+                            (n * k + kk) * uh * uw + (2 * (y + i) + a) * uw + 2 * x
+                        })
+                    };
                 }
             }
         }
-    }
+    });
 }
