@@ -125,10 +125,7 @@ pub fn conv2d(s: &ConvShape, input: &[f32], kernel: &TransformedKernel, bias: &[
         "kernel's input channels"
     );
 
-    // Not zeroed first: the output transform writes every pixel.
-    let mut out = Vec::with_capacity(s.output_len());
-    let out_ptr = SharedMut(out.as_mut_ptr());
-    let output = |band: &Band, ts, m: &[f32]| {
+    let output = |band: &Band, ts, m: &[f32], out_ptr| {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX512-BF16 (asserted above); only this task
         // writes tiles `ts`.
@@ -144,19 +141,17 @@ pub fn conv2d(s: &ConvShape, input: &[f32], kernel: &TransformedKernel, bias: &[
     let input_pair =
         |band: &Band, p, pair: &mut ColumnPair| transform_input_pair(s, input, p, band, pair);
     // SAFETY: `transform_input_pair` puts every row of its pair (the
-    // band's padded tiles too).
+    // band's padded tiles too); the bands' tiles cover the output, and the
+    // output transform writes each of their pixels inside it.
     unsafe {
         run_bands(
+            s.output_len(),
             bands::<F2>(s, BAND_TILES),
             &kernel.positions,
             input_pair,
             output,
         )
-    };
-    // SAFETY: the bands' tiles cover the output, and the output transform
-    // wrote each of their pixels inside it.
-    unsafe { out.set_len(s.output_len()) };
-    out
+    }
 }
 
 /// The bf16 Winograd pass that F(2x2, 3x3) and the sub-pixel
@@ -164,18 +159,24 @@ pub fn conv2d(s: &ConvShape, input: &[f32], kernel: &TransformedKernel, bias: &[
 /// packed as `input_pair(band, p, pair)` makes each pair `p` of input
 /// channels (rows (ξ, tile) for the `positions.len()` positions ξ), each
 /// position's rows times its `U` (`positions[ξ]`, `[C, K]`) into `M`
-/// `[ξ][tile][K]`, then `output(band, tiles, M)` for groups of
-/// [`OUTPUT_TILES`] of the band's tiles, in parallel.
+/// `[ξ][tile][K]`, then `output(band, tiles, M, out)` for groups of
+/// [`OUTPUT_TILES`] of the band's tiles, in parallel, into the returned
+/// `output_len` floats (not zeroed first).
 ///
 /// # Safety
 /// `input_pair` puts every row of its pair: `positions.len()` times the
-/// band's `padded` tiles.
+/// band's `padded` tiles. `output` writes only inside `out` and only its
+/// tiles' pixels, and over all the bands' tiles every one of the
+/// `output_len` floats.
 pub(super) unsafe fn run_bands(
+    output_len: usize,
     bands: impl Iterator<Item = Band>,
     positions: &[PackedRhs],
     input_pair: impl Fn(&Band, usize, &mut ColumnPair) + Sync,
-    output: impl Fn(&Band, std::ops::Range<usize>, &[f32]) + Sync,
-) {
+    output: impl Fn(&Band, std::ops::Range<usize>, &[f32], SharedMut) + Sync,
+) -> Vec<f32> {
+    let mut out = Vec::with_capacity(output_len);
+    let out_ptr = SharedMut(out.as_mut_ptr());
     let (c, k) = (positions[0].k(), positions[0].n());
     // Every element of M is written before it is read, so the buffer is
     // kept between calls rather than zeroed at each.
@@ -236,9 +237,12 @@ pub(super) unsafe fn run_bands(
             .step_by(OUTPUT_TILES)
             .collect::<Vec<_>>()
             .into_par_iter()
-            .for_each(|t0| output(&band, t0..(t0 + OUTPUT_TILES).min(band.tiles), &m));
+            .for_each(|t0| output(&band, t0..(t0 + OUTPUT_TILES).min(band.tiles), &m, out_ptr));
     }
     BUFFERS.set(m);
+    // SAFETY: `output` wrote every float of it (the caller's promise).
+    unsafe { out.set_len(output_len) };
+    out
 }
 
 /// [`transform_input_lanes`] for every lane group of the band, in

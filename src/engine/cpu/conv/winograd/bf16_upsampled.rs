@@ -130,17 +130,13 @@ pub fn conv2d(s: &ConvShape, input: &[f32], kernel: &SubPixelKernel, bias: &[f32
         "kernel's channels"
     );
     assert_eq!(bias.len(), s.out_channels, "bias size");
-    let len = s.batch * s.out_channels * 4 * s.height * s.width;
-    // Not zeroed first: the output transform writes every pixel.
-    let mut out = Vec::with_capacity(len);
-    let out_ptr = SharedMut(out.as_mut_ptr());
     let input_pair = |band: &Band, p, pair: &mut ColumnPair| {
         vectorized(
             #[inline(always)]
             || transform_input_pair(s, input, p, band, pair),
         )
     };
-    let output = |band: &Band, ts, m: &[f32]| {
+    let output = |band: &Band, ts, m: &[f32], out_ptr| {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX512-BF16 (asserted above); only this task
         // writes tiles `ts`.
@@ -154,20 +150,19 @@ pub fn conv2d(s: &ConvShape, input: &[f32], kernel: &SubPixelKernel, bias: &[f32
         )
     };
     // SAFETY: `transform_input_pair` puts all 36 positions' rows of its
-    // pair for every lane group of the band's padded tiles.
+    // pair for every lane group of the band's padded tiles; the tiles
+    // cover the low-resolution map, and the output transform writes all
+    // four phases' pixels of each tile's rows and columns inside the
+    // output: every pixel of the upsampled output.
     unsafe {
         run_bands(
+            s.batch * s.out_channels * 4 * s.height * s.width,
             bands::<F2>(s, BAND_TILES),
             &kernel.positions,
             input_pair,
             output,
         )
-    };
-    // SAFETY: the tiles cover the low-resolution map, and each wrote all
-    // four phases' pixels of its rows and columns inside it: every pixel
-    // of the upsampled output.
-    unsafe { out.set_len(len) };
-    out
+    }
 }
 
 /// `V` of input channels `2p` and `2p + 1` for every tile of the band, put
