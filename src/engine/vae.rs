@@ -27,8 +27,17 @@ const BF16_MIN_CHANNELS: usize = 16;
 /// on 128 -> 128 at 256x256 where F(4x4) in f32 took 39.4 and 63.3 (`cargo
 /// bench --bench cpu_kernels -- convolution`, 2-core Zen 4).
 fn conv(vb: VarBuilder, [cin, cout, kernel, stride, padding]: [usize; 5]) -> Result<Conv2d> {
-    let bf16 = blocks::bf16_products() && cin.min(cout) >= BF16_MIN_CHANNELS;
-    blocks::with_bf16_products(bf16, || Conv2d::new(vb, cin, cout, kernel, stride, padding))
+    with_bf16_where_wide(cin.min(cout), || {
+        Conv2d::new(vb, cin, cout, kernel, stride, padding)
+    })
+}
+
+/// `build` with bf16 products where the model is built for them and a
+/// convolution's narrower side has [`BF16_MIN_CHANNELS`], f32 ones
+/// otherwise.
+fn with_bf16_where_wide<T>(channels: usize, build: impl FnOnce() -> T) -> T {
+    let bf16 = blocks::bf16_products() && channels >= BF16_MIN_CHANNELS;
+    blocks::with_bf16_products(bf16, build)
 }
 
 fn conv3x3(vb: VarBuilder, cin: usize, cout: usize) -> Result<Conv2d> {
@@ -40,8 +49,7 @@ fn conv3x3(vb: VarBuilder, cin: usize, cout: usize) -> Result<Conv2d> {
 /// 68 and 100 ms at 256 px (512 channels at 32 -> 64 and 64 -> 128, 256 at
 /// 128 -> 256) where f32's took 30, 87 and 104 (2-core Zen 4).
 fn up_conv(vb: VarBuilder, channels: usize) -> Result<Conv2d> {
-    let bf16 = blocks::bf16_products() && channels >= BF16_MIN_CHANNELS;
-    blocks::with_bf16_products(bf16, || Conv2d::new_upsampling(vb, channels, channels))
+    with_bf16_where_wide(channels, || Conv2d::new_upsampling(vb, channels, channels))
 }
 
 /// A projection stored either as a linear layer or, in older checkpoints,
