@@ -286,6 +286,10 @@ fn attentions() -> candle_core::Result<()> {
         (2, 64, 64, 8, 160),
         (2, 1024, 77, 8, 40),
         (1, 1024, 1024, 1, 512),
+        // SDXL's at 256 px: its levels of 640 and 1280 channels, heads of 64.
+        (2, 256, 256, 10, 64),
+        (2, 64, 64, 20, 64),
+        (2, 64, 77, 20, 64),
     ] {
         let dim = heads * head_dim;
         let q = Tensor::randn(0f32, 1., (batch, queries, dim), &dev)?;

@@ -44,6 +44,23 @@ pub struct RerunTimes {
     pub strength_ms: f64,
 }
 
+/// One kind of work in a `--profile` breakdown, per UNet call or VAE decode.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProfilePart {
+    pub part: String,
+    pub ms: f64,
+    /// The layers' nominal arithmetic (a Winograd convolution counts as a
+    /// direct one), in 10^9 floating-point operations.
+    pub gflop: f64,
+}
+
+impl ProfilePart {
+    /// GFLOP per second, or None for work the layers do not count.
+    pub fn rate(&self) -> Option<f64> {
+        (self.gflop > 0.0 && self.ms > 0.0).then(|| self.gflop / self.ms * 1e3)
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchResult {
     #[serde(rename = "impl")]
@@ -67,12 +84,12 @@ pub struct BenchResult {
     pub rerun_first_step_ms: RerunTimes,
     /// Peak resident memory (CPU) or peak device memory in use (CUDA, sampled).
     pub peak_memory_mib: f64,
-    /// With --profile: milliseconds per UNet call by kind of work, largest first.
+    /// With --profile: one UNet call by kind of work, largest time first.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub unet_profile_ms: Vec<(String, f64)>,
+    pub unet_profile: Vec<ProfilePart>,
     /// With --profile: the same for one VAE decode.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub vae_decode_profile_ms: Vec<(String, f64)>,
+    pub vae_decode_profile: Vec<ProfilePart>,
 }
 
 /// The median of `repeats` timings, after one untimed warm-up, each until
@@ -112,17 +129,22 @@ fn median_until(
     Ok(times[times.len() / 2])
 }
 
-/// Milliseconds per run of `f` by profile section, over `runs` profiled
-/// runs, largest first.
-fn profile_ms(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<(String, f64)>> {
+/// Each profile section's time and arithmetic per run of `f`, over `runs`
+/// profiled runs, largest time first.
+fn profile(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<ProfilePart>> {
     crate::engine::profile::enable(true);
     let ran = (0..runs).try_for_each(|_| f());
     crate::engine::profile::enable(false);
     let totals = crate::engine::profile::take();
     ran?;
+    let runs = runs as f64;
     Ok(totals
         .into_iter()
-        .map(|(name, ms, _)| (name.to_string(), ms / runs as f64))
+        .map(|p| ProfilePart {
+            part: p.name.to_string(),
+            ms: p.ms / runs,
+            gflop: p.flops as f64 / 1e9 / runs,
+        })
         .collect())
 }
 
@@ -204,8 +226,8 @@ fn measure(
     } else {
         median_until(device, s.repeats, Until::Queued, unet_call)?
     };
-    let unet_profile_ms = if s.profile {
-        profile_ms(s.repeats.max(1), unet_call)?
+    let unet_profile = if s.profile {
+        profile(s.repeats.max(1), unet_call)?
     } else {
         Vec::new()
     };
@@ -226,8 +248,8 @@ fn measure(
         Ok(())
     };
     let vae_decode_ms = median_ms(device, s.repeats, vae_decode)?;
-    let vae_decode_profile_ms = if s.profile {
-        profile_ms(1, vae_decode)?
+    let vae_decode_profile = if s.profile {
+        profile(1, vae_decode)?
     } else {
         Vec::new()
     };
@@ -318,8 +340,8 @@ fn measure(
         unet_calls,
         rerun_first_step_ms,
         peak_memory_mib: memory::peak_mib(device),
-        unet_profile_ms,
-        vae_decode_profile_ms,
+        unet_profile,
+        vae_decode_profile,
     })
 }
 

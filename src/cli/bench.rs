@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use crate::benchmark::{self, Arch, BenchResult, BenchSettings};
+use crate::benchmark::{self, Arch, BenchResult, BenchSettings, ProfilePart};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -104,11 +104,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     r.unet_queue_ms, r.unet_step_ms
                 );
             }
-            for (part, ms) in &r.unet_profile_ms {
-                println!("    {part:<28} {ms:>10.2} ms per UNet call");
-            }
-            for (part, ms) in &r.vae_decode_profile_ms {
-                println!("    {part:<28} {ms:>10.2} ms per VAE decode");
+            for (parts, per) in [
+                (&r.unet_profile, "UNet call"),
+                (&r.vae_decode_profile, "VAE decode"),
+            ] {
+                for p in parts {
+                    println!("{}", profile_line(p, per));
+                }
             }
         }
         Ok(())
@@ -165,4 +167,16 @@ fn row(r: &BenchResult) -> String {
         ),
         r.peak_memory_mib
     )
+}
+
+/// One line of the `--profile` breakdown: time, and where the layers count
+/// their arithmetic, how much and at what rate.
+fn profile_line(p: &ProfilePart, per: &str) -> String {
+    let work = match p.rate() {
+        Some(rate) => format!("{:>9.1} GFLOP {:>8.0} GFLOP/s", p.gflop, rate),
+        None => String::new(),
+    };
+    format!("    {:<28} {:>10.2} ms per {per:<10} {work}", p.part, p.ms)
+        .trim_end()
+        .to_string()
 }

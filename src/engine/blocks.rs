@@ -10,7 +10,7 @@ use candle_nn::VarBuilder;
 use super::conv::Conv2d;
 use super::cpu::ops;
 use super::cuda;
-use super::profile::section;
+use super::profile::{self, section};
 
 /// Nearest-neighbour upsampling of `[batch, channels, h, w]` to `height x
 /// width`: the CPU kernel for f32 at exactly twice the size, candle's
@@ -73,17 +73,52 @@ impl Linear {
         }
     }
 
+    /// Counts the layer's arithmetic on `xs` (tokens or a map, `in`
+    /// values per row) for the profile.
+    fn count_flops(&self, xs: &Tensor) -> Result<()> {
+        if profile::enabled() {
+            // Each of the rows' inputs meets each column of sums once.
+            let columns = match self {
+                Self::Cpu { weight, .. } => weight.product_columns()?,
+                Self::Candle(linear) => linear.weight().dim(0)?,
+            };
+            profile::count_flops(2 * xs.elem_count() * columns);
+        }
+        Ok(())
+    }
+
+    /// [`Module::forward`] without [`count_flops`](Self::count_flops), for
+    /// the other forms, which count their own.
+    fn forward_uncounted(&self, xs: &Tensor) -> Result<Tensor> {
+        let linear = match self {
+            Self::Cpu { weight, bias } => return ops::linear(xs, weight, bias.as_ref(), None),
+            Self::Candle(linear) => linear,
+        };
+        let dims = xs.dims();
+        if dims.len() <= 2 {
+            return linear.forward(xs);
+        }
+        let (lead, last) = dims.split_at(dims.len() - 1);
+        let rows: usize = lead.iter().product();
+        let out = linear.forward(&xs.reshape((rows, last[0]))?)?;
+        let mut shape = lead.to_vec();
+        shape.push(out.dim(1)?);
+        out.reshape(shape)
+    }
+
     /// `forward(xs) + residual`, the sum made by the product on the CPU.
     pub fn forward_add(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        self.count_flops(xs)?;
         match self {
             Self::Cpu { weight, bias } => ops::linear(xs, weight, bias.as_ref(), Some(residual)),
-            Self::Candle(_) => self.forward(xs)? + residual,
+            Self::Candle(_) => self.forward_uncounted(xs)? + residual,
         }
     }
 
     /// The layer at every pixel of `map` `[batch, in, h, w]`: `[batch, out,
     /// h, w]`, plus `residual` if given (a map of that shape).
     pub fn forward_on_map(&self, map: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        self.count_flops(map)?;
         match self {
             Self::Cpu { weight, bias } => ops::linear_on_map(map, weight, bias.as_ref(), residual),
             Self::Candle(linear) => {
@@ -105,11 +140,12 @@ impl Linear {
     /// The pixels of `map` `[batch, in, h, w]` as tokens: `[batch, h·w,
     /// out]` (read in place on the CPU, permuted elsewhere).
     pub fn forward_from_map(&self, map: &Tensor) -> Result<Tensor> {
+        self.count_flops(map)?;
         match self {
             Self::Cpu { weight, bias } => ops::linear_from_map(map, weight, bias.as_ref()),
             Self::Candle(_) => {
                 let (b, c, h, w) = map.dims4()?;
-                self.forward(&map.permute((0, 2, 3, 1))?.reshape((b, h * w, c))?)
+                self.forward_uncounted(&map.permute((0, 2, 3, 1))?.reshape((b, h * w, c))?)
             }
         }
     }
@@ -118,11 +154,12 @@ impl Linear {
     /// `residual`, a map of that shape (written in place on the CPU,
     /// permuted elsewhere).
     pub fn forward_to_map_add(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        self.count_flops(xs)?;
         match self {
             Self::Cpu { weight, bias } => ops::linear_to_map(xs, weight, bias.as_ref(), residual),
             Self::Candle(_) => {
                 let (b, c, h, w) = residual.dims4()?;
-                self.forward(xs)?
+                self.forward_uncounted(xs)?
                     .reshape((b, h, w, c))?
                     .permute((0, 3, 1, 2))?
                     + residual
@@ -133,20 +170,8 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let linear = match self {
-            Self::Cpu { weight, bias } => return ops::linear(xs, weight, bias.as_ref(), None),
-            Self::Candle(linear) => linear,
-        };
-        let dims = xs.dims();
-        if dims.len() <= 2 {
-            return linear.forward(xs);
-        }
-        let (lead, last) = dims.split_at(dims.len() - 1);
-        let rows: usize = lead.iter().product();
-        let out = linear.forward(&xs.reshape((rows, last[0]))?)?;
-        let mut shape = lead.to_vec();
-        shape.push(out.dim(1)?);
-        out.reshape(shape)
+        self.count_flops(xs)?;
+        self.forward_uncounted(xs)
     }
 }
 
@@ -379,6 +404,9 @@ pub fn attention(
 ) -> Result<Tensor> {
     let upcast = mode.upcast;
     let (b, n, dim) = q.dims3()?;
+    let m = k.dim(1)?;
+    // q kᵀ and the probabilities times v: n·m·dim multiply-adds each.
+    profile::count_flops(4 * b * n * m * dim);
     let head_dim = dim / heads;
     let scale = (head_dim as f64).powf(-0.5);
     if ops::applies(q) {
@@ -410,4 +438,59 @@ pub fn attention(
     };
     let probs = probs.to_dtype(dtype)?;
     probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, dim))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::profile::flops_of;
+    use candle_core::Device;
+
+    /// Each form of the linear layer counts `2 · rows · in · out` for the
+    /// profile, once (the candle forms run the plain one inside), and
+    /// attention `4 · batch · n · m · dim` (q kᵀ, then the weights times v).
+    #[test]
+    fn layers_count_their_arithmetic_for_the_profile() -> Result<()> {
+        let dev = Device::Cpu;
+        let weight = Tensor::randn(0f32, 1., (6, 4), &dev)?;
+        let bias = Tensor::zeros(6, DType::F32, &dev)?;
+        let cpu = Linear::new(weight.clone(), Some(bias.clone()))?;
+        let candle = Linear::Candle(candle_nn::Linear::new(weight, Some(bias)));
+        let tokens = Tensor::randn(0f32, 1., (2, 15, 4), &dev)?;
+        let map = Tensor::randn(0f32, 1., (2, 4, 3, 5), &dev)?;
+        let out_map = Tensor::zeros((2, 6, 3, 5), DType::F32, &dev)?;
+        let out_tokens = Tensor::zeros((2, 15, 6), DType::F32, &dev)?;
+        let want = 2 * 30 * 4 * 6;
+        for (layer, name) in [(&cpu, "cpu"), (&candle, "candle")] {
+            assert_eq!(flops_of(|| layer.forward(&tokens))?, want, "{name}");
+            let add = flops_of(|| layer.forward_add(&tokens, &out_tokens))?;
+            assert_eq!(add, want, "{name}");
+            assert_eq!(
+                flops_of(|| layer.forward_on_map(&map, None))?,
+                want,
+                "{name}"
+            );
+            assert_eq!(flops_of(|| layer.forward_from_map(&map))?, want, "{name}");
+            let to_map = flops_of(|| layer.forward_to_map_add(&tokens, &out_map))?;
+            assert_eq!(to_map, want, "{name}");
+        }
+        // A GEGLU projection that gates in its product counts its gates'
+        // columns too: 64 columns of sums for 32 outputs.
+        if crate::engine::cpu::bf16::available() {
+            let weight = Tensor::randn(0f32, 1., (64, 4), &dev)?;
+            let (weight, bias) =
+                ops::LinearWeight::gated(&weight, &Tensor::zeros(64, DType::F32, &dev)?)?;
+            let gated = Linear::Cpu {
+                weight,
+                bias: Some(bias),
+            };
+            assert_eq!(flops_of(|| gated.forward(&tokens))?, 2 * 30 * 4 * 64);
+        }
+        let q = Tensor::randn(0f32, 1., (2, 15, 8), &dev)?;
+        let kv = Tensor::randn(0f32, 1., (2, 7, 8), &dev)?;
+        let mode = AttentionMode::new(false);
+        let counted = flops_of(|| attention(&q, &kv, &kv, 2, mode))?;
+        assert_eq!(counted, 4 * 2 * 15 * 7 * 8);
+        Ok(())
+    }
 }

@@ -11,9 +11,12 @@ use super::blocks;
 use super::cpu::conv::Bf16Kernel;
 use super::cpu::ops;
 use super::cuda;
+use super::profile;
 
 pub struct Conv2d {
     weights: Weights,
+    /// (in, out, kernel side), for the profile's count.
+    dims: [usize; 3],
     stride: usize,
     padding: usize,
 }
@@ -74,9 +77,17 @@ impl Conv2d {
         };
         Ok(Self {
             weights,
+            dims: [cin, cout, kernel],
             stride,
             padding,
         })
+    }
+
+    /// Counts a direct convolution's arithmetic for `batch` outputs of
+    /// `height x width`, whatever algorithm runs it.
+    fn count_flops(&self, batch: usize, height: usize, width: usize) {
+        let [cin, cout, kernel] = self.dims;
+        profile::count_flops(2 * batch * height * width * cout * cin * kernel * kernel);
     }
 
     /// This convolution of `xs` upsampled (nearest neighbour) to `height x
@@ -85,7 +96,9 @@ impl Conv2d {
     /// (see `cpu::conv::conv2d_upsampled`; with bf16 products, where the
     /// layer was made [`new_upsampling`](Self::new_upsampling)).
     pub fn forward_upsampled(&self, xs: &Tensor, height: usize, width: usize) -> Result<Tensor> {
-        let (_, _, h, w) = xs.dims4()?;
+        let (b, _, h, w) = xs.dims4()?;
+        let (out_h, out_w) = self.output_size(height, width);
+        self.count_flops(b, out_h, out_w);
         if let Weights::CpuBf16 { kernel, bias } = &self.weights {
             let up_convolution = kernel.size == 3 && (self.stride, self.padding) == (1, 1);
             if (height, width) == (2 * h, 2 * w) && up_convolution {
@@ -104,12 +117,18 @@ impl Conv2d {
                 return ops::conv2d_upsampled(xs, weight, bias);
             }
         }
-        self.forward(&blocks::upsample_nearest(xs, height, width)?)
+        self.forward_uncounted(&blocks::upsample_nearest(xs, height, width)?)
     }
-}
 
-impl Module for Conv2d {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+    /// The output's (height, width) for an input of `height x width`.
+    fn output_size(&self, height: usize, width: usize) -> (usize, usize) {
+        let [_, _, kernel] = self.dims;
+        let side = |x: usize| (x + 2 * self.padding).saturating_sub(kernel) / self.stride + 1;
+        (side(height), side(width))
+    }
+
+    /// [`Module::forward`] without the profile's count.
+    fn forward_uncounted(&self, xs: &Tensor) -> Result<Tensor> {
         let (s, p) = (self.stride, self.padding);
         let conv = match &self.weights {
             Weights::CpuBf16 { kernel, bias } => return ops::conv2d_bf16(xs, kernel, bias, s, p),
@@ -127,6 +146,17 @@ impl Module for Conv2d {
         } else {
             conv.forward(xs)
         }
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if profile::enabled() {
+            let (b, _, h, w) = xs.dims4()?;
+            let (out_h, out_w) = self.output_size(h, w);
+            self.count_flops(b, out_h, out_w);
+        }
+        self.forward_uncounted(xs)
     }
 }
 
@@ -218,6 +248,28 @@ mod tests {
                 assert_within_bf16_rounding(&got, &want, &format!("{h}x{w} -> {height}x{width}"))?;
             }
         }
+        Ok(())
+    }
+
+    /// The profile counts a direct convolution's arithmetic once per call,
+    /// whichever path runs it: a strided one, an up-convolution on the map
+    /// before upsampling, and one on candle's upsampled copy.
+    #[test]
+    fn counts_its_arithmetic_for_the_profile() -> Result<()> {
+        use crate::engine::profile::flops_of;
+        let dev = Device::Cpu;
+        let map = VarMap::new();
+        let vb = VarBuilder::from_varmap(&map, DType::F32, &dev);
+        let strided = Conv2d::new(vb.pp("strided"), 8, 6, 3, 2, 0)?;
+        let xs = Tensor::randn(0f32, 1., (2, 8, 13, 14), &dev)?;
+        // 6x6 outputs of 6 channels, each 8 x 9 multiply-adds.
+        assert_eq!(flops_of(|| strided.forward(&xs))?, 2 * 2 * 36 * 6 * 8 * 9);
+        let up = Conv2d::new(vb.pp("up"), 5, 3, 3, 1, 1)?;
+        let xs = Tensor::randn(0f32, 1., (2, 5, 6, 7), &dev)?;
+        let counted = flops_of(|| up.forward_upsampled(&xs, 12, 14))?;
+        assert_eq!(counted, 2 * 2 * (12 * 14) * 3 * 5 * 9);
+        let counted = flops_of(|| up.forward_upsampled(&xs, 11, 15))?;
+        assert_eq!(counted, 2 * 2 * (11 * 15) * 3 * 5 * 9);
         Ok(())
     }
 

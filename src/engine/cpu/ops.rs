@@ -144,6 +144,15 @@ impl LinearWeight {
         Ok((Self::Bf16(packed), Tensor::new(bias, &Device::Cpu)?))
     }
 
+    /// Columns of sums: a gated weight's include its gates, which its
+    /// outputs do not.
+    pub fn product_columns(&self) -> Result<usize> {
+        match self {
+            Self::Bf16(packed) => Ok(packed.n()),
+            _ => Ok(self.dims()?.1),
+        }
+    }
+
     /// (inputs, outputs).
     fn dims(&self) -> Result<(usize, usize)> {
         match self {
