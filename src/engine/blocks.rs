@@ -479,7 +479,7 @@ mod tests {
         if crate::engine::cpu::bf16::available() {
             let weight = Tensor::randn(0f32, 1., (64, 4), &dev)?;
             let (weight, bias) =
-                ops::LinearWeight::gated(&weight, &Tensor::zeros(64, DType::F32, &dev)?)?;
+                ops::LinearWeight::gated(&weight, &Tensor::zeros(64, DType::F32, &dev)?, true)?;
             let gated = Linear::Cpu {
                 weight,
                 bias: Some(bias),

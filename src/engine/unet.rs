@@ -145,10 +145,10 @@ impl Attention {
 
 /// The feed-forward's first layer and gate (diffusers' `GEGLU`): `a ·
 /// gelu(b)` for `[a | b]`, the halves of a linear layer's output, with the
-/// exact (erf) GELU as PyTorch's `F.gelu`. With bf16 products on the CPU
-/// the product gates its tiles as it stores them, so the layer's output,
-/// twice the gated one, is never written and read back (SD 1.5 at 256 px:
-/// 17 ms of a 470 ms step went to that pass).
+/// exact (erf) GELU as PyTorch's `F.gelu`. On the CPU (bf16 products, or
+/// f32 ones in panels) the product gates its tiles as it stores them, so
+/// the layer's output, twice the gated one, is never written and read back
+/// (SD 1.5 at 256 px: 17 ms of a 470 ms bf16 step went to that pass).
 struct Geglu {
     proj: Linear,
     /// Whether `proj` stores the gated values itself.
@@ -159,10 +159,10 @@ impl Geglu {
     fn new(vb: VarBuilder, dim: usize, inner: usize) -> Result<Self> {
         let layer = candle_nn::linear(dim, 2 * inner, vb)?;
         let (weight, bias) = (layer.weight(), layer.bias());
-        if let Some(bias) =
-            bias.filter(|_| ops::applies(weight) && bf16_products() && inner.is_multiple_of(16))
-        {
-            let (weight, bias) = ops::LinearWeight::gated(weight, bias)?;
+        let bf16 = bf16_products();
+        let gated_here = ops::applies(weight) && ops::LinearWeight::can_gate(bf16);
+        if let Some(bias) = bias.filter(|_| gated_here && inner.is_multiple_of(16)) {
+            let (weight, bias) = ops::LinearWeight::gated(weight, bias, bf16)?;
             let proj = Linear::Cpu {
                 weight,
                 bias: Some(bias),
@@ -640,37 +640,44 @@ mod tests {
         Ok(())
     }
 
-    /// The gate in the bf16 product's epilogue gives what the projection
-    /// stored and then gated gives, value for value: its columns and bias
-    /// packed in their order (five panels, more than one task's; rows that
-    /// fill no whole tile).
+    /// The gate in the product's epilogue (bf16 products, and f32 ones in
+    /// panels) gives what the projection stored and then gated gives, value
+    /// for value: its columns and bias packed in their order (five panels,
+    /// more than one task's; rows that fill no whole tile).
     #[test]
     fn the_gated_product_matches_the_projection_then_the_gate() -> Result<()> {
-        if !crate::engine::cpu::bf16::available() {
-            eprintln!("skipped: this CPU has no bf16 products");
-            return Ok(());
-        }
         let (dev, dim, inner) = (Device::Cpu, 40, 80);
         let values = |n: usize, scale: f32| -> Vec<f32> {
             (0..n).map(|i| (i as f32 * 0.618).sin() * scale).collect()
         };
         let weight = Tensor::from_vec(values(2 * inner * dim, 0.3), (2 * inner, dim), &dev)?;
         let bias = Tensor::from_vec(values(2 * inner, 1.0), 2 * inner, &dev)?;
-        let tensors = [("weight", &weight), ("bias", &bias)]
-            .map(|(name, t)| (name.to_string(), t.clone()))
-            .into();
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, &dev);
-        let gated = with_bf16_products(true, || Geglu::new(vb, dim, inner))?;
-        assert!(gated.gated_in_product);
-        let stored = with_bf16_products(true, || Linear::new(weight, Some(bias)))?;
         let xs = Tensor::from_vec(values(2 * 37 * dim, 1.0), (2, 37, dim), &dev)?;
-        let got = gated.forward(&xs)?;
-        let want = ops::geglu(&stored.forward(&xs)?)?;
-        assert_eq!(got.dims(), [2, 37, inner]);
-        assert_eq!(
-            got.flatten_all()?.to_vec1::<f32>()?,
-            want.flatten_all()?.to_vec1::<f32>()?
-        );
+        for (bf16, here) in [
+            (false, crate::engine::cpu::f32_products::enabled()),
+            (true, crate::engine::cpu::bf16::available()),
+        ] {
+            if !here {
+                eprintln!("skipped (bf16 {bf16}): this CPU has no such products");
+                continue;
+            }
+            let tensors = [("weight", &weight), ("bias", &bias)]
+                .map(|(name, t)| (name.to_string(), t.clone()))
+                .into();
+            let vb = VarBuilder::from_tensors(tensors, DType::F32, &dev);
+            let gated = with_bf16_products(bf16, || Geglu::new(vb, dim, inner))?;
+            assert!(gated.gated_in_product, "bf16 {bf16}");
+            let stored =
+                with_bf16_products(bf16, || Linear::new(weight.clone(), Some(bias.clone())))?;
+            let got = gated.forward(&xs)?;
+            let want = ops::geglu(&stored.forward(&xs)?)?;
+            assert_eq!(got.dims(), [2, 37, inner]);
+            assert_eq!(
+                got.flatten_all()?.to_vec1::<f32>()?,
+                want.flatten_all()?.to_vec1::<f32>()?,
+                "bf16 {bf16}"
+            );
+        }
         Ok(())
     }
 }

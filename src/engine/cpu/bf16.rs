@@ -87,7 +87,8 @@ pub struct PackedRhs {
 }
 
 /// The column of a GEGLU projection's `[k, n]` weight (outputs `[a | b]`,
-/// `n / 2` each) that a gated [`PackedRhs`] holds at column `j`: each panel
+/// `n / 2` each) that a gated [`PackedRhs`] (or gated f32 panels, whose
+/// panels are as wide) holds at column `j`: each panel
 /// takes 16 columns of `a`, then the same 16 of `b`, so that a value and
 /// its gate meet in one tile of sums.
 pub fn gated_column(j: usize, n: usize) -> usize {

@@ -29,6 +29,8 @@ use super::SharedMut;
 
 /// Columns per panel: two 16-lane registers.
 pub const PANEL: usize = 32;
+// Gated panels take bf16's column order, which assumes its panel width.
+const _: () = assert!(PANEL == super::bf16::RHS_PANEL);
 /// Rows of a kernel tile: 8 x 2 accumulators of 16 lanes (of 32
 /// registers, the rest hold the right operand and the broadcasts).
 const MR: usize = 8;
@@ -71,6 +73,9 @@ pub struct Panels<Data = Vec<f32>> {
     k: usize,
     n: usize,
     data: Data,
+    /// A GEGLU projection's weight in [`super::bf16::gated_column`]'s
+    /// order: [`product`] stores `a · gelu(b)`, `n / 2` columns.
+    gated: bool,
 }
 
 /// Floats in the panels of a `[k, n]` operand.
@@ -83,18 +88,41 @@ impl Panels {
     /// row-major) is given: a checkpoint's `[out, in]` weight.
     pub fn from_transposed(w_t: &[f32], k: usize, n: usize) -> Self {
         assert_eq!(w_t.len(), k * n, "w_t of [{n}, {k}]");
+        Self::from_columns(k, n, |j| &w_t[j * k..][..k])
+    }
+
+    /// [`from_transposed`](Self::from_transposed) for a GEGLU projection
+    /// (`n` columns `[a | b]`, a multiple of [`PANEL`]), its columns in
+    /// [`super::bf16::gated_column`]'s order: products with it store `a ·
+    /// gelu(b)`, `[m, n / 2]`, as bf16's gated weights do.
+    pub fn gated_from_transposed(w_t: &[f32], k: usize, n: usize) -> Self {
+        assert!(n.is_multiple_of(PANEL), "a gated weight of {n} columns");
+        assert_eq!(w_t.len(), k * n, "w_t of [{n}, {k}]");
+        let column = |j| &w_t[super::bf16::gated_column(j, n) * k..][..k];
+        Self {
+            gated: true,
+            ..Self::from_columns(k, n, column)
+        }
+    }
+
+    /// Column `j` of the `[k, n]` operand is `column(j)`.
+    fn from_columns<'a>(k: usize, n: usize, column: impl Fn(usize) -> &'a [f32] + Sync) -> Self {
         let mut data = vec![0f32; packed_len(k, n)];
         data.par_chunks_mut(k * PANEL)
             .enumerate()
             .for_each(|(panel, dst)| {
                 for j in 0..PANEL.min(n - panel * PANEL) {
-                    let column = &w_t[(panel * PANEL + j) * k..][..k];
-                    for (p, &x) in column.iter().enumerate() {
+                    for (p, &x) in column(panel * PANEL + j).iter().enumerate() {
                         dst[p * PANEL + j] = x;
                     }
                 }
             });
-        Self { k, n, data }
+        Self {
+            k,
+            n,
+            data,
+            gated: false,
+        }
     }
 }
 
@@ -102,7 +130,12 @@ impl<'a> Panels<&'a [f32]> {
     /// `data` as the panels of a `[k, n]` operand, packed already.
     pub fn packed(k: usize, n: usize, data: &'a [f32]) -> Self {
         assert_eq!(data.len(), packed_len(k, n), "panels of [{k}, {n}]");
-        Self { k, n, data }
+        Self {
+            k,
+            n,
+            data,
+            gated: false,
+        }
     }
 }
 
@@ -111,8 +144,25 @@ impl<Data: AsRef<[f32]>> Panels<Data> {
         self.k
     }
 
+    /// Columns of sums (before a gated weight's gate).
     pub fn n(&self) -> usize {
         self.n
+    }
+
+    /// Columns a product with it stores: `n`, or `n / 2` gated.
+    pub fn outputs(&self) -> usize {
+        match self.gated {
+            true => self.n / 2,
+            false => self.n,
+        }
+    }
+
+    /// Columns a product stores per panel.
+    fn panel_outputs(&self) -> usize {
+        match self.gated {
+            true => PANEL / 2,
+            false => PANEL,
+        }
     }
 
     fn panel(&self, panel: usize) -> &[f32] {
@@ -145,6 +195,10 @@ pub unsafe fn product(
     addends: Addends,
 ) {
     assert!(available(), "f32 panel products need AVX-512");
+    assert!(
+        !w.gated || (addends.residual.is_none() && dst.2 == 1),
+        "a gated product into rows, with no residual"
+    );
     let panels = w.n.div_ceil(PANEL);
     let row_tasks = m.div_ceil(ROWS_PER_TASK);
     let panel_tasks = panels.div_ceil(PANELS_PER_TASK);
@@ -213,12 +267,13 @@ unsafe fn product_part(
     for panel in panels {
         let col = panel * PANEL;
         let cols = PANEL.min(w.n - col);
+        let out_col = panel * w.panel_outputs();
         for r0 in rows.clone().step_by(MR) {
             let tile_rows = MR.min(rows.end - r0);
             // Rows past the tile repeat its last one (read, never stored).
             let a: [*const f32; MR] =
                 std::array::from_fn(|r| lhs.0.wrapping_add((r0 + r.min(tile_rows - 1)) * lhs.1));
-            let at = r0 * dst.1 + col * dst.2;
+            let at = r0 * dst.1 + out_col * dst.2;
             let tile = Tile {
                 dst: dst.0.wrapping_add(at),
                 strides: (dst.1, dst.2),
@@ -232,7 +287,11 @@ unsafe fn product_part(
             #[cfg(target_arch = "x86_64")]
             unsafe {
                 let b = (w.panel(panel).as_ptr(), PANEL);
-                store(&tile_sums((a, lhs.2), b, w.k), &tile);
+                let sums = tile_sums((a, lhs.2), b, w.k);
+                match w.gated {
+                    true => super::geglu::store_gated(&sums, &tile),
+                    false => store(&sums, &tile),
+                }
             }
         }
     }
@@ -254,6 +313,7 @@ pub unsafe fn product_transposed(
     addends: Addends,
 ) {
     assert!(available(), "f32 panel products need AVX-512");
+    assert!(!w.gated, "a gated product into columns");
     assert!(
         addends.bias.is_none_or(|b| b.len() == w.n),
         "bias of {}",

@@ -1,7 +1,7 @@
 //! GEGLU (diffusers' feed-forward gate): `a · gelu(b)` for each row `[a |
 //! b]` of the projection, with the exact (erf) GELU, in one pass over the
 //! rows (candle's path copies both halves, runs a scalar erf, and
-//! multiplies in a third pass), or in a bf16 product's epilogue
+//! multiplies in a third pass), or in a bf16 or f32 product's epilogue
 //! ([`store_gated`]), where the projection's `2 x` wider output is never
 //! stored at all.
 
@@ -32,7 +32,8 @@ pub fn geglu(h: &[f32], half: usize) -> Vec<f32> {
 }
 
 /// A tile of sums of a product with a gated weight
-/// ([`super::bf16::PackedRhs::gated_from_transposed`]), each row 16 values
+/// ([`super::bf16::PackedRhs::gated_from_transposed`],
+/// [`super::f32_products::Panels::gated_from_transposed`]), each row 16 values
 /// `a` and their 16 gates `b`, plus the bias: 16 columns `a · gelu(b)`
 /// stored into rows at `tile.dst`. The same arithmetic as the projection
 /// stored and then [`geglu`], so the same values.

@@ -37,7 +37,7 @@ impl Weight<'_> {
     fn fits(&self, inputs: usize, outputs: usize) -> bool {
         match self {
             Self::F32(w) => w.len() == inputs * outputs,
-            Self::Panels(p) => p.k() == inputs && p.n() == outputs,
+            Self::Panels(p) => p.k() == inputs && p.outputs() == outputs,
             Self::Bf16(p) => p.k() == inputs && p.outputs() == outputs,
         }
     }
@@ -47,7 +47,8 @@ impl Weight<'_> {
     pub fn bias_len(&self, outputs: usize) -> usize {
         match self {
             Self::Bf16(p) => p.n(),
-            _ => outputs,
+            Self::Panels(p) => p.n(),
+            Self::F32(_) => outputs,
         }
     }
 }

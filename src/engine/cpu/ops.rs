@@ -121,12 +121,19 @@ impl LinearWeight {
         Ok(Self::F32(weight.t()?.contiguous()?))
     }
 
+    /// Whether [`gated`](Self::gated) can make a weight here: with bf16
+    /// products, or f32 ones in panels.
+    pub fn can_gate(bf16: bool) -> bool {
+        bf16 || f32_products::enabled()
+    }
+
     /// A GEGLU projection's W `[2 x inner, in]` and bias `[2 x inner]`
-    /// (outputs `[a | b]`), packed for bf16 products that store `a ·
-    /// gelu(b)`, `inner` outputs ([`PackedRhs::gated_from_transposed`]);
-    /// the bias comes back in the order the product adds it. `inner` must
-    /// be a multiple of 16.
-    pub fn gated(weight: &Tensor, bias: &Tensor) -> Result<(Self, Tensor)> {
+    /// (outputs `[a | b]`), packed for products that store `a · gelu(b)`,
+    /// `inner` outputs: bf16 ones when `bf16`
+    /// ([`PackedRhs::gated_from_transposed`]), else f32 panels
+    /// ([`Panels::gated_from_transposed`]; needs [`can_gate`](Self::can_gate)). The bias comes back
+    /// in the order the product adds it. `inner` must be a multiple of 16.
+    pub fn gated(weight: &Tensor, bias: &Tensor, bf16: bool) -> Result<(Self, Tensor)> {
         let (columns, inputs) = weight.dims2()?;
         if bias.dims1()? != columns || !columns.is_multiple_of(bf16::RHS_PANEL) {
             candle_core::bail!(
@@ -136,12 +143,18 @@ impl LinearWeight {
             );
         }
         let values = weight.flatten_all()?.to_vec1::<f32>()?;
-        let packed = PackedRhs::gated_from_transposed(&values, inputs, columns);
+        let packed = match bf16 {
+            true => Self::Bf16(PackedRhs::gated_from_transposed(&values, inputs, columns)),
+            false => {
+                assert!(Self::can_gate(false), "gated f32 panels without AVX-512");
+                Self::Panels(Panels::gated_from_transposed(&values, inputs, columns))
+            }
+        };
         let bias = bias.to_vec1::<f32>()?;
         let bias: Vec<f32> = (0..columns)
             .map(|j| bias[bf16::gated_column(j, columns)])
             .collect();
-        Ok((Self::Bf16(packed), Tensor::new(bias, &Device::Cpu)?))
+        Ok((packed, Tensor::new(bias, &Device::Cpu)?))
     }
 
     /// Columns of sums: a gated weight's include its gates, which its
@@ -149,7 +162,8 @@ impl LinearWeight {
     pub fn product_columns(&self) -> Result<usize> {
         match self {
             Self::Bf16(packed) => Ok(packed.n()),
-            _ => Ok(self.dims()?.1),
+            Self::Panels(panels) => Ok(panels.n()),
+            Self::F32(_) => Ok(self.dims()?.1),
         }
     }
 
@@ -157,7 +171,7 @@ impl LinearWeight {
     fn dims(&self) -> Result<(usize, usize)> {
         match self {
             Self::F32(weight_t) => weight_t.dims2(),
-            Self::Panels(panels) => Ok((panels.k(), panels.n())),
+            Self::Panels(panels) => Ok((panels.k(), panels.outputs())),
             Self::Bf16(packed) => Ok((packed.k(), packed.outputs())),
         }
     }
