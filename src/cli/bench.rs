@@ -173,10 +173,35 @@ fn row(r: &BenchResult) -> String {
 /// their arithmetic, how much and at what rate.
 fn profile_line(p: &ProfilePart, per: &str) -> String {
     let work = match p.rate() {
-        Some(rate) => format!("{:>9.1} GFLOP {:>8.0} GFLOP/s", p.gflop, rate),
+        // Three decimals below one GFLOP, so that small models' parts
+        // do not all read 0.0.
+        Some(rate) => {
+            let decimals = if p.gflop < 1.0 { 3 } else { 1 };
+            format!("{:>9.*} GFLOP {:>8.0} GFLOP/s", decimals, p.gflop, rate)
+        }
         None => String::new(),
     };
     format!("    {:<28} {:>10.2} ms per {per:<10} {work}", p.part, p.ms)
         .trim_end()
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profile_lines_give_a_rate_where_the_layers_counted_their_arithmetic() {
+        let part = |part: &str, ms, gflop| ProfilePart {
+            part: part.into(),
+            ms,
+            gflop,
+        };
+        let conv = profile_line(&part("conv 3x3", 200.0, 160.0), "UNet call");
+        assert!(conv.ends_with("160.0 GFLOP      800 GFLOP/s"), "{conv}");
+        let small = profile_line(&part("conv 3x3", 2.0, 0.049), "UNet call");
+        assert!(small.contains(" 0.049 GFLOP "), "{small}");
+        let norm = profile_line(&part("group norm + silu", 6.25, 0.0), "VAE decode");
+        assert!(norm.ends_with("6.25 ms per VAE decode"), "{norm}");
+    }
 }
