@@ -131,8 +131,9 @@ impl LinearWeight {
     /// (outputs `[a | b]`), packed for products that store `a · gelu(b)`,
     /// `inner` outputs: bf16 ones when `bf16`
     /// ([`PackedRhs::gated_from_transposed`]), else f32 panels
-    /// ([`Panels::gated_from_transposed`]; needs [`can_gate`](Self::can_gate)). The bias comes back
-    /// in the order the product adds it. `inner` must be a multiple of 16.
+    /// ([`Panels::gated_from_transposed`], where
+    /// [`can_gate`](Self::can_gate)). The bias comes back in the order the
+    /// product adds it. `inner` must be a multiple of 16.
     pub fn gated(weight: &Tensor, bias: &Tensor, bf16: bool) -> Result<(Self, Tensor)> {
         let (columns, inputs) = weight.dims2()?;
         if bias.dims1()? != columns || !columns.is_multiple_of(bf16::RHS_PANEL) {

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use super::{to_bf16, MR, NR};
 
-/// A `[k, n]` right operand rounded to bf16 and packed for [`product`].
+/// A `[k, n]` right operand rounded to bf16 and packed for [`product`](super::product).
 /// It is made from its transpose ([`PackedRhs::from_transposed`]), the
 /// layout weights are stored in, from its columns
 /// ([`PackedRhs::from_columns`]), or written a panel at a time in place
@@ -56,7 +56,7 @@ impl PackedRhs {
     }
 
     /// [`from_transposed`](Self::from_transposed) for a GEGLU projection
-    /// (`[a | b]`, `n / 2` columns each, `n` a multiple of [`RHS_PANEL`]),
+    /// (`[a | b]`, `n / 2` columns each, `n` a multiple of [`RHS_PANEL`](super::RHS_PANEL)),
     /// gated: products with it store `a · gelu(b)`, `[m, n / 2]`, and its
     /// bias goes in [`gated_column`]'s order.
     pub fn gated_from_transposed(rhs_t: &[f32], k: usize, n: usize) -> Self {
@@ -365,7 +365,7 @@ impl PackedLhs {
     ///
     /// # Safety
     /// Every element at those strides lies inside its buffer; the CPU has
-    /// [`available`].
+    /// [`available`](super::available).
     pub unsafe fn new(m: usize, k: usize, lhs: (*const f32, usize, usize)) -> Self {
         let (ptr, rs, cs) = (lhs.0 as usize, lhs.1, lhs.2);
         let len = block_len(k);
@@ -443,7 +443,7 @@ impl ColumnPair {
     /// [`put`](Self::put) of rows already rounded to bf16 ([`round8`]).
     ///
     /// # Safety
-    /// The CPU has [`available`].
+    /// The CPU has [`available`](super::available).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
     pub unsafe fn put_bf16(&mut self, row: usize, even: __m128i, odd: __m128i) {
@@ -455,7 +455,7 @@ impl ColumnPair {
     /// each column.
     ///
     /// # Safety
-    /// The CPU has [`available`].
+    /// The CPU has [`available`](super::available).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
     pub unsafe fn put16_bf16(&mut self, row: usize, even: __m256i, odd: __m256i) {
@@ -492,7 +492,7 @@ impl ColumnPair {
 /// 8 floats rounded to bf16 (nearest even).
 ///
 /// # Safety
-/// The CPU has [`available`] (this is safe to call from functions that
+/// The CPU has [`available`](super::available) (this is safe to call from functions that
 /// enable the same instructions).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
@@ -510,7 +510,7 @@ pub fn round8(x: __m256) -> __m128i {
 ///
 /// # Safety
 /// Each row the masks select lies inside its buffer; the CPU has
-/// [`available`].
+/// [`available`](super::available).
 pub unsafe fn pack_block_from_columns(
     k: usize,
     dst: &mut [u32],
@@ -550,7 +550,7 @@ unsafe fn pack_columns_x86(
 ///
 /// # Safety
 /// Those rows of `src` are readable, `dst` holds `k.div_ceil(2) * MR`
-/// writable pairs; the CPU has [`available`].
+/// writable pairs; the CPU has [`available`](super::available).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
 unsafe fn pack_block(
