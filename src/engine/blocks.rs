@@ -63,7 +63,7 @@ pub fn bf16_products() -> bool {
 }
 
 impl Linear {
-    /// `weight` [out, in], `bias` [out].
+    /// `weight` `[out, in]`, `bias` `[out]`.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
         if ops::applies(&weight) {
             let weight = ops::LinearWeight::new(&weight, bf16_products())?;
@@ -175,7 +175,7 @@ impl Module for Linear {
     }
 }
 
-/// `weight` [out, in] and `bias` [out] from `vb`.
+/// `weight` `[out, in]` and `bias` `[out]` from `vb`.
 pub fn linear(cin: usize, cout: usize, vb: VarBuilder) -> Result<Linear> {
     let l = candle_nn::linear(cin, cout, vb)?;
     Linear::new(l.weight().clone(), l.bias().cloned())
@@ -198,7 +198,7 @@ pub struct GroupNorm {
     eps: f64,
 }
 
-/// `weight` and `bias` [channels] from `vb`, as `candle_nn::group_norm`.
+/// `weight` and `bias` `[channels]` from `vb`, as `candle_nn::group_norm`.
 pub fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<GroupNorm> {
     let weight = vb.get_with_hints(channels, "weight", candle_nn::Init::Const(1.))?;
     let bias = vb.get_with_hints(channels, "bias", candle_nn::Init::Const(0.))?;
@@ -244,7 +244,7 @@ pub struct LayerNorm {
     eps: f64,
 }
 
-/// `weight` and `bias` [dim] from `vb`, as `candle_nn::layer_norm`.
+/// `weight` and `bias` `[dim]` from `vb`, as `candle_nn::layer_norm`.
 pub fn layer_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
     Ok(LayerNorm {
         inner: candle_nn::layer_norm(dim, eps, vb)?,

@@ -31,7 +31,7 @@ enum Weights {
 }
 
 impl Conv2d {
-    /// `weight` [cout, cin, k, k] and `bias` [cout] from `vb`, as
+    /// `weight` `[cout, cin, k, k]` and `bias` `[cout]` from `vb`, as
     /// `candle_nn::conv2d` reads them.
     pub fn new(
         vb: VarBuilder,

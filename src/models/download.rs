@@ -15,7 +15,7 @@ use super::needed::{needed_files, Need};
 #[derive(Debug, Clone)]
 pub struct Hub {
     pub cache: PathBuf,
-    /// `HF_ENDPOINT`, default https://huggingface.co.
+    /// `HF_ENDPOINT`, default <https://huggingface.co>.
     pub endpoint: String,
     /// `HF_TOKEN`, else the token file `hf auth login` writes.
     pub token: Option<String>,

@@ -7,7 +7,7 @@
 //! bf16 pairs) are already what a right tile loads: 16 pairs of k by 16
 //! columns, at a row stride of 128 bytes. A left tile loads 16 rows of 16
 //! pairs each, so the left operand's blocks (`[k/2][8 rows]`) are laid
-//! out in groups of 16 rows first ([`Rows`]), once per product (per head,
+//! out in groups of 16 rows first (`Rows`), once per product (per head,
 //! for attention's keys and values).
 //!
 //! Rust's AMX intrinsics are not stable, so the instructions are inline

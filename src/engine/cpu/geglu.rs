@@ -2,7 +2,7 @@
 //! b]` of the projection, with the exact (erf) GELU, in one pass over the
 //! rows (candle's path copies both halves, runs a scalar erf, and
 //! multiplies in a third pass), or in a bf16 or f32 product's epilogue
-//! ([`store_gated`]), where the projection's `2 x` wider output is never
+//! (`store_gated`), where the projection's `2 x` wider output is never
 //! stored at all.
 
 #[cfg(target_arch = "x86_64")]

@@ -188,7 +188,7 @@ pub fn linear(
     Linear::new(weight, Arrangement::Tokens, Arrangement::Tokens, residual)?.apply(xs, bias)
 }
 
-/// [`linear`] at every pixel of a map `[batch, in, h, w]`: `[batch, out,
+/// [`linear()`] at every pixel of a map `[batch, in, h, w]`: `[batch, out,
 /// h, w]`, plus `residual` (that shape) if given; read and written in place.
 pub fn linear_on_map(
     xs: &Tensor,
@@ -207,7 +207,7 @@ pub fn linear_on_map(
         .reshape((b, (), h, w))
 }
 
-/// [`linear`] from the pixels of a map `[batch, in, h, w]` as tokens to
+/// [`linear()`] from the pixels of a map `[batch, in, h, w]` as tokens to
 /// `[batch, h·w, out]`, read in place.
 pub fn linear_from_map(
     xs: &Tensor,
@@ -219,7 +219,7 @@ pub fn linear_from_map(
     op.apply(&xs.reshape((b, c, h * w))?, bias)
 }
 
-/// [`linear`] from tokens `[batch, h·w, in]` to the pixels of `residual`'s
+/// [`linear()`] from tokens `[batch, h·w, in]` to the pixels of `residual`'s
 /// map `[batch, out, h, w]`, plus `residual`, written in place.
 pub fn linear_to_map(
     xs: &Tensor,

@@ -3,7 +3,7 @@
 //! lanes per instruction, twice the multiply-adds of an f32 FMA).
 //!
 //! The right operand (a linear layer's `[in, out]` weight) is rounded to
-//! bf16 once and packed into panels of [`NR`] columns, each `[k/2][NR][2]`,
+//! bf16 once and packed into panels of `NR` (32) columns, each `[k/2][NR][2]`,
 //! the pairs of consecutive `k` that one instruction sums. The left
 //! operand (activations, f32) is rounded to bf16 pairs at each call
 //! ([`PackedLhs`]): by [`product`] from a strided matrix, or by the caller
