@@ -96,12 +96,9 @@ impl Panels {
     /// [`super::bf16::gated_column`]'s order: products with it store `a ·
     /// gelu(b)`, `[m, n / 2]`, as bf16's gated weights do.
     pub fn gated_from_transposed(w_t: &[f32], k: usize, n: usize) -> Self {
-        assert!(n.is_multiple_of(PANEL), "a gated weight of {n} columns");
-        assert_eq!(w_t.len(), k * n, "w_t of [{n}, {k}]");
-        let column = |j| &w_t[super::bf16::gated_column(j, n) * k..][..k];
         Self {
             gated: true,
-            ..Self::from_columns(k, n, column)
+            ..Self::from_columns(k, n, super::bf16::gated_columns(w_t, k, n))
         }
     }
 

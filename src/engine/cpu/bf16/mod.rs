@@ -29,7 +29,8 @@ use super::SharedMut;
 
 mod pack;
 pub use pack::{
-    gated_column, pack_block_from_columns, round8, ColumnPair, PackedLhs, PackedRhs, LHS_BLOCK,
+    gated_column, gated_columns, pack_block_from_columns, round8, ColumnPair, PackedLhs, PackedRhs,
+    LHS_BLOCK,
 };
 
 /// Columns per panel: two 16-lane registers.

@@ -42,6 +42,16 @@ pub fn gated_column(j: usize, n: usize) -> usize {
     }
 }
 
+/// The columns of a GEGLU projection's `[k, n]` weight, given its
+/// transpose `w_t` (`[n, k]`, row-major), in the order gated packings hold
+/// them (bf16's and f32's panels alike): column `j` is `w_t`'s row
+/// [`gated_column`]`(j, n)`. `n` must be a multiple of the panel width.
+pub fn gated_columns<'a>(w_t: &'a [f32], k: usize, n: usize) -> impl Fn(usize) -> &'a [f32] + Sync {
+    assert!(n.is_multiple_of(NR), "a gated weight of {n} columns");
+    assert_eq!(w_t.len(), k * n, "w_t of [{n}, {k}]");
+    move |j| &w_t[gated_column(j, n) * k..][..k]
+}
+
 /// Below this many elements an operand is packed on the calling thread
 /// (attention packs small ones inside its own parallel tasks).
 const PARALLEL_PACKING: usize = 1 << 16;
@@ -60,9 +70,7 @@ impl PackedRhs {
     /// gated: products with it store `a · gelu(b)`, `[m, n / 2]`, and its
     /// bias goes in [`gated_column`]'s order.
     pub fn gated_from_transposed(rhs_t: &[f32], k: usize, n: usize) -> Self {
-        assert!(n.is_multiple_of(NR), "a gated weight of {n} columns");
-        assert_eq!(rhs_t.len(), k * n, "rhs_t of [{n}, {k}]");
-        let mut packed = Self::from_columns(k, n, |j| &rhs_t[gated_column(j, n) * k..][..k]);
+        let mut packed = Self::from_columns(k, n, gated_columns(rhs_t, k, n));
         packed.gated = true;
         packed
     }
