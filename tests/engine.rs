@@ -172,6 +172,72 @@ fn cancel_stops_after_the_current_step() {
     assert_eq!(steps, 1);
 }
 
+/// A guided call's one latent, shared by both prompts, gives what the
+/// latent given twice gives. SD 1.x does less arithmetic for it (what comes
+/// before the first cross-attention runs once); SDXL, whose added
+/// conditioning differs between the prompts from the first block on, the
+/// same. Samples that do not divide the conditionings are refused.
+#[test]
+fn a_latent_shared_by_both_prompts_matches_it_given_twice() {
+    use atelier::engine::profile;
+    use atelier::engine::unet::AddedConditioning;
+    use candle_core::Tensor;
+
+    let sdxl = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parity/sdxl-euler-empty");
+    for (case, shares) in [(common::sd15_case(), true), (sdxl, false)] {
+        let dev = Device::Cpu;
+        let model = atelier::engine::Model::load(&case.join("model"), &dev, DType::F32).unwrap();
+        let (cond, uncond) = (
+            model.encode_prompt("a red fox").unwrap(),
+            model.encode_prompt("blurry").unwrap(),
+        );
+        let context = Tensor::cat(&[&uncond.context, &cond.context], 0).unwrap();
+        let added = cond.pooled.as_ref().map(|c| {
+            let pooled = Tensor::cat(&[uncond.pooled.as_ref().unwrap(), c], 0).unwrap();
+            AddedConditioning::for_size(pooled, 64, 64).unwrap()
+        });
+        let latent =
+            Tensor::randn(0f32, 1., (1, model.vae_spec.latent_channels, 8, 8), &dev).unwrap();
+        let twice = Tensor::cat(&[&latent, &latent], 0).unwrap();
+        let call = |xs: &Tensor| {
+            profile::enable(true);
+            let out = profile::section("call", &dev, || {
+                model.unet.forward(xs, 500.0, &context, added.as_ref())
+            });
+            profile::enable(false);
+            let flops = profile::take()
+                .iter()
+                .find(|p| p.name == "call")
+                .unwrap()
+                .flops;
+            (out.unwrap(), flops)
+        };
+        // Cross-attention projects a new context once: project it before
+        // counting either.
+        call(&twice);
+        let ((shared, shared_flops), (given, given_flops)) = (call(&latent), call(&twice));
+        assert_eq!(shared.dims(), given.dims(), "{}", case.display());
+        let diff = common::max_abs_diff(&shared, &given);
+        assert!(diff < 1e-5, "{}: {diff}", case.display());
+        if shares {
+            assert!(
+                shared_flops < given_flops,
+                "{shared_flops} vs {given_flops}"
+            );
+        } else {
+            assert_eq!(shared_flops, given_flops);
+        }
+
+        let three = Tensor::cat(&[&latent, &latent, &latent], 0).unwrap();
+        let err = model
+            .unet
+            .forward(&three, 500.0, &context, added.as_ref())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("3 samples for 2 conditionings"), "{err}");
+    }
+}
+
 fn error_of(engine: &mut Engine, req: Request) -> String {
     format!("{:#}", run(engine, &req).err().expect("should fail"))
 }

@@ -203,8 +203,8 @@ fn measure(
     let (h, w) = (s.height as usize / 8, s.width as usize / 8);
     let latent_channels = model.vae_spec.latent_channels;
 
-    // One UNet call as the guided loop makes it: batch 2.
-    let latents = Tensor::randn(0f32, 1., (2, latent_channels, h, w), device)?.to_dtype(dtype)?;
+    // One UNet call as the guided loop makes it: one latent, both prompts.
+    let latents = Tensor::randn(0f32, 1., (1, latent_channels, h, w), device)?.to_dtype(dtype)?;
     let cond = model.encode_prompt("a red fox in the snow")?;
     let context = Tensor::cat(&[&cond.context, &cond.context], 0)?;
     let added = cond
@@ -242,7 +242,7 @@ fn measure(
         model.encode_source(&pixels)?;
         Ok(())
     })?;
-    let one_latent = latents.narrow(0, 0, 1)?.to_dtype(DType::F32)?;
+    let one_latent = latents.to_dtype(DType::F32)?;
     let vae_decode = || -> Result<()> {
         model.decode(&one_latent)?;
         Ok(())

@@ -353,12 +353,9 @@ impl Engine {
             }
             let step_started = Instant::now();
             let t = sched.timesteps()[index];
+            // Guided, the context holds both prompts and the UNet runs the
+            // one input for each (sharing what comes before they differ).
             let input = sched.scale_model_input(&latents, index)?;
-            let input = if guided {
-                Tensor::cat(&[&input, &input], 0)?
-            } else {
-                input
-            };
             let out = model
                 .unet
                 .forward(&input.to_dtype(model.dtype)?, t, &context, added.as_ref())?

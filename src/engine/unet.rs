@@ -223,11 +223,16 @@ impl TransformerBlock {
         })
     }
 
+    /// `xs` may hold fewer samples than `context` (a sample that every
+    /// conditioning shares, [`UNet::forward`]): self-attention runs on them
+    /// as they are, and they are copied out to the context's batch before
+    /// the cross-attention, where the conditionings first differ.
     fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
         let dev = xs.device();
         let xs = section("self-attention", dev, || {
             self.attn1.forward_add(&self.norm1.forward(xs)?, None, xs)
         })?;
+        let xs = per_conditioning(&xs, context.dim(0)?)?;
         let xs = section("cross-attention", dev, || {
             self.attn2
                 .forward_add(&self.norm2.forward(&xs)?, Some(context), &xs)
@@ -292,10 +297,24 @@ impl SpatialTransformer {
         for block in &self.blocks {
             x = block.forward(&x, context)?;
         }
+        let xs = per_conditioning(xs, x.dim(0)?)?;
         section("transformer proj in/out", dev, || {
-            self.proj_out.forward_to_map_add(&x, xs)
+            self.proj_out.forward_to_map_add(&x, &xs)
         })
     }
+}
+
+/// `xs` copied out to `batch` samples, `cat([xs] * (batch / n))` for its
+/// `n` (the layout of a guided call's input), or `xs` itself when it
+/// already has `batch`.
+fn per_conditioning(xs: &Tensor, batch: usize) -> Result<Tensor> {
+    let n = xs.dim(0)?;
+    if n == batch {
+        return Ok(xs.clone());
+    }
+    let mut copies = vec![1; xs.rank()];
+    copies[0] = batch / n;
+    xs.repeat(copies)
 }
 
 /// Settings every block shares.
@@ -502,9 +521,18 @@ impl UNet {
         })
     }
 
-    /// Predicts noise (or v, or the sample) for `xs` [b, c, h, w] at timestep
-    /// `t`, conditioned on `context` [b, tokens, dim] and, for SDXL, on
-    /// `added` (required exactly when the config asks for it).
+    /// Predicts noise (or v, or the sample) at timestep `t` for `xs`
+    /// [s, c, h, w], conditioned on `context` [b, tokens, dim] and, for
+    /// SDXL, on `added` (required exactly when the config asks for it),
+    /// into [b, c, h, w].
+    ///
+    /// `b` is a multiple of `s`: each sample serves `b / s` conditionings,
+    /// as `cat([xs] * (b / s))` would (a guided step's latents, once for
+    /// the unconditional and once for the conditional prompt). The layers
+    /// before the first cross-attention, where the conditionings first
+    /// differ, then run once for all of them rather than once each. SDXL's
+    /// added conditioning differs from the first block on: there the
+    /// samples are copied out at the start.
     pub fn forward(
         &self,
         xs: &Tensor,
@@ -512,12 +540,22 @@ impl UNet {
         context: &Tensor,
         added: Option<&AddedConditioning>,
     ) -> Result<Tensor> {
-        let (b, _, _, _) = xs.dims4()?;
+        let (samples, _, _, _) = xs.dims4()?;
+        let b = context.dim(0)?;
+        if samples == 0 || b % samples != 0 {
+            candle_core::bail!(
+                "the UNet got {samples} samples for {b} conditionings: each sample needs the same number"
+            );
+        }
         let dtype = xs.dtype();
         let xs = if self.center_input {
             ((xs * 2.0)? - 1.0)?
         } else {
             xs.clone()
+        };
+        let xs = match added {
+            Some(_) => per_conditioning(&xs, b)?,
+            None => xs,
         };
         let temb = sinusoidal_features(
             &[t as f32],
@@ -557,11 +595,15 @@ impl UNet {
             }
         };
 
+        // The time embedding of x's samples: every row is the same unless
+        // added conditioning made them differ, and then x has all b rows.
+        let temb_for = |x: &Tensor| temb.narrow(0, 0, x.dim(0)?);
+
         let mut x = self.conv_in.forward(&xs)?;
         let mut skips = vec![x.clone()];
         for block in &self.down {
             for (j, resnet) in block.resnets.iter().enumerate() {
-                x = resnet.forward(&x, Some(&temb))?;
+                x = resnet.forward(&x, Some(&temb_for(&x)?))?;
                 if let Some(attn) = block.attentions.get(j) {
                     x = attn.forward(&x, context)?;
                 }
@@ -573,15 +615,16 @@ impl UNet {
             }
         }
 
-        x = self.mid_resnets[0].forward(&x, Some(&temb))?;
+        x = self.mid_resnets[0].forward(&x, Some(&temb_for(&x)?))?;
         x = self.mid_attention.forward(&x, context)?;
-        x = self.mid_resnets[1].forward(&x, Some(&temb))?;
+        x = self.mid_resnets[1].forward(&x, Some(&temb_for(&x)?))?;
 
         for block in &self.up {
             for (j, resnet) in block.resnets.iter().enumerate() {
                 let skip = skips.pop().expect("one skip per up resnet");
+                let skip = per_conditioning(&skip, x.dim(0)?)?;
                 let joined = section("skip concat", x.device(), || Tensor::cat(&[&x, &skip], 1))?;
-                x = resnet.forward(&joined, Some(&temb))?;
+                x = resnet.forward(&joined, Some(&temb_for(&joined)?))?;
                 if let Some(attn) = block.attentions.get(j) {
                     x = attn.forward(&x, context)?;
                 }
@@ -599,7 +642,8 @@ impl UNet {
             }
         }
         let x = self.norm_out.forward_silu(&x)?;
-        self.conv_out.forward(&x)
+        // A UNet without cross-attention never copied its samples out.
+        per_conditioning(&self.conv_out.forward(&x)?, b)
     }
 }
 
