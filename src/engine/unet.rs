@@ -80,6 +80,8 @@ struct Attention {
     to_k: Linear,
     to_v: Linear,
     to_out: Linear,
+    /// The width of its input and output.
+    dim: usize,
     heads: usize,
     mode: AttentionMode,
     /// Cross-attention's K and V for the last context seen, by the context
@@ -87,7 +89,32 @@ struct Attention {
     /// step, so they are projected once per generation rather than once per
     /// step (diffusers redoes them): SDXL's 70 cross-attentions project
     /// 2 x 77 tokens of 2048 to 1280, about 100 GFLOP per UNet call.
-    context_kv: Mutex<Option<(TensorId, Tensor, Tensor)>>,
+    context_kv: Mutex<Option<ContextKv>>,
+}
+
+/// One context's projections, kept by [`Attention::context_kv`].
+#[derive(Clone)]
+struct ContextKv {
+    id: TensorId,
+    k: Tensor,
+    v: Tensor,
+    /// Runs of the context's samples, whether each run's are all zeros.
+    runs: Vec<(bool, std::ops::Range<usize>)>,
+    /// What the layer gives a sample whose context is all zeros (its
+    /// output bias, [1, 1, dim]), when the context has one.
+    zero_out: Option<Tensor>,
+}
+
+/// The runs of equal flags in `flags`: (flag, indices).
+fn runs_of(flags: &[bool]) -> Vec<(bool, std::ops::Range<usize>)> {
+    let mut runs: Vec<(bool, std::ops::Range<usize>)> = Vec::new();
+    for (i, &flag) in flags.iter().enumerate() {
+        match runs.last_mut() {
+            Some((f, range)) if *f == flag => range.end = i + 1,
+            _ => runs.push((flag, i..i + 1)),
+        }
+    }
+    runs
 }
 
 impl Attention {
@@ -103,26 +130,47 @@ impl Attention {
             to_k: linear_no_bias(context_dim, dim, vb.pp("to_k"))?,
             to_v: linear_no_bias(context_dim, dim, vb.pp("to_v"))?,
             to_out: linear(dim, dim, vb.pp("to_out.0"))?,
+            dim,
             heads,
             mode: AttentionMode::new(upcast),
             context_kv: Mutex::new(None),
         })
     }
 
-    /// K and V of `context`, projected or from the last call's.
-    fn context_kv(&self, context: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// The projections of `context`, made or from the last call's.
+    fn context_kv(&self, context: &Tensor) -> Result<ContextKv> {
         // A panic elsewhere while this was held leaves a whole entry or
         // None: either is safe to use.
         let mut cached = self.context_kv.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((id, k, v)) = &*cached {
-            if *id == context.id() {
-                return Ok((k.clone(), v.clone()));
+        if let Some(kv) = &*cached {
+            if kv.id == context.id() {
+                return Ok(kv.clone());
             }
         }
-        let k = self.to_k.forward(context)?;
-        let v = self.to_v.forward(context)?;
-        *cached = Some((context.id(), k.clone(), v.clone()));
-        Ok((k, v))
+        let zero: Vec<bool> = context
+            .abs()?
+            .flatten_from(1)?
+            .max(1)?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?
+            .iter()
+            .map(|&m| m == 0.0)
+            .collect();
+        let zero_out = if zero.contains(&true) {
+            let zeros = Tensor::zeros((1, 1, self.dim), context.dtype(), context.device())?;
+            Some(self.to_out.forward(&zeros)?)
+        } else {
+            None
+        };
+        let kv = ContextKv {
+            id: context.id(),
+            k: self.to_k.forward(context)?,
+            v: self.to_v.forward(context)?,
+            runs: runs_of(&zero),
+            zero_out,
+        };
+        *cached = Some(kv.clone());
+        Ok(kv)
     }
 
     /// Attention over `xs` (to `context` if given, else to itself), plus
@@ -133,13 +181,38 @@ impl Attention {
         context: Option<&Tensor>,
         residual: &Tensor,
     ) -> Result<Tensor> {
-        let q = self.to_q.forward(xs)?;
-        let (k, v) = match context {
-            Some(context) => self.context_kv(context)?,
-            None => (self.to_k.forward(xs)?, self.to_v.forward(xs)?),
+        let Some(context) = context else {
+            let q = self.to_q.forward(xs)?;
+            let (k, v) = (self.to_k.forward(xs)?, self.to_v.forward(xs)?);
+            let out = attention(&q, &k, &v, self.heads, self.mode)?;
+            return self.to_out.forward_add(&out, residual);
         };
-        let out = attention(&q, &k, &v, self.heads, self.mode)?;
-        self.to_out.forward_add(&out, residual)
+        let kv = self.context_kv(context)?;
+        let to_context = |samples: &std::ops::Range<usize>| -> Result<Tensor> {
+            let (at, n) = (samples.start, samples.len());
+            let q = self.to_q.forward(&xs.narrow(0, at, n)?)?;
+            let (k, v) = (kv.k.narrow(0, at, n)?, kv.v.narrow(0, at, n)?);
+            let out = attention(&q, &k, &v, self.heads, self.mode)?;
+            self.to_out.forward_add(&out, &residual.narrow(0, at, n)?)
+        };
+        if let [(false, all)] = &kv.runs[..] {
+            return to_context(all);
+        }
+        // A sample whose context is all zeros (SDXL's for an empty negative
+        // prompt) has K = V = 0, the projections having no bias: its
+        // attention is 0 whatever its queries, and the layer gives its
+        // output bias. Only the other samples are computed.
+        let pieces = kv
+            .runs
+            .iter()
+            .map(|(zero, samples)| match (zero, &kv.zero_out) {
+                (true, Some(zero_out)) => residual
+                    .narrow(0, samples.start, samples.len())?
+                    .broadcast_add(zero_out),
+                _ => to_context(samples),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&pieces, 0)
     }
 }
 
@@ -654,6 +727,7 @@ mod tests {
     use candle_nn::VarMap;
 
     use crate::engine::blocks::with_bf16_products;
+    use crate::engine::profile;
 
     /// Cross-attention reuses K and V only for the same context tensor: a
     /// new context, even one with equal shape, gets its own projections.
@@ -681,6 +755,48 @@ mod tests {
                 .to_scalar::<f32>()?;
             assert!(diff < 1e-6, "{diff}");
         }
+        Ok(())
+    }
+
+    /// Samples whose context is all zeros get what the whole computation
+    /// gives them (the output bias), in their place among the others, for
+    /// less arithmetic.
+    #[test]
+    fn samples_with_a_zero_context_get_the_output_bias() -> Result<()> {
+        let dev = Device::Cpu;
+        let map = VarMap::new();
+        let vb = VarBuilder::from_varmap(&map, DType::F32, &dev);
+        let attn = Attention::new(vb, 8, 6, 2, false)?;
+        let xs = Tensor::randn(0f32, 1., (4, 5, 8), &dev)?;
+        let residual = Tensor::randn(0f32, 1., (4, 5, 8), &dev)?;
+        let cond = Tensor::randn(0f32, 1., (1, 3, 6), &dev)?;
+        let zero = cond.zeros_like()?;
+        // Zeros first (the guided layout), then in the middle and last.
+        let context = Tensor::cat(&[&zero, &cond, &zero, &cond], 0)?;
+        let fresh = {
+            let q = attn.to_q.forward(&xs)?;
+            let k = attn.to_k.forward(&context)?;
+            let v = attn.to_v.forward(&context)?;
+            attn.to_out
+                .forward_add(&attention(&q, &k, &v, 2, attn.mode)?, &residual)?
+        };
+        let bias = fresh.narrow(0, 0, 1)? - residual.narrow(0, 0, 1)?;
+        let bias = bias?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(bias > 0.01, "a real bias: {bias}");
+        let got = attn.forward_add(&xs, Some(&context), &residual)?;
+        let diff = (&got - &fresh)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-6, "{diff}");
+        // Counted with the context's projections already made.
+        let counted = |context: &Tensor| -> Result<u64> {
+            attn.context_kv(context)?;
+            profile::flops_of(|| attn.forward_add(&xs, Some(context), &residual))
+        };
+        let all_given = Tensor::cat(&[&cond, &cond, &cond, &cond], 0)?;
+        assert_eq!(
+            2 * counted(&context)?,
+            counted(&all_given)?,
+            "half the samples computed"
+        );
         Ok(())
     }
 
