@@ -216,9 +216,9 @@ fn bench_measures_a_model_folder_and_prints_json() {
         rerun["prompt_ms"].as_f64().unwrap() > rerun["seed_ms"].as_f64().unwrap(),
         "{r}"
     );
-    // The profile times each kind of work and counts its arithmetic: the
-    // first resnet's first convolution alone (32 -> 32 channels at 8x8,
-    // batch 2) is 2 x 2 x 64 x 32 x 32 x 9 floating-point operations.
+    // The profile times each kind of work and counts its arithmetic: one
+    // of its 32 -> 32 convolutions at 8x8 for both prompts is 2 x 2 x 64 x
+    // 32 x 32 x 9 floating-point operations, and it has several.
     let parts = r["unet_profile"].as_array().unwrap();
     let conv = parts
         .iter()
@@ -226,6 +226,45 @@ fn bench_measures_a_model_folder_and_prints_json() {
         .expect("conv 3x3");
     assert!(conv["ms"].as_f64().unwrap() > 0.0, "{r}");
     assert!(conv["gflop"].as_f64().unwrap() >= 2.359296e-3, "{r}");
+}
+
+/// On SDXL an empty negative prompt conditions on zeros, and its half of
+/// every cross-attention is not computed: the UNet call's profile counts
+/// half the cross-attention arithmetic of a call with a negative prompt.
+#[test]
+fn bench_with_an_empty_sdxl_negative_counts_half_the_cross_attention() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parity/sdxl-euler-empty/model");
+    let cross_attention_gflop = |negative: &str| {
+        let out = atelier(&[
+            "bench",
+            "--model",
+            model.to_str().unwrap(),
+            "--size",
+            "64",
+            "--steps",
+            "2",
+            "--repeats",
+            "1",
+            "--device",
+            "cpu",
+            "--negative",
+            negative,
+            "--json",
+            "--profile",
+        ]);
+        common::ok(&out);
+        let r: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+        let parts = r["unet_profile"].as_array().unwrap();
+        let part = parts.iter().find(|p| p["part"] == "cross-attention");
+        part.expect("cross-attention")["gflop"].as_f64().unwrap()
+    };
+    let (given, empty) = (cross_attention_gflop("blurry"), cross_attention_gflop(""));
+    assert!(given > 0.0);
+    assert!(
+        (empty * 2.0 - given).abs() < given * 1e-3,
+        "{empty} vs {given}"
+    );
 }
 
 #[test]

@@ -20,7 +20,9 @@ use serde::Serialize;
 pub use archs::Arch;
 
 use crate::engine::unet::AddedConditioning;
-use crate::engine::{Engine, Event, Fit, Model, Request, SourceInput, WeightSource};
+use crate::engine::{
+    Engine, Event, Fit, Model, Request, SourceInput, TextConditioning, WeightSource,
+};
 
 #[derive(Debug, Clone)]
 pub struct BenchSettings {
@@ -30,6 +32,8 @@ pub struct BenchSettings {
     pub strength: f64,
     pub guidance: f64,
     pub repeats: usize,
+    /// The negative prompt of the UNet call and the img2img.
+    pub negative: String,
     /// Also time the UNet's parts (synchronising after each: slower overall).
     pub profile: bool,
 }
@@ -206,11 +210,14 @@ fn measure(
     // One UNet call as the guided loop makes it: one latent, both prompts.
     let latents = Tensor::randn(0f32, 1., (1, latent_channels, h, w), device)?.to_dtype(dtype)?;
     let cond = model.encode_prompt("a red fox in the snow")?;
-    let context = Tensor::cat(&[&cond.context, &cond.context], 0)?;
-    let added = cond
-        .pooled
-        .as_ref()
-        .map(|p| AddedConditioning::for_size(Tensor::cat(&[p, p], 0)?, s.width, s.height))
+    let uncond = if model.negative_is_zeros(&s.negative) {
+        cond.zeros_like()?
+    } else {
+        model.encode_prompt(&s.negative)?
+    };
+    let (context, pooled) = TextConditioning::guided(uncond, cond)?;
+    let added = pooled
+        .map(|p| AddedConditioning::for_size(p, s.width, s.height))
         .transpose()?;
     let unet_call = || -> Result<()> {
         model
@@ -258,7 +265,7 @@ fn measure(
     let req = Request {
         source: source_image(s.width, s.height),
         prompt: "a red fox in the snow, oil painting".into(),
-        negative: "blurry".into(),
+        negative: s.negative.clone(),
         strength: s.strength,
         steps: s.steps,
         guidance: s.guidance,

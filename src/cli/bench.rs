@@ -41,6 +41,10 @@ pub struct BenchArgs {
     /// instead of two); the UNet step is timed at batch 2 either way.
     #[arg(long, default_value_t = 7.5)]
     pub guidance: f64,
+    /// The negative prompt of the UNet call and the img2img ("" on SDXL:
+    /// the zeros an empty negative conditions on).
+    #[arg(long, default_value = "blurry")]
+    pub negative: String,
     /// Timed repetitions of each measurement (the median is reported).
     #[arg(long, default_value_t = 5)]
     pub repeats: usize,
@@ -87,6 +91,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             strength: args.strength,
             guidance: args.guidance,
             repeats: args.repeats,
+            negative: args.negative.clone(),
             profile: args.profile,
         })
     };

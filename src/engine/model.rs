@@ -44,6 +44,16 @@ impl TextConditioning {
             pooled: self.pooled.as_ref().map(Tensor::zeros_like).transpose()?,
         })
     }
+
+    /// A guided step's UNet context, `uncond` (the negative prompt's) then
+    /// `cond` (the prompt's), and SDXL's pooled embeddings in that order.
+    pub fn guided(uncond: Self, cond: Self) -> Result<(Tensor, Option<Tensor>)> {
+        let pooled = match (uncond.pooled, cond.pooled) {
+            (Some(u), Some(c)) => Some(Tensor::cat(&[u, c], 0)?),
+            _ => None,
+        };
+        Ok((Tensor::cat(&[uncond.context, cond.context], 0)?, pooled))
+    }
 }
 
 /// Where a model's weights come from.
@@ -244,6 +254,12 @@ impl Model {
             load_seconds: started.elapsed().as_secs_f64(),
             fingerprint,
         })
+    }
+
+    /// Whether `negative` conditions on zeros rather than on its encoding
+    /// (an empty one, on models that ask for it: SDXL).
+    pub fn negative_is_zeros(&self, negative: &str) -> bool {
+        negative.is_empty() && self.force_zeros_for_empty_prompt
     }
 
     /// A prompt's conditioning, as diffusers' pipelines compute it: the last

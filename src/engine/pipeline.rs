@@ -270,7 +270,7 @@ impl Engine {
             bail!("no model is loaded")
         };
         validate(req)?;
-        let force_zeros = model.force_zeros_for_empty_prompt;
+        let zero_uncond = model.negative_is_zeros(&req.negative);
         let kind = match req.scheduler {
             Some(k) => k,
             None => model.scheduler.native_kind()?,
@@ -307,18 +307,13 @@ impl Engine {
         let started = Instant::now();
         let guided = req.guidance > 1.0;
         let cond = self.text_embedding(&req.prompt)?;
-        let zero_uncond = req.negative.is_empty() && force_zeros;
         let (context, pooled) = if guided {
             let uncond = if zero_uncond {
                 cond.zeros_like()?
             } else {
                 self.text_embedding(&req.negative)?
             };
-            let pooled = match (uncond.pooled, cond.pooled) {
-                (Some(u), Some(c)) => Some(Tensor::cat(&[u, c], 0)?),
-                _ => None,
-            };
-            (Tensor::cat(&[uncond.context, cond.context], 0)?, pooled)
+            TextConditioning::guided(uncond, cond)?
         } else {
             (cond.context, cond.pooled)
         };
