@@ -177,29 +177,39 @@ fn bad_input_fails_with_a_message_and_writes_nothing() {
     assert!(String::from_utf8_lossy(&run.stderr).contains("not an image"));
 }
 
-#[test]
-fn bench_measures_a_model_folder_and_prints_json() {
-    let model = common::sd15_case().join("model");
-    let out = atelier(&[
+/// `atelier bench` of `model` at 64 px on the CPU, once, profiled, with
+/// `settings` added: its JSON line.
+fn bench_json(model: &Path, settings: &[&str]) -> serde_json::Value {
+    let mut args = vec![
         "bench",
         "--model",
         model.to_str().unwrap(),
         "--size",
         "64",
-        "--steps",
-        "4",
-        "--strength",
-        "0.5",
         "--repeats",
         "1",
         "--device",
         "cpu",
         "--json",
         "--profile",
-    ]);
+    ];
+    args.extend_from_slice(settings);
+    let out = atelier(&args);
     common::ok(&out);
-    let line = String::from_utf8_lossy(&out.stdout);
-    let r: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap()
+}
+
+/// One part of a bench line's UNet profile, by name.
+fn unet_part<'a>(r: &'a serde_json::Value, part: &str) -> &'a serde_json::Value {
+    let parts = r["unet_profile"].as_array().unwrap();
+    let found = parts.iter().find(|p| p["part"] == part);
+    found.unwrap_or_else(|| panic!("no {part} in {r}"))
+}
+
+#[test]
+fn bench_measures_a_model_folder_and_prints_json() {
+    let model = common::sd15_case().join("model");
+    let r = bench_json(&model, &["--steps", "4", "--strength", "0.5"]);
     assert_eq!(r["unet_calls"], 2, "int(4 x 0.5) UNet calls");
     for field in [
         "unet_step_ms",
@@ -219,11 +229,7 @@ fn bench_measures_a_model_folder_and_prints_json() {
     // The profile times each kind of work and counts its arithmetic: one
     // of its 32 -> 32 convolutions at 8x8 for both prompts is 2 x 2 x 64 x
     // 32 x 32 x 9 floating-point operations, and it has several.
-    let parts = r["unet_profile"].as_array().unwrap();
-    let conv = parts
-        .iter()
-        .find(|p| p["part"] == "conv 3x3")
-        .expect("conv 3x3");
+    let conv = unet_part(&r, "conv 3x3");
     assert!(conv["ms"].as_f64().unwrap() > 0.0, "{r}");
     assert!(conv["gflop"].as_f64().unwrap() >= 2.359296e-3, "{r}");
 }
@@ -235,29 +241,8 @@ fn bench_measures_a_model_folder_and_prints_json() {
 fn bench_with_an_empty_sdxl_negative_counts_half_the_cross_attention() {
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parity/sdxl-euler-empty/model");
     let cross_attention_gflop = |negative: &str| {
-        let out = atelier(&[
-            "bench",
-            "--model",
-            model.to_str().unwrap(),
-            "--size",
-            "64",
-            "--steps",
-            "2",
-            "--repeats",
-            "1",
-            "--device",
-            "cpu",
-            "--negative",
-            negative,
-            "--json",
-            "--profile",
-        ]);
-        common::ok(&out);
-        let r: serde_json::Value =
-            serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
-        let parts = r["unet_profile"].as_array().unwrap();
-        let part = parts.iter().find(|p| p["part"] == "cross-attention");
-        part.expect("cross-attention")["gflop"].as_f64().unwrap()
+        let r = bench_json(&model, &["--steps", "2", "--negative", negative]);
+        unet_part(&r, "cross-attention")["gflop"].as_f64().unwrap()
     };
     let (given, empty) = (cross_attention_gflop("blurry"), cross_attention_gflop(""));
     assert!(given > 0.0);

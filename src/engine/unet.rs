@@ -729,27 +729,42 @@ mod tests {
     use crate::engine::blocks::with_bf16_products;
     use crate::engine::profile;
 
+    /// A small cross-attention layer (8 wide, context 6 wide, 2 heads) with
+    /// candle's initial weights.
+    fn small_cross_attention() -> Result<Attention> {
+        let map = VarMap::new();
+        let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
+        Attention::new(vb, 8, 6, 2, false)
+    }
+
+    /// `attn` over `xs` to `context`, plus `residual`, as its layers compute
+    /// it with nothing kept or skipped.
+    fn computed_in_full(
+        attn: &Attention,
+        xs: &Tensor,
+        context: &Tensor,
+        residual: &Tensor,
+    ) -> Result<Tensor> {
+        let q = attn.to_q.forward(xs)?;
+        let k = attn.to_k.forward(context)?;
+        let v = attn.to_v.forward(context)?;
+        let out = attention(&q, &k, &v, attn.heads, attn.mode)?;
+        attn.to_out.forward_add(&out, residual)
+    }
+
     /// Cross-attention reuses K and V only for the same context tensor: a
     /// new context, even one with equal shape, gets its own projections.
     #[test]
     fn cross_attention_projects_each_new_context() -> Result<()> {
         let dev = Device::Cpu;
-        let map = VarMap::new();
-        let vb = VarBuilder::from_varmap(&map, DType::F32, &dev);
-        let attn = Attention::new(vb, 8, 6, 2, false)?;
+        let attn = small_cross_attention()?;
         let xs = Tensor::randn(0f32, 1., (2, 5, 8), &dev)?;
         let residual = xs.zeros_like()?;
         let a = Tensor::randn(0f32, 1., (2, 3, 6), &dev)?;
         let b = Tensor::randn(0f32, 1., (2, 3, 6), &dev)?;
-        let fresh = |context: &Tensor| -> Result<Tensor> {
-            let q = attn.to_q.forward(&xs)?;
-            let k = attn.to_k.forward(context)?;
-            let v = attn.to_v.forward(context)?;
-            attn.to_out.forward(&attention(&q, &k, &v, 2, attn.mode)?)
-        };
         for context in [&a, &a, &b, &a] {
             let got = attn.forward_add(&xs, Some(context), &residual)?;
-            let diff = (got - fresh(context)?)?
+            let diff = (got - computed_in_full(&attn, &xs, context, &residual)?)?
                 .abs()?
                 .max_all()?
                 .to_scalar::<f32>()?;
@@ -764,22 +779,14 @@ mod tests {
     #[test]
     fn samples_with_a_zero_context_get_the_output_bias() -> Result<()> {
         let dev = Device::Cpu;
-        let map = VarMap::new();
-        let vb = VarBuilder::from_varmap(&map, DType::F32, &dev);
-        let attn = Attention::new(vb, 8, 6, 2, false)?;
+        let attn = small_cross_attention()?;
         let xs = Tensor::randn(0f32, 1., (4, 5, 8), &dev)?;
         let residual = Tensor::randn(0f32, 1., (4, 5, 8), &dev)?;
         let cond = Tensor::randn(0f32, 1., (1, 3, 6), &dev)?;
         let zero = cond.zeros_like()?;
         // Zeros first (the guided layout), then in the middle and last.
         let context = Tensor::cat(&[&zero, &cond, &zero, &cond], 0)?;
-        let fresh = {
-            let q = attn.to_q.forward(&xs)?;
-            let k = attn.to_k.forward(&context)?;
-            let v = attn.to_v.forward(&context)?;
-            attn.to_out
-                .forward_add(&attention(&q, &k, &v, 2, attn.mode)?, &residual)?
-        };
+        let fresh = computed_in_full(&attn, &xs, &context, &residual)?;
         let bias = fresh.narrow(0, 0, 1)? - residual.narrow(0, 0, 1)?;
         let bias = bias?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(bias > 0.01, "a real bias: {bias}");
