@@ -34,9 +34,17 @@ const _: () = assert!(PANEL == super::bf16::RHS_PANEL);
 /// Rows of a kernel tile: 8 x 2 accumulators of 16 lanes (of 32
 /// registers, the rest hold the right operand and the broadcasts).
 const MR: usize = 8;
+/// Rows of [`TileShape::Wide`]'s tile, two panels wide: 6 x 4
+/// accumulators, with the four right-operand registers and the broadcast
+/// 29 of the 32.
+const WIDE_ROWS: usize = 6;
 /// Rows per task of [`product`]: a task's rows stay in L2 while each of
-/// its panels goes by (64 rows and 4 panels measured the same).
-const ROWS_PER_TASK: usize = 128;
+/// its panels goes by (64 rows and 4 panels measured the same); a
+/// multiple of both tiles' rows.
+const ROWS_PER_TASK: usize = 120;
+/// Depth of [`TileShape::Wide`]'s steps through k: two panels of 128
+/// rows are 32 KiB.
+const K_CHUNK: usize = 128;
 /// Panels per task of [`product`].
 const PANELS_PER_TASK: usize = 2;
 /// Columns (of `rhs`'s rows) and panels per task of
@@ -64,6 +72,50 @@ pub fn enabled() -> bool {
     *ENABLED.get_or_init(|| {
         available() && std::env::var("ATELIER_CPU_PRODUCTS").map_or(true, |v| v != "gemm")
     })
+}
+
+/// The tile [`product`] computes at a time: [`MR`] rows of one panel, or
+/// [`WIDE_ROWS`] rows of two.
+///
+/// Measured on an Intel Ice Lake Xeon (2026-12-07, one core, operands in
+/// L1): a kernel step took about four cycles more than its FMAs need at two
+/// a cycle, so the tile with more FMAs per step went faster: 8 x 32 (16
+/// FMAs) at 128 GFLOP/s, 12 x 32 at 143, 14 x 32 at 148, 6 x 64 (24) at
+/// 155-164, of the core's 190. In the layers, where the two panels come
+/// from L2 unless k is taken in [`K_CHUNK`]s, the wide tiles ran the
+/// UNet's linear shapes 7-25% faster (both tiles alternated per call).
+/// The AMD machines (Zen 4, one 512-bit FMA a cycle; Zen 5) ran 8 x 32 at
+/// 80-90% of their peak and keep it: 6 x 64 was not measured there.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum TileShape {
+    Narrow,
+    Wide,
+}
+
+impl TileShape {
+    /// Wide on Intel CPUs, narrow elsewhere; `ATELIER_CPU_F32_TILE=8x32`
+    /// or `6x64` picks one (an A/B switch; read once).
+    fn chosen() -> Self {
+        static SHAPE: std::sync::OnceLock<TileShape> = std::sync::OnceLock::new();
+        *SHAPE.get_or_init(|| match std::env::var("ATELIER_CPU_F32_TILE").as_deref() {
+            Ok("8x32") => Self::Narrow,
+            Ok("6x64") => Self::Wide,
+            _ if is_intel() => Self::Wide,
+            _ => Self::Narrow,
+        })
+    }
+}
+
+/// Whether the CPU's vendor string is Intel's.
+fn is_intel() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let id = __cpuid(0);
+        let vendor = [id.ebx, id.edx, id.ecx].map(u32::to_le_bytes);
+        vendor.concat() == b"GenuineIntel"
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// A `[k, n]` operand in panels of [`PANEL`] columns, `[panel][k][PANEL]`,
@@ -191,6 +243,22 @@ pub unsafe fn product(
     w: &Panels<impl AsRef<[f32]> + Sync>,
     addends: Addends,
 ) {
+    // SAFETY: as the caller promises.
+    unsafe { product_in(TileShape::chosen(), m, dst, lhs, w, addends) }
+}
+
+/// [`product`] in tiles of `shape`.
+///
+/// # Safety
+/// As [`product`].
+unsafe fn product_in(
+    shape: TileShape,
+    m: usize,
+    dst: (*mut f32, usize, usize),
+    lhs: (*const f32, usize, usize),
+    w: &Panels<impl AsRef<[f32]> + Sync>,
+    addends: Addends,
+) {
     assert!(available(), "f32 panel products need AVX-512");
     assert!(
         !w.gated || (addends.residual.is_none() && dst.2 == 1),
@@ -223,7 +291,7 @@ pub unsafe fn product(
             };
             // SAFETY: as the caller promises; only this task writes these
             // rows and panels of dst.
-            unsafe { product_part(dst, lhs, w, addends, rows, panels) };
+            unsafe { product_part(dst, lhs, w, addends, (rows, panels), shape) };
         });
 }
 
@@ -240,11 +308,13 @@ pub unsafe fn product_on_this_thread(
     addends: Addends,
 ) {
     assert!(available(), "f32 panel products need AVX-512");
+    let part = (0..m, 0..w.n.div_ceil(PANEL));
     // SAFETY: as the caller promises.
-    unsafe { product_part(dst, lhs, w, addends, 0..m, 0..w.n.div_ceil(PANEL)) };
+    unsafe { product_part(dst, lhs, w, addends, part, TileShape::chosen()) };
 }
 
-/// The tiles of [`product`] in `rows` and `panels`.
+/// The tiles of [`product`] in `rows` and `panels`: with wide tiles, two
+/// panels at a time (an odd one left over in narrow tiles).
 ///
 /// # Safety
 /// As [`product`], for those rows and panels of `dst`.
@@ -253,44 +323,87 @@ unsafe fn product_part(
     lhs: (*const f32, usize, usize),
     w: &Panels<impl AsRef<[f32]>>,
     addends: Addends,
-    rows: std::ops::Range<usize>,
-    panels: std::ops::Range<usize>,
+    (rows, panels): (std::ops::Range<usize>, std::ops::Range<usize>),
+    shape: TileShape,
 ) {
     assert!(
         addends.bias.is_none_or(|b| b.len() == w.n),
         "bias of {}",
         w.n
     );
-    for panel in panels {
-        let col = panel * PANEL;
-        let cols = PANEL.min(w.n - col);
-        let out_col = panel * w.panel_outputs();
-        for r0 in rows.clone().step_by(MR) {
-            let tile_rows = MR.min(rows.end - r0);
-            // Rows past the tile repeat its last one (read, never stored).
-            let a: [*const f32; MR] =
-                std::array::from_fn(|r| lhs.0.wrapping_add((r0 + r.min(tile_rows - 1)) * lhs.1));
-            let at = r0 * dst.1 + out_col * dst.2;
-            let tile = Tile {
-                dst: dst.0.wrapping_add(at),
-                strides: (dst.1, dst.2),
-                residual: addends.residual.map(|r| r.wrapping_add(at)),
-                bias: addends.bias.map(|b| Bias::PerColumn(&b[col..col + cols])),
-                size: [tile_rows, cols],
+    // Wide tiles take k in chunks whose two panels stay in L1 while the
+    // row tiles go by, each chunk after the first adding to what dst
+    // holds (a gated product gates the whole sum, so it takes k whole).
+    let chunk = match shape {
+        TileShape::Wide if !w.gated => K_CHUNK,
+        _ => w.k.max(1),
+    };
+    let mut panel = panels.start;
+    while panel < panels.end {
+        let pair = shape == TileShape::Wide && panel + 1 < panels.end;
+        let height = if pair { WIDE_ROWS } else { MR };
+        #[cfg(target_arch = "x86_64")]
+        for k0 in (0..w.k.max(1)).step_by(chunk) {
+            let kc = chunk.min(w.k - k0);
+            let addends = match k0 {
+                0 => addends,
+                _ => Addends {
+                    bias: None,
+                    residual: Some(dst.0.cast_const()),
+                },
             };
-            // SAFETY: rows r0.. of lhs and the tile of dst are inside their
-            // buffers (the caller's promise), the panel holds k rows of
-            // PANEL, on a CPU with AVX-512F.
-            #[cfg(target_arch = "x86_64")]
-            unsafe {
-                let b = (w.panel(panel).as_ptr(), PANEL);
-                let sums = tile_sums((a, lhs.2), b, w.k);
-                match w.gated {
-                    true => super::geglu::store_gated(&sums, &tile),
-                    false => store(&sums, &tile),
+            for r0 in rows.clone().step_by(height) {
+                let tile_rows = height.min(rows.end - r0);
+                // Rows past the tile repeat its last one (read, never stored).
+                let row = |r: usize| {
+                    lhs.0
+                        .wrapping_add((r0 + r.min(tile_rows - 1)) * lhs.1 + k0 * lhs.2)
+                };
+                let store_panel = |sums: &[[__m512; 2]; MR], panel: usize| {
+                    let col = panel * PANEL;
+                    let cols = PANEL.min(w.n - col);
+                    let at = r0 * dst.1 + panel * w.panel_outputs() * dst.2;
+                    let tile = Tile {
+                        dst: dst.0.wrapping_add(at),
+                        strides: (dst.1, dst.2),
+                        residual: addends.residual.map(|r| r.wrapping_add(at)),
+                        bias: addends.bias.map(|b| Bias::PerColumn(&b[col..col + cols])),
+                        size: [tile_rows, cols],
+                    };
+                    // SAFETY: the tile of dst is inside it (the caller's
+                    // promise), on a CPU with AVX-512F.
+                    unsafe {
+                        match w.gated {
+                            true => super::geglu::store_gated(sums, &tile),
+                            false => store(sums, &tile),
+                        }
+                    }
+                };
+                // SAFETY: rows r0.. of lhs are inside it (the caller's
+                // promise), each panel holds k rows of PANEL, on a CPU with
+                // AVX-512F.
+                unsafe {
+                    if pair {
+                        let b = (
+                            w.panel(panel)[k0 * PANEL..].as_ptr(),
+                            w.panel(panel + 1)[k0 * PANEL..].as_ptr(),
+                        );
+                        let sums = wide_tile_sums((std::array::from_fn(row), lhs.2), b, kc);
+                        let [left, right] = panel_halves(&sums);
+                        store_panel(&left, panel);
+                        store_panel(&right, panel + 1);
+                    } else {
+                        let b = (w.panel(panel)[k0 * PANEL..].as_ptr(), PANEL);
+                        store_panel(&tile_sums((std::array::from_fn(row), lhs.2), b, kc), panel);
+                    }
                 }
             }
         }
+        // product refuses to run without AVX-512, so elsewhere this is
+        // never reached.
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (&rows, height, dst, lhs, &addends);
+        panel += if pair { 2 } else { 1 };
     }
 }
 
@@ -494,6 +607,55 @@ pub(super) unsafe fn tile_sums(
     acc
 }
 
+/// [`tile_sums`] for [`WIDE_ROWS`] rows and two panels (`b`: each's
+/// first row; rows of [`PANEL`] floats).
+///
+/// # Safety
+/// As [`tile_sums`], for both panels; the CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn wide_tile_sums(
+    (a, a_step): ([*const f32; WIDE_ROWS], usize),
+    (left, right): (*const f32, *const f32),
+    k: usize,
+) -> [[__m512; 4]; WIDE_ROWS] {
+    let mut acc = [[_mm512_setzero_ps(); 4]; WIDE_ROWS];
+    for p in 0..k {
+        // SAFETY: as the caller promises.
+        unsafe {
+            let (l, r) = (left.add(p * PANEL), right.add(p * PANEL));
+            let b = [
+                _mm512_loadu_ps(l),
+                _mm512_loadu_ps(l.add(16)),
+                _mm512_loadu_ps(r),
+                _mm512_loadu_ps(r.add(16)),
+            ];
+            let at = p * a_step;
+            for (row, acc) in acc.iter_mut().enumerate() {
+                let x = _mm512_set1_ps(*a[row].add(at));
+                for (acc, &b) in acc.iter_mut().zip(&b) {
+                    *acc = _mm512_fmadd_ps(x, b, *acc);
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// A wide tile's sums as the two panels' tiles [`store`] takes (rows
+/// past [`WIDE_ROWS`] zero, never stored).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn panel_halves(sums: &[[__m512; 4]; WIDE_ROWS]) -> [[[__m512; 2]; MR]; 2] {
+    let mut halves = [[[_mm512_setzero_ps(); 2]; MR]; 2];
+    for (r, row) in sums.iter().enumerate() {
+        halves[0][r] = [row[0], row[1]];
+        halves[1][r] = [row[2], row[3]];
+    }
+    halves
+}
+
 /// Stores a kernel tile's sums with its addends, into rows (column
 /// stride 1) or, transposed, into columns (row stride 1: a map's channels
 /// from tokens, each column's 8 rows contiguous).
@@ -649,8 +811,11 @@ mod tests {
         out
     }
 
-    fn close(got: f32, want: f64) -> bool {
-        (got as f64 - want).abs() < 1e-5 * (1.0 + want.abs())
+    /// Within f32 rounding of a sum of `k` terms of random sign, whose
+    /// error grows as √k.
+    fn close(got: f32, want: f64, k: usize) -> bool {
+        let terms = (k as f64 / 64.0).sqrt().max(1.0);
+        (got as f64 - want).abs() < 1e-5 * (1.0 + want.abs()) * terms
     }
 
     #[test]
@@ -663,13 +828,15 @@ mod tests {
         let mut random =
             |len: usize| -> Vec<f32> { (0..len).map(|_| rng.random_range(-2.0..2.0)).collect() };
         // Tails everywhere (rows past a tile, columns past a panel, a
-        // partial group of 8 output rows), and shapes over several tasks.
+        // partial group of 8 output rows, an odd panel after the wide
+        // tiles' pairs, a part of K_CHUNK), and shapes over several tasks.
         for [m, k, n] in [
             [13, 37, 70],
             [1, 1, 1],
             [72, 64, 160],
             [130, 40, 33],
             [65, 9, 8],
+            [20, 300, 130],
         ] {
             let (x, w, bias, res) = (random(m * k), random(k * n), random(n), random(m * n));
             let want = reference(&x, &w, [m, k, n], &bias, &res);
@@ -697,8 +864,11 @@ mod tests {
                 // x as tokens or as channels; out as tokens or channels.
                 for (lhs, lhs_strides) in [(&x, (k, 1)), (&x_t, (1, m))] {
                     for (dst_strides, residual) in [((n, 1), &res), ((1, m), &res_t)] {
-                        // In parallel, and on this thread.
-                        for parallel in [true, false] {
+                        // In parallel, and on this thread; in both tiles.
+                        let both = [TileShape::Narrow, TileShape::Wide];
+                        for (parallel, shape) in
+                            [true, false].into_iter().flat_map(|p| both.map(|s| (p, s)))
+                        {
                             let mut dst = vec![f32::NAN; m * n];
                             let dst_at = (dst.as_mut_ptr(), dst_strides.0, dst_strides.1);
                             let lhs_at = (lhs.as_ptr(), lhs_strides.0, lhs_strides.1);
@@ -707,9 +877,10 @@ mod tests {
                             // the strides given.
                             unsafe {
                                 match parallel {
-                                    true => product(m, dst_at, lhs_at, &panels, addends),
+                                    true => product_in(shape, m, dst_at, lhs_at, &panels, addends),
                                     false => {
-                                        product_on_this_thread(m, dst_at, lhs_at, &panels, addends)
+                                        let part = (0..m, 0..n.div_ceil(PANEL));
+                                        product_part(dst_at, lhs_at, &panels, addends, part, shape)
                                     }
                                 }
                             };
@@ -717,8 +888,8 @@ mod tests {
                                 for j in 0..n {
                                     let got = dst[i * dst_strides.0 + j * dst_strides.1];
                                     assert!(
-                                        close(got, want(i, j)),
-                                        "[{m}, {k}, {n}] x {lhs_strides:?} out {dst_strides:?} parallel {parallel} at ({i}, {j}): {got} vs {}",
+                                        close(got, want(i, j), k),
+                                        "[{m}, {k}, {n}] x {lhs_strides:?} out {dst_strides:?} parallel {parallel} {shape:?} at ({i}, {j}): {got} vs {}",
                                         want(i, j)
                                     );
                                 }
@@ -742,7 +913,7 @@ mod tests {
                     for j in 0..n {
                         let got = dst[j * m + i];
                         assert!(
-                            close(got, want(i, j)),
+                            close(got, want(i, j), k),
                             "[{m}, {k}, {n}] transposed at ({j}, {i}): {got} vs {}",
                             want(i, j)
                         );
