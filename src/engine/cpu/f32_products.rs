@@ -84,8 +84,9 @@ pub fn enabled() -> bool {
 /// 155-164, of the core's 190. In the layers, where the two panels come
 /// from L2 unless k is taken in [`K_CHUNK`]s, the wide tiles ran the
 /// UNet's linear shapes 7-25% faster (both tiles alternated per call).
-/// The AMD machines (Zen 4, one 512-bit FMA a cycle; Zen 5) ran 8 x 32 at
-/// 80-90% of their peak and keep it: 6 x 64 was not measured there.
+/// AMD CPUs keep 8 x 32, what they were measured on (a Zen 4 core, one
+/// 512-bit FMA a cycle, ran it at 116 GFLOP/s of 128); 6 x 64 was not
+/// measured there.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum TileShape {
     Narrow,
