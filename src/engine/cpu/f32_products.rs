@@ -403,7 +403,7 @@ unsafe fn product_part(
         // product refuses to run without AVX-512, so elsewhere this is
         // never reached.
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = (&rows, height, dst, lhs, &addends);
+        let _ = (&rows, height, chunk, dst, lhs, &addends);
         panel += if pair { 2 } else { 1 };
     }
 }
