@@ -332,9 +332,10 @@ unsafe fn product_part(
         "bias of {}",
         w.n
     );
-    // Wide tiles take k in chunks whose two panels stay in L1 while the
-    // row tiles go by, each chunk after the first adding to what dst
-    // holds (a gated product gates the whole sum, so it takes k whole).
+    // With wide tiles k goes in chunks whose two panels stay in L1 while
+    // the row tiles go by (an odd panel's narrow tiles take the same
+    // chunks), each chunk after the first adding to what dst holds; a
+    // gated product gates the whole sum, so it takes k whole.
     let chunk = match shape {
         TileShape::Wide if !w.gated => K_CHUNK,
         _ => w.k.max(1),
