@@ -12,10 +12,11 @@
 //! the output is written once and never read back.
 //!
 //! One packing serves both sides of a product: `x · W` ([`product`], the
-//! panels as the right operand, `x` broadcast 8 rows at a time; its tile
-//! is stored transposed where the output is a map's channels) and `Wᵀ ·
-//! x` ([`product_transposed`], 8 of a panel's columns broadcast as the
-//! left operand's rows, 32 columns of `x` packed at a time), for a map's
+//! panels as the right operand, `x` broadcast 8 rows at a time (6 in
+//! wide tiles, [`TileShape`]); its tile is stored transposed where the
+//! output is a map's channels) and `Wᵀ · x` ([`product_transposed`], 8 of
+//! the panels' columns broadcast as the left operand's rows, 32 columns of
+//! `x` packed at a time, or 6 by 64), for a map's
 //! channels to its channels: read in place, the channels of a large map
 //! are a page apart, and the VAE's 256 -> 128 at 256 x 256 ran at 114
 //! GFLOP/s that way, 188 packed.
@@ -48,9 +49,9 @@ const K_CHUNK: usize = 128;
 /// Panels per task of [`product`].
 const PANELS_PER_TASK: usize = 2;
 /// Columns (of `rhs`'s rows) and panels per task of
-/// [`product_transposed`]: each block of 32 columns is packed once and
-/// goes by 16 groups of 8 output rows (64 x 4 and 32 x all measured no
-/// faster).
+/// [`product_transposed`]: each block of 32 columns (or pair of them) is
+/// packed once and goes by the task's 128 output rows, 8 (or 6) at a time
+/// (64 x 4 and 32 x all measured no faster in narrow tiles).
 const COLUMNS_PER_TASK: usize = 4 * PANEL;
 const TRANSPOSED_PANELS_PER_TASK: usize = 4;
 
@@ -83,7 +84,9 @@ pub fn enabled() -> bool {
 /// FMAs) at 128 GFLOP/s, 12 x 32 at 143, 14 x 32 at 148, 6 x 64 (24) at
 /// 155-164, of the core's 190. In the layers, where the two panels come
 /// from L2 unless k is taken in [`K_CHUNK`]s, the wide tiles ran the
-/// UNet's linear shapes 7-25% faster (both tiles alternated per call).
+/// UNet's linear shapes 7-25% faster (both tiles alternated per call);
+/// in [`product_transposed`] (6 output channels by 64 pixels, k whole)
+/// the UNet's and VAE's 1x1 convolutions 9-20% faster.
 /// AMD CPUs keep 8 x 32, what they were measured on (a Zen 4 core, one
 /// 512-bit FMA a cycle, ran it at 116 GFLOP/s of 128); 6 x 64 was not
 /// measured there.
@@ -468,6 +471,24 @@ pub unsafe fn product_transposed(
     rhs: (*const f32, usize),
     addends: Addends,
 ) {
+    // SAFETY: as the caller promises.
+    unsafe { product_transposed_in(TileShape::chosen(), cols, dst, w, rhs, addends) }
+}
+
+/// [`product_transposed`] in tiles of `shape`: 8 output rows by a block
+/// of [`PANEL`] columns, or [`WIDE_ROWS`] by two blocks.
+///
+/// # Safety
+/// As [`product_transposed`].
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f,avx512vl"))]
+unsafe fn product_transposed_in(
+    shape: TileShape,
+    cols: usize,
+    dst: (*mut f32, usize),
+    w: &Panels,
+    rhs: (*const f32, usize),
+    addends: Addends,
+) {
     assert!(available(), "f32 panel products need AVX-512");
     assert!(!w.gated, "a gated product into columns");
     assert!(
@@ -485,47 +506,75 @@ pub unsafe fn product_transposed(
         .for_each(|task| {
             let (ct, pt) = (task / panel_tasks, task % panel_tasks);
             let columns = ct * COLUMNS_PER_TASK..((ct + 1) * COLUMNS_PER_TASK).min(cols);
-            let panels = pt * TRANSPOSED_PANELS_PER_TASK
-                ..((pt + 1) * TRANSPOSED_PANELS_PER_TASK).min(panels);
+            let outputs = pt * TRANSPOSED_PANELS_PER_TASK * PANEL
+                ..((pt + 1) * TRANSPOSED_PANELS_PER_TASK * PANEL).min(w.n);
+            #[cfg(target_arch = "x86_64")]
             COLUMN_BLOCK.with_borrow_mut(|block| {
-                block.resize(w.k * PANEL, 0.0);
-                for c0 in columns.clone().step_by(PANEL) {
-                    let tile_cols = PANEL.min(columns.end - c0);
+                block.resize(2 * w.k * PANEL, 0.0);
+                let (left, right) = block.split_at_mut(w.k * PANEL);
+                let mut c0 = columns.start;
+                while c0 < columns.end {
+                    let pair = shape == TileShape::Wide && columns.end - c0 > PANEL;
+                    let (height, width) = match pair {
+                        true => (WIDE_ROWS, 2 * PANEL),
+                        false => (MR, PANEL),
+                    };
+                    let tile_cols = width.min(columns.end - c0);
                     // SAFETY: rows 0..k of rhs hold columns c0..c0 +
-                    // tile_cols (the caller's promise); the block holds k
+                    // tile_cols (the caller's promise); each block holds k
                     // rows of PANEL.
-                    #[cfg(target_arch = "x86_64")]
                     unsafe {
                         let at = (rhs_at as *const f32).add(c0);
-                        pack_columns((at, rhs.1), tile_cols, w.k, block)
-                    };
-                    for panel in panels.clone() {
-                        let weights = w.panel(panel).as_ptr();
-                        for o0 in (panel * PANEL..w.n.min((panel + 1) * PANEL)).step_by(MR) {
-                            let tile_rows = MR.min(w.n - o0);
-                            // Eight of the panel's columns (zeros past n).
-                            let a: [*const f32; MR] =
-                                std::array::from_fn(|r| weights.wrapping_add(o0 % PANEL + r));
+                        pack_columns((at, rhs.1), tile_cols.min(PANEL), w.k, left);
+                        if pair {
+                            pack_columns((at.add(PANEL), rhs.1), tile_cols - PANEL, w.k, right);
+                        }
+                    }
+                    for o0 in outputs.clone().step_by(height) {
+                        let tile_rows = height.min(outputs.end - o0);
+                        // Output row o's weights: column o of its panel, a
+                        // step of PANEL (rows past the tile repeat its last,
+                        // never stored).
+                        let column = |r: usize| {
+                            let o = o0 + r.min(tile_rows - 1);
+                            w.panel(o / PANEL)[o % PANEL..].as_ptr()
+                        };
+                        let store_block = |sums: &[[__m512; 2]; MR], block: usize| {
+                            let at = o0 * dst.1 + c0 + block * PANEL;
                             let tile = Tile {
-                                dst: out.ptr().wrapping_add(o0 * dst.1 + c0),
+                                dst: out.ptr().wrapping_add(at),
                                 strides: (dst.1, 1),
-                                residual: residual
-                                    .map(|r| (r as *const f32).wrapping_add(o0 * dst.1 + c0)),
+                                residual: residual.map(|r| (r as *const f32).wrapping_add(at)),
                                 bias: bias.map(|b| Bias::PerRow(&b[o0..o0 + tile_rows])),
-                                size: [tile_rows, tile_cols],
+                                size: [tile_rows, PANEL.min(tile_cols - block * PANEL)],
                             };
-                            // SAFETY: the panel and the block hold k rows
-                            // of PANEL; the tile of dst is inside it (the
+                            // SAFETY: the tile of dst is inside it (the
                             // caller's promise), on a CPU with AVX-512F.
-                            #[cfg(target_arch = "x86_64")]
-                            unsafe {
-                                let b = (block.as_ptr(), PANEL);
-                                store(&tile_sums((a, PANEL), b, w.k), &tile);
+                            unsafe { store(sums, &tile) }
+                        };
+                        // SAFETY: each column holds k steps of PANEL in its
+                        // panel, each block k rows of PANEL.
+                        unsafe {
+                            if pair {
+                                let zeros = [[_mm512_setzero_ps(); 4]; WIDE_ROWS];
+                                let a = (std::array::from_fn(column), PANEL);
+                                let b = (left.as_ptr(), right.as_ptr());
+                                let [l, r] = panel_halves(&wide_tile_sums(zeros, a, b, w.k));
+                                store_block(&l, 0);
+                                store_block(&r, 1);
+                            } else {
+                                let a = (std::array::from_fn(column), PANEL);
+                                store_block(&tile_sums(a, (left.as_ptr(), PANEL), w.k), 0);
                             }
                         }
                     }
+                    c0 += tile_cols;
                 }
             });
+            // product_transposed refuses to run without AVX-512, so
+            // elsewhere this is never reached.
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = (&columns, &outputs, out, rhs_at, bias, residual, shape);
         });
 }
 
@@ -959,26 +1008,30 @@ mod tests {
                         }
                     }
                 }
-                // outᵀ [n, m] = wᵀ · xᵀ, rows of xᵀ and outᵀ contiguous.
-                let mut dst = vec![f32::NAN; m * n];
-                // SAFETY: xᵀ is [k, m] and dst [n, m], row-major.
-                unsafe {
-                    product_transposed(
-                        m,
-                        (dst.as_mut_ptr(), m),
-                        &panels,
-                        (x_t.as_ptr(), m),
-                        addends(&res_t),
-                    )
-                };
-                for i in 0..m {
-                    for j in 0..n {
-                        let got = dst[j * m + i];
-                        assert!(
-                            close(got, want(i, j), k),
-                            "[{m}, {k}, {n}] transposed at ({j}, {i}): {got} vs {}",
-                            want(i, j)
-                        );
+                // outᵀ [n, m] = wᵀ · xᵀ, rows of xᵀ and outᵀ contiguous; in
+                // both tiles.
+                for shape in [TileShape::Narrow, TileShape::Wide] {
+                    let mut dst = vec![f32::NAN; m * n];
+                    // SAFETY: xᵀ is [k, m] and dst [n, m], row-major.
+                    unsafe {
+                        product_transposed_in(
+                            shape,
+                            m,
+                            (dst.as_mut_ptr(), m),
+                            &panels,
+                            (x_t.as_ptr(), m),
+                            addends(&res_t),
+                        )
+                    };
+                    for i in 0..m {
+                        for j in 0..n {
+                            let got = dst[j * m + i];
+                            assert!(
+                                close(got, want(i, j), k),
+                                "[{m}, {k}, {n}] transposed {shape:?} at ({j}, {i}): {got} vs {}",
+                                want(i, j)
+                            );
+                        }
                     }
                 }
             }
