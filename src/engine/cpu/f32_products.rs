@@ -578,8 +578,10 @@ unsafe fn product_transposed_in(
         });
 }
 
+#[cfg(target_arch = "x86_64")]
 thread_local! {
-    /// [`product_transposed`]'s columns of `rhs`, packed `[k][PANEL]`.
+    /// [`product_transposed`]'s columns of `rhs`, packed `[k][PANEL]` (two
+    /// blocks of them for wide tiles).
     static COLUMN_BLOCK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -922,6 +924,32 @@ mod tests {
         out
     }
 
+    /// [`product_in`] in parallel, or [`product_part`] over all of it on
+    /// this thread.
+    ///
+    /// # Safety
+    /// As [`product`].
+    unsafe fn run_product(
+        parallel: bool,
+        shape: TileShape,
+        m: usize,
+        dst: (*mut f32, usize, usize),
+        lhs: (*const f32, usize, usize),
+        w: &Panels,
+        addends: Addends,
+    ) {
+        // SAFETY: as the caller promises.
+        unsafe {
+            match parallel {
+                true => product_in(shape, m, dst, lhs, w, addends),
+                false => {
+                    let part = (0..m, 0..w.n.div_ceil(PANEL));
+                    product_part(dst, lhs, w, addends, part, shape)
+                }
+            }
+        }
+    }
+
     /// Within f32 rounding of a sum of `k` terms of random sign, whose
     /// error grows as √k.
     fn close(got: f32, want: f64, k: usize) -> bool {
@@ -987,13 +1015,7 @@ mod tests {
                             // SAFETY: the buffers are [m, k] and [m, n] at
                             // the strides given.
                             unsafe {
-                                match parallel {
-                                    true => product_in(shape, m, dst_at, lhs_at, &panels, addends),
-                                    false => {
-                                        let part = (0..m, 0..n.div_ceil(PANEL));
-                                        product_part(dst_at, lhs_at, &panels, addends, part, shape)
-                                    }
-                                }
+                                run_product(parallel, shape, m, dst_at, lhs_at, &panels, addends)
                             };
                             for i in 0..m {
                                 for j in 0..n {
@@ -1083,15 +1105,7 @@ mod tests {
                     let dst_at = (dst.as_mut_ptr(), half, 1);
                     let lhs_at = (x.as_ptr(), k, 1);
                     // SAFETY: x is [m, k] and dst [m, n / 2], row-major.
-                    unsafe {
-                        match parallel {
-                            true => product_in(shape, m, dst_at, lhs_at, &panels, addends),
-                            false => {
-                                let part = (0..m, 0..n.div_ceil(PANEL));
-                                product_part(dst_at, lhs_at, &panels, addends, part, shape)
-                            }
-                        }
-                    };
+                    unsafe { run_product(parallel, shape, m, dst_at, lhs_at, &panels, addends) };
                     for i in 0..m {
                         for j in 0..half {
                             let (a, b) = (sum(i, j), sum(i, half + j));
