@@ -471,6 +471,8 @@ pub unsafe fn product_transposed(
     rhs: (*const f32, usize),
     addends: Addends,
 ) {
+    // Before the call: product_transposed_in is compiled for AVX-512.
+    assert!(available(), "f32 panel products need AVX-512");
     // SAFETY: as the caller promises.
     unsafe { product_transposed_in(TileShape::chosen(), cols, dst, w, rhs, addends) }
 }
@@ -489,7 +491,6 @@ unsafe fn product_transposed_in(
     rhs: (*const f32, usize),
     addends: Addends,
 ) {
-    assert!(available(), "f32 panel products need AVX-512");
     assert!(!w.gated, "a gated product into columns");
     assert!(
         addends.bias.is_none_or(|b| b.len() == w.n),
