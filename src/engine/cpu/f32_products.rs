@@ -47,6 +47,8 @@ const ROWS_PER_TASK: usize = 120;
 /// [`STREAMED_PANELS`] panels, where the rows are a convolution's kernel
 /// streamed from memory (see [`product_in`]); a multiple of both tiles'.
 const STREAMED_ROWS_PER_TASK: usize = 48;
+/// Panels (columns / [`PANEL`]) up to which [`STREAMED_ROWS_PER_TASK`]
+/// applies.
 const STREAMED_PANELS: usize = 4;
 /// Depth of [`TileShape::Wide`]'s steps through k: two panels of 128
 /// rows are 32 KiB.
@@ -278,10 +280,10 @@ unsafe fn product_in(
     // after row. Against few panels (a small map's unfolded columns, the
     // rows its convolution's kernel, read from memory once or twice) 120
     // rows were that many streams of 512 bytes, which the prefetchers did
-    // not keep up with: 48 rows a task ran 1280 x 11520 x 32 (a 4x4 map's
-    // 1280 -> 1280 channels) 33% faster, x 64 and x 128 10-20%, on an Ice
-    // Lake Xeon (in-process alternation); level from 256 columns up, and
-    // in narrow tiles, whose k is whole.
+    // not keep up with: with 48 rows a task 1280 x 11520 x 32 (a 4x4 map's
+    // 1280 -> 1280 channels) took 4.8-5.0 ms instead of 7.5, x 64 and x 128
+    // ran 10-20% faster, on an Ice Lake Xeon (a probe); level from 256
+    // columns up, and in narrow tiles, whose k is whole.
     let rows_per_task = match shape == TileShape::Wide && panels <= STREAMED_PANELS {
         true => STREAMED_ROWS_PER_TASK,
         false => ROWS_PER_TASK,
@@ -485,7 +487,8 @@ unsafe fn product_part(
 /// 15.2-15.4 -> 14.4-14.8 ms, 128 x 1280 -> 1280 4-5% faster, 128 x 5120
 /// -> 1280 1-4%, 512 x 640 -> 5120 and 2048 x 320 -> 2560 level. Asked
 /// for by every task, the shapes whose panels stay in cache (2048 x 320 ->
-/// 2560, im2col's unfolded input) ran 1-6% slower.
+/// 2560, im2col's unfolded input) ran 1-6% slower. Narrow tiles take k
+/// whole, so they never ask.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn prefetch_share(data: &[f32], (i, n): (usize, usize)) {
