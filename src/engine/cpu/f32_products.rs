@@ -295,7 +295,7 @@ unsafe fn product_in(
     // order ran 512 x 640 -> 5120 at 231 GFLOP/s, panel-major at 392.
     let panel_major = w.n > m;
     let row_tasks = match panel_major {
-        true => row_tasks(m, rows_per_task),
+        true => row_tasks_merging_a_small_rest(m, rows_per_task),
         false => m.div_ceil(rows_per_task),
     };
     let (dst_at, lhs_at) = (dst.0 as usize, lhs.0 as usize);
@@ -337,7 +337,7 @@ unsafe fn product_in(
 /// faster on an Ice Lake Xeon (median of 14 alternated pairs in a noisy
 /// spell, 12 of them faster). In row-major order a small remainder only
 /// re-reads its own rows, and stays a task of its own.
-fn row_tasks(m: usize, rows_per_task: usize) -> usize {
+fn row_tasks_merging_a_small_rest(m: usize, rows_per_task: usize) -> usize {
     (m / rows_per_task + usize::from(m % rows_per_task >= rows_per_task / 4)).max(1)
 }
 
