@@ -16,7 +16,7 @@
 //! until written, and realloc can still grow a block in place: asked of
 //! the system at 64-byte alignment instead (posix_memalign, then a
 //! memset for zeroed blocks), `atelier bench`'s peak for SD 1.5 at 256 px
-//! rose from 4490 to 4875 MiB; this way it is 4497-4513. Types that ask
+//! rose from 4490 to 4875 MiB; this way it reads 4481-4513. Types that ask
 //! for more than a line, and blocks under [`ALIGNED_FROM`], take the
 //! system's own path.
 
@@ -28,7 +28,7 @@ const CACHE_LINE: usize = 64;
 /// Where the system's pointer is kept, just before the caller's.
 const HEADER: usize = size_of::<usize>();
 
-pub struct CacheLineAligned;
+struct CacheLineAligned;
 
 #[global_allocator]
 static ALLOCATOR: CacheLineAligned = CacheLineAligned;
