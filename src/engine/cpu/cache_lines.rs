@@ -24,7 +24,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 
 /// Allocations of this many bytes or more start on a cache line.
 const ALIGNED_FROM: usize = 4096;
-const CACHE_LINE: usize = 64;
+/// Bytes in a cache line, as x86-64 CPUs have them.
+pub(crate) const CACHE_LINE: usize = 64;
 /// Where the system's pointer is kept, just before the caller's.
 const HEADER: usize = size_of::<usize>();
 

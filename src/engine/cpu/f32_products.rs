@@ -26,6 +26,8 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::cache_lines::CACHE_LINE;
 use super::SharedMut;
 
 /// Columns per panel: two 16-lane registers.
@@ -512,11 +514,11 @@ unsafe fn product_part(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn prefetch_share(data: &[f32], (i, n): (usize, usize)) {
-    let lines = (data.len() * 4).div_ceil(64);
+    let lines = size_of_val(data).div_ceil(CACHE_LINE);
     let base = data.as_ptr().cast::<i8>();
     for line in i * lines / n..(i + 1) * lines / n {
         // A prefetch reads nothing, whatever its address.
-        _mm_prefetch::<_MM_HINT_T1>(base.wrapping_add(64 * line));
+        _mm_prefetch::<_MM_HINT_T1>(base.wrapping_add(CACHE_LINE * line));
     }
 }
 

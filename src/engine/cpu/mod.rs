@@ -11,7 +11,7 @@ pub mod amx;
 pub mod attention;
 mod attention_bf16;
 pub mod bf16;
-mod cache_lines;
+pub(crate) mod cache_lines;
 pub mod conv;
 pub mod f32_products;
 pub mod geglu;

@@ -15,6 +15,8 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::super::super::cache_lines::CACHE_LINE;
 use super::super::super::f32_products::{self, Addends, Panels, PANEL};
 use super::super::super::{product, SharedMut};
 use super::super::ConvShape;
@@ -389,7 +391,7 @@ unsafe fn transform_taps_x86(
             // 576 bytes: nine lines (ten where they start mid-line; the
             // next group's prefetch covers the tenth).
             for line in 0..9 {
-                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(64 * line));
+                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(CACHE_LINE * line));
             }
         }
         // SAFETY: 9 loads of 16 floats cover the group's 144.
